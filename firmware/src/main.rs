@@ -1,0 +1,117 @@
+//! The sandbox entry point of the built-in firmware.
+//!
+//! efivmm starts the sandbox vCPU at `_start` at CPL3 for every call, with
+//! `RSP = STACK_TOP - 8`; the mailbox and buffers are at the fixed addresses
+//! of `sandbox_abi`. The firmware serves the call and rings the doorbell
+//! (`out DOORBELL_PORT`). efivmm never resumes it after that: each call starts
+//! afresh, so no state survives a call except the store.
+//!
+//! Built for the host (as the workspace's tests do) this is an empty program.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+#[cfg(target_os = "none")]
+mod entry {
+    use core::arch::asm;
+    use firmware::{serve, Call};
+    use sandbox_abi::*;
+
+    const EFI_SUCCESS: u64 = 0;
+    const EFI_INVALID_PARAMETER: u64 = 0x8000_0000_0000_0002;
+    const EFI_BAD_BUFFER_SIZE: u64 = 0x8000_0000_0000_0004;
+
+    /// The firmware's entry for one call.
+    #[no_mangle]
+    #[link_section = ".text.entry"]
+    pub extern "C" fn _start() -> ! {
+        // SAFETY: MAILBOX_ADDR is a mapped, writable, suitably aligned page of
+        // the sandbox reserved for the header, and nothing else in this
+        // single-threaded program refers to it while this reference lives.
+        let mailbox = unsafe { &mut *(MAILBOX_ADDR as *mut Mailbox) };
+        mailbox.outs = [0; 8];
+        mailbox.store_dirty = 0;
+        if mailbox.magic != MAILBOX_MAGIC {
+            mailbox.status = EFI_INVALID_PARAMETER;
+            doorbell();
+        }
+        if mailbox.store_len > STORE_MAX {
+            mailbox.status = EFI_BAD_BUFFER_SIZE;
+            doorbell();
+        }
+        match Service::from_u64(mailbox.service) {
+            Some(Service::DiagCpl) => {
+                let cs: u16;
+                // SAFETY: reading CS has no side effects.
+                unsafe { asm!("mov {0:x}, cs", out(reg) cs, options(nomem, nostack)) };
+                mailbox.outs[0] = u64::from(cs & 3);
+                mailbox.status = EFI_SUCCESS;
+            }
+            Some(Service::DiagFault) => {
+                // SAFETY: deliberately faults: UNMAPPED_ADDR is never mapped,
+                // so this read raises #PF and efivmm ends the call.
+                let v = unsafe { core::ptr::read_volatile(UNMAPPED_ADDR as *const u8) };
+                mailbox.outs[0] = u64::from(v);
+            }
+            Some(Service::DiagHang) => loop {
+                core::hint::spin_loop();
+            },
+            Some(Service::DiagPrivileged) => {
+                // SAFETY: `hlt` at CPL3 raises #GP; efivmm ends the call.
+                unsafe { asm!("hlt", options(nomem, nostack)) };
+            }
+            _ => {
+                // SAFETY: these are disjoint regions of the sandbox's own
+                // memory map (sandbox_abi, checked by its tests), all mapped
+                // writable for CPL3; store_len was checked against STORE_MAX
+                // above. Nothing else aliases them during the call.
+                let mut call = unsafe {
+                    Call {
+                        name: core::slice::from_raw_parts_mut(
+                            NAME_ADDR as *mut u8,
+                            NAME_SIZE as usize,
+                        ),
+                        data_in: core::slice::from_raw_parts(
+                            DATA_IN_ADDR as *const u8,
+                            DATA_SIZE as usize,
+                        ),
+                        data_out: core::slice::from_raw_parts_mut(
+                            DATA_OUT_ADDR as *mut u8,
+                            DATA_SIZE as usize,
+                        ),
+                        store: core::slice::from_raw_parts_mut(
+                            STORE_ADDR as *mut u8,
+                            mailbox.store_len as usize,
+                        ),
+                        mailbox,
+                    }
+                };
+                serve(&mut call);
+            }
+        }
+        doorbell()
+    }
+
+    /// Tells efivmm the call is complete. Never returns: efivmm starts the
+    /// next call at `_start` again.
+    fn doorbell() -> ! {
+        // SAFETY: port I/O to efivmm's doorbell; the TSS I/O bitmap lets CPL3 use
+        // this one port, and it only exits to efivmm.
+        unsafe { asm!("out dx, al", in("dx") DOORBELL_PORT, in("al") 0u8, options(nomem, nostack)) };
+        loop {
+            // SAFETY: unreachable in practice; `ud2` faults so efivmm notices.
+            unsafe { asm!("ud2", options(nomem, nostack)) };
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // A panic is a firmware bug: fault (#UD) so efivmm fails the call
+        // with EFI_DEVICE_ERROR and restores the sandbox.
+        loop {
+            // SAFETY: `ud2` only raises #UD, which efivmm handles.
+            unsafe { asm!("ud2", options(nomem, nostack)) };
+        }
+    }
+}
+
+#[cfg(not(target_os = "none"))]
+fn main() {}

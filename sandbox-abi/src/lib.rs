@@ -1,0 +1,290 @@
+//! The call protocol between efivmm and the runtime firmware in the sandbox VM.
+//!
+//! The sandbox is a KVM VM of its own, [`SANDBOX_MEM_SIZE`] bytes of memory,
+//! identity-mapped (virtual == physical) by page tables efivmm builds. The
+//! firmware runs at CPL3. One call goes like this:
+//!
+//! 1. efivmm fills the [`Mailbox`] header at [`MAILBOX_ADDR`] (service,
+//!    arguments, host clock) and the input buffers ([`NAME_ADDR`],
+//!    [`DATA_IN_ADDR`]); the vars file image sits at [`STORE_ADDR`].
+//! 2. efivmm starts the vCPU at the firmware's ELF entry point with
+//!    `RSP = STACK_TOP - 8` (as if called).
+//! 3. The firmware serves the call, writes `status`, `outs` and the output
+//!    buffers ([`NAME_ADDR`] for GetNextVariableName, [`DATA_OUT_ADDR`]), sets
+//!    `store_dirty` if it changed the store, and does `out DOORBELL_PORT, al`.
+//! 4. Any other exit (an exception reported by the CPL0 handler on
+//!    [`EXCEPTION_PORT`], a stray port, a hang past the deadline) fails the
+//!    call with `EFI_DEVICE_ERROR`; efivmm restores the sandbox.
+//!
+//! The firmware keeps no state between calls outside the store: everything
+//! persistent (time offset, wake-up time, monotonic counter) is a variable.
+//!
+//! ## Argument encoding per service
+//!
+//! `flags` (in `args[7]`) says which pointer arguments the caller passed as
+//! non-NULL: bit *n* = [`FLAG_P0`] `<< n` for the *n*-th pointer argument of
+//! the UEFI prototype, counting only pointer arguments, in prototype order.
+//! GUIDs travel as two little-endian `u64` halves of the 16 GUID bytes;
+//! `EFI_TIME` as two `u64` halves of its 16 bytes.
+//!
+//! | service | inputs | outputs |
+//! |---|---|---|
+//! | GetVariable(Name, Guid, *Attr, *DataSize, Data) | name at NAME (`args[0]` bytes), guid `args[1..3]`, `*DataSize` in `args[3]` | `outs[0]` attributes, `outs[1]` DataSize; data at DATA_OUT |
+//! | GetNextVariableName(*NameSize, Name, *Guid) | `*NameSize` in `args[0]`; the caller's name buffer copied to NAME, `args[3]` = bytes copied (`min(*NameSize, NAME_SIZE)`); guid `args[1..3]` | new name at NAME, `outs[1]` new NameSize (needed size on `EFI_BUFFER_TOO_SMALL`), guid `outs[2..4]` |
+//! | SetVariable(Name, Guid, Attr, DataSize, Data) | name at NAME (`args[0]` bytes), guid `args[1..3]`, `args[3]` attributes, `args[4]` DataSize, data at DATA_IN | |
+//! | QueryVariableInfo(Attr, *MaxStorage, *Remaining, *MaxVarSize) | `args[0]` attributes | `outs[0..3]` |
+//! | GetTime(*Time, *Caps) | | time `outs[0..2]`, caps: `outs[2]` resolution, `outs[3]` accuracy, `outs[4]` sets-to-zero |
+//! | SetTime(*Time) | time `args[0..2]` | |
+//! | GetWakeupTime(*Enabled, *Pending, *Time) | | `outs[0]` enabled, `outs[1]` pending, time `outs[2..4]` |
+//! | SetWakeupTime(Enable, *Time) | `args[0]` enable, time `args[1..3]` | |
+//! | GetNextHighMonotonicCount(*High) | | `outs[0]` |
+//! | ResetSystem(Type, Status, DataSize, Data) | `args[0]` type, `args[1]` status, `args[2]` DataSize, data at DATA_IN | `outs[0]` = 1 if a reset is requested, `outs[1]` type, `outs[2]` status, `outs[3]` DataSize |
+//! | UpdateCapsule(**Headers, Count, SgList) | `args[0]` count, `args[1]` SgList value; the capsule headers (28 bytes each) at DATA_IN | |
+//! | QueryCapsuleCapabilities(**Headers, Count, *MaxSize, *ResetType) | `args[0]` count; headers at DATA_IN | `outs[0]` max size, `outs[1]` reset type |
+//!
+//! Names are UTF-16LE including the terminating NUL, exactly as the caller
+//! gave them (efivmm copies up to and including the first NUL it finds within
+//! `NAME_SIZE` bytes; without one, it passes the bytes it has and the firmware
+//! rejects the name).
+#![no_std]
+
+/// Bytes of memory of the sandbox VM (guest-physical `0..SANDBOX_MEM_SIZE`).
+pub const SANDBOX_MEM_SIZE: u64 = 16 << 20;
+
+/// Global descriptor table (CPL0 only).
+pub const GDT_ADDR: u64 = 0x1000;
+/// Task-state segment (holds RSP0 for exceptions).
+pub const TSS_ADDR: u64 = 0x2000;
+/// Interrupt descriptor table (CPL0 only).
+pub const IDT_ADDR: u64 = 0x3000;
+/// The CPL0 exception stubs, 16 bytes per vector.
+pub const EXCEPTION_STUBS_ADDR: u64 = 0x4000;
+/// Top of the CPL0 stack the CPU switches to on an exception.
+pub const KERNEL_STACK_TOP: u64 = 0x7000;
+/// First page-table page (PML4); the rest follow.
+pub const PAGE_TABLES_ADDR: u64 = 0x8000;
+
+/// Where the firmware image is linked and loaded.
+pub const FIRMWARE_ADDR: u64 = 0x10_0000;
+/// End of the firmware image region (code, data, bss).
+pub const FIRMWARE_END: u64 = 0x30_0000;
+/// Lowest address of the firmware's stack.
+pub const STACK_BOTTOM: u64 = 0x30_0000;
+/// Top of the firmware's stack; the vCPU starts with `RSP = STACK_TOP - 8`.
+pub const STACK_TOP: u64 = 0x34_0000;
+
+/// The [`Mailbox`] header.
+pub const MAILBOX_ADDR: u64 = 0x34_0000;
+/// Variable-name buffer (UTF-16LE, input and output).
+pub const NAME_ADDR: u64 = 0x34_1000;
+/// Size of the variable-name buffer.
+pub const NAME_SIZE: u64 = 0x1_0000;
+/// Input data buffer.
+pub const DATA_IN_ADDR: u64 = 0x36_0000;
+/// Output data buffer.
+pub const DATA_OUT_ADDR: u64 = 0x46_0000;
+/// Size of each data buffer.
+pub const DATA_SIZE: u64 = 0x10_0000;
+/// The vars file image (its full bytes, as on disk).
+pub const STORE_ADDR: u64 = 0x60_0000;
+/// Largest vars file image the sandbox holds.
+pub const STORE_MAX: u64 = 0xA0_0000;
+
+/// The firmware writes any byte here when it has finished a call.
+pub const DOORBELL_PORT: u16 = 0x00E1;
+/// The CPL0 exception stub for vector `v` writes `v` here.
+pub const EXCEPTION_PORT: u16 = 0x0EF2;
+
+/// `Mailbox::magic` value written by efivmm for every call.
+pub const MAILBOX_MAGIC: u64 = 0x7865_6f62_6c69_616d; // "mailboex" little-endian-ish
+
+/// Pointer-argument presence bits (in `args[FLAGS_ARG]`).
+pub const FLAG_P0: u64 = 1;
+/// Index of `args` that holds the pointer-presence flags.
+pub const FLAGS_ARG: usize = 7;
+
+/// The mailbox header at [`MAILBOX_ADDR`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mailbox {
+    /// [`MAILBOX_MAGIC`].
+    pub magic: u64,
+    /// A [`Service`] number.
+    pub service: u64,
+    /// Inputs, see the table in the crate docs.
+    pub args: [u64; 8],
+    /// The host's clock (UTC) at the time of the call, ns since the Unix epoch.
+    pub host_time_unix_ns: i64,
+    /// Length in bytes of the vars file image at [`STORE_ADDR`].
+    pub store_len: u64,
+    /// Result: an `EFI_STATUS`.
+    pub status: u64,
+    /// Outputs, see the table in the crate docs.
+    pub outs: [u64; 8],
+    /// Non-zero if the firmware changed the store (efivmm then persists it).
+    pub store_dirty: u64,
+}
+
+/// Size in bytes of [`Mailbox`].
+pub const MAILBOX_LEN: usize = core::mem::size_of::<Mailbox>();
+
+impl Mailbox {
+    /// The header as bytes (for copying into sandbox memory).
+    pub fn to_bytes(&self) -> [u8; MAILBOX_LEN] {
+        let mut out = [0u8; MAILBOX_LEN];
+        let words = self.words();
+        for (i, w) in words.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses a header from bytes.
+    pub fn from_bytes(b: &[u8; MAILBOX_LEN]) -> Self {
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        let mut m = Mailbox {
+            magic: w(0),
+            service: w(1),
+            host_time_unix_ns: w(10) as i64,
+            store_len: w(11),
+            status: w(12),
+            store_dirty: w(21),
+            ..Default::default()
+        };
+        for i in 0..8 {
+            m.args[i] = w(2 + i);
+            m.outs[i] = w(13 + i);
+        }
+        m
+    }
+
+    fn words(&self) -> [u64; MAILBOX_LEN / 8] {
+        let mut w = [0u64; MAILBOX_LEN / 8];
+        w[0] = self.magic;
+        w[1] = self.service;
+        w[2..10].copy_from_slice(&self.args);
+        w[10] = self.host_time_unix_ns as u64;
+        w[11] = self.store_len;
+        w[12] = self.status;
+        w[13..21].copy_from_slice(&self.outs);
+        w[21] = self.store_dirty;
+        w
+    }
+
+    /// Whether pointer argument `n` (see [`FLAG_P0`]) was passed non-NULL.
+    pub fn has_ptr(&self, n: u32) -> bool {
+        self.args[FLAGS_ARG] & (FLAG_P0 << n) != 0
+    }
+}
+
+/// Service numbers: the index of the service in `EFI_RUNTIME_SERVICES`
+/// (after the table header), plus efivmm's diagnostics from 0x100.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Service {
+    GetTime = 0,
+    SetTime = 1,
+    GetWakeupTime = 2,
+    SetWakeupTime = 3,
+    /// Never sent to the firmware (handled by efivmm).
+    SetVirtualAddressMap = 4,
+    /// Never sent to the firmware (handled by efivmm).
+    ConvertPointer = 5,
+    GetVariable = 6,
+    GetNextVariableName = 7,
+    SetVariable = 8,
+    GetNextHighMonotonicCount = 9,
+    ResetSystem = 10,
+    UpdateCapsule = 11,
+    QueryCapsuleCapabilities = 12,
+    QueryVariableInfo = 13,
+    /// Diagnostic: `outs[0]` = the privilege level the firmware runs at (CS & 3).
+    DiagCpl = 0x100,
+    /// Diagnostic: the firmware reads an unmapped address (a #PF).
+    DiagFault = 0x101,
+    /// Diagnostic: the firmware spins forever.
+    DiagHang = 0x102,
+    /// Diagnostic: the firmware executes `hlt` (a #GP at CPL3).
+    DiagPrivileged = 0x103,
+}
+
+impl Service {
+    /// The service for a number, if any.
+    pub fn from_u64(n: u64) -> Option<Self> {
+        use Service::*;
+        Some(match n {
+            0 => GetTime,
+            1 => SetTime,
+            2 => GetWakeupTime,
+            3 => SetWakeupTime,
+            4 => SetVirtualAddressMap,
+            5 => ConvertPointer,
+            6 => GetVariable,
+            7 => GetNextVariableName,
+            8 => SetVariable,
+            9 => GetNextHighMonotonicCount,
+            10 => ResetSystem,
+            11 => UpdateCapsule,
+            12 => QueryCapsuleCapabilities,
+            13 => QueryVariableInfo,
+            0x100 => DiagCpl,
+            0x101 => DiagFault,
+            0x102 => DiagHang,
+            0x103 => DiagPrivileged,
+            _ => return None,
+        })
+    }
+}
+
+/// An address that is never mapped in the sandbox (used by [`Service::DiagFault`]).
+pub const UNMAPPED_ADDR: u64 = 0x7FFF_F000_0000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mailbox_round_trips_through_bytes() {
+        let mut m = Mailbox {
+            magic: MAILBOX_MAGIC,
+            service: 6,
+            host_time_unix_ns: -5,
+            store_len: 0x20000,
+            status: 0x8000_0000_0000_0005,
+            store_dirty: 1,
+            ..Default::default()
+        };
+        m.args = [1, 2, 3, 4, 5, 6, 7, 8];
+        m.outs = [9, 10, 11, 12, 13, 14, 15, 16];
+        assert_eq!(Mailbox::from_bytes(&m.to_bytes()), m);
+        assert_eq!(MAILBOX_LEN, 22 * 8);
+    }
+
+    #[test]
+    fn regions_do_not_overlap() {
+        let regions = [
+            (FIRMWARE_ADDR, FIRMWARE_END),
+            (STACK_BOTTOM, STACK_TOP),
+            (MAILBOX_ADDR, MAILBOX_ADDR + 0x1000),
+            (NAME_ADDR, NAME_ADDR + NAME_SIZE),
+            (DATA_IN_ADDR, DATA_IN_ADDR + DATA_SIZE),
+            (DATA_OUT_ADDR, DATA_OUT_ADDR + DATA_SIZE),
+            (STORE_ADDR, STORE_ADDR + STORE_MAX),
+        ];
+        for (i, a) in regions.iter().enumerate() {
+            assert!(a.1 <= SANDBOX_MEM_SIZE);
+            for b in &regions[i + 1..] {
+                assert!(a.1 <= b.0 || b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn service_numbers_round_trip() {
+        for n in (0..14).chain(0x100..0x104) {
+            assert_eq!(Service::from_u64(n).unwrap() as u64, n);
+        }
+        assert!(Service::from_u64(14).is_none());
+    }
+}

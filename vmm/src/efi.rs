@@ -1,0 +1,324 @@
+//! Host-side helpers for UEFI values: status names, GUID text, UTF-16 names,
+//! `EFI_TIME` bytes and their RFC 3339 text form.
+
+use std::fmt;
+
+/// The high bit of an error `EFI_STATUS`.
+pub const ERROR_BIT: u64 = 1 << 63;
+/// `EFI_SUCCESS`.
+pub const EFI_SUCCESS: u64 = 0;
+/// `EFI_INVALID_PARAMETER`.
+pub const EFI_INVALID_PARAMETER: u64 = ERROR_BIT | 2;
+/// `EFI_UNSUPPORTED`.
+pub const EFI_UNSUPPORTED: u64 = ERROR_BIT | 3;
+/// `EFI_BUFFER_TOO_SMALL`.
+pub const EFI_BUFFER_TOO_SMALL: u64 = ERROR_BIT | 5;
+/// `EFI_DEVICE_ERROR`.
+pub const EFI_DEVICE_ERROR: u64 = ERROR_BIT | 7;
+/// `EFI_NOT_FOUND`.
+pub const EFI_NOT_FOUND: u64 = ERROR_BIT | 14;
+
+const ERRORS: &[&str] = &[
+    "", "EFI_LOAD_ERROR", "EFI_INVALID_PARAMETER", "EFI_UNSUPPORTED", "EFI_BAD_BUFFER_SIZE",
+    "EFI_BUFFER_TOO_SMALL", "EFI_NOT_READY", "EFI_DEVICE_ERROR", "EFI_WRITE_PROTECTED",
+    "EFI_OUT_OF_RESOURCES", "EFI_VOLUME_CORRUPTED", "EFI_VOLUME_FULL", "EFI_NO_MEDIA",
+    "EFI_MEDIA_CHANGED", "EFI_NOT_FOUND", "EFI_ACCESS_DENIED", "EFI_NO_RESPONSE",
+    "EFI_NO_MAPPING", "EFI_TIMEOUT", "EFI_NOT_STARTED", "EFI_ALREADY_STARTED", "EFI_ABORTED",
+    "EFI_ICMP_ERROR", "EFI_TFTP_ERROR", "EFI_PROTOCOL_ERROR", "EFI_INCOMPATIBLE_VERSION",
+    "EFI_SECURITY_VIOLATION", "EFI_CRC_ERROR", "EFI_END_OF_MEDIA", "", "",
+    "EFI_END_OF_FILE", "EFI_INVALID_LANGUAGE", "EFI_COMPROMISED_DATA",
+    "EFI_IP_ADDRESS_CONFLICT", "EFI_HTTP_ERROR",
+];
+const WARNINGS: &[&str] = &[
+    "EFI_SUCCESS", "EFI_WARN_UNKNOWN_GLYPH", "EFI_WARN_DELETE_FAILURE",
+    "EFI_WARN_WRITE_FAILURE", "EFI_WARN_BUFFER_TOO_SMALL", "EFI_WARN_STALE_DATA",
+    "EFI_WARN_FILE_SYSTEM", "EFI_WARN_RESET_REQUIRED",
+];
+
+/// The name of an `EFI_STATUS` (`EFI_NOT_FOUND`), or its hex value if unknown.
+pub fn status_name(status: u64) -> String {
+    let table = if status & ERROR_BIT != 0 { ERRORS } else { WARNINGS };
+    let index = (status & !ERROR_BIT) as usize;
+    match table.get(index) {
+        Some(name) if !name.is_empty() => (*name).to_string(),
+        _ => format!("{status:#x}"),
+    }
+}
+
+/// A GUID in its on-disk byte order, with the usual text form.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Guid(pub [u8; 16]);
+
+/// `EFI_GLOBAL_VARIABLE` (8be4df61-93ca-11d2-aa0d-00e098032b8c).
+pub const GLOBAL_VARIABLE: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+
+impl Guid {
+    /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, or the alias `global`
+    /// for `EFI_GLOBAL_VARIABLE`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = if text.eq_ignore_ascii_case("global") { GLOBAL_VARIABLE } else { text };
+        let bad = || format!("`{text}` is not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c, or `global`)");
+        let parts: Vec<&str> = text.split('-').collect();
+        let lens = [8, 4, 4, 4, 12];
+        if parts.len() != 5 || parts.iter().zip(lens).any(|(p, l)| p.len() != l) {
+            return Err(bad());
+        }
+        let hex = parts.concat();
+        let raw = decode_hex(&hex).map_err(|_| bad())?;
+        let mut b = [0u8; 16];
+        // The first three fields are little-endian on disk.
+        b[0..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
+        b[4..6].copy_from_slice(&[raw[5], raw[4]]);
+        b[6..8].copy_from_slice(&[raw[7], raw[6]]);
+        b[8..16].copy_from_slice(&raw[8..16]);
+        Ok(Guid(b))
+    }
+
+    /// The two little-endian halves, as the mailbox carries a GUID.
+    pub fn halves(&self) -> [u64; 2] {
+        [
+            u64::from_le_bytes(self.0[0..8].try_into().unwrap()),
+            u64::from_le_bytes(self.0[8..16].try_into().unwrap()),
+        ]
+    }
+
+    /// The GUID from the mailbox's two halves.
+    pub fn from_halves(lo: u64, hi: u64) -> Self {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&lo.to_le_bytes());
+        b[8..16].copy_from_slice(&hi.to_le_bytes());
+        Guid(b)
+    }
+}
+
+impl fmt::Display for Guid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-",
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9]
+        )?;
+        b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
+    }
+}
+
+/// Decodes hex text (even length, no separators).
+pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
+    let text = text.trim();
+    if text.len() % 2 != 0 {
+        return Err(format!("hex data has an odd number of digits ({})", text.len()));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&text[i..i + 2], 16)
+                .map_err(|_| format!("`{}` at position {i} is not a hex byte", &text[i..i + 2]))
+        })
+        .collect()
+}
+
+/// Encodes bytes as lowercase hex.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A variable name as UTF-16LE bytes with the terminating NUL.
+pub fn name_to_utf16(name: &str) -> Vec<u8> {
+    name.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect()
+}
+
+/// A UTF-16LE name (up to its first NUL) as text; unpaired surrogates
+/// become U+FFFD.
+pub fn name_from_utf16(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+/// `EFI_UNSPECIFIED_TIMEZONE`.
+pub const UNSPECIFIED_TIMEZONE: i16 = 2047;
+
+/// An `EFI_TIME`, field by field (not validated: the firmware does that).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EfiTime {
+    pub year: u16,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+    pub nanosecond: u32,
+    pub timezone: i16,
+    pub daylight: u8,
+}
+
+impl EfiTime {
+    /// The 16 bytes of the C struct.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..2].copy_from_slice(&self.year.to_le_bytes());
+        b[2] = self.month;
+        b[3] = self.day;
+        b[4] = self.hour;
+        b[5] = self.minute;
+        b[6] = self.second;
+        b[8..12].copy_from_slice(&self.nanosecond.to_le_bytes());
+        b[12..14].copy_from_slice(&self.timezone.to_le_bytes());
+        b[14] = self.daylight;
+        b
+    }
+
+    /// From the 16 bytes of the C struct.
+    pub fn from_bytes(b: &[u8; 16]) -> Self {
+        EfiTime {
+            year: u16::from_le_bytes([b[0], b[1]]),
+            month: b[2],
+            day: b[3],
+            hour: b[4],
+            minute: b[5],
+            second: b[6],
+            nanosecond: u32::from_le_bytes(b[8..12].try_into().unwrap()),
+            timezone: i16::from_le_bytes([b[12], b[13]]),
+            daylight: b[14],
+        }
+    }
+
+    /// As two little-endian `u64` halves (the mailbox encoding).
+    pub fn halves(&self) -> [u64; 2] {
+        let b = self.to_bytes();
+        [
+            u64::from_le_bytes(b[0..8].try_into().unwrap()),
+            u64::from_le_bytes(b[8..16].try_into().unwrap()),
+        ]
+    }
+
+    /// From the mailbox's two halves.
+    pub fn from_halves(lo: u64, hi: u64) -> Self {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&lo.to_le_bytes());
+        b[8..16].copy_from_slice(&hi.to_le_bytes());
+        Self::from_bytes(&b)
+    }
+
+    /// Parses RFC 3339 text (`2024-02-29T12:34:56[.fraction][Z|±hh:mm]`)
+    /// syntactically only, so that out-of-range fields reach the firmware's
+    /// validation. The time zone is taken from a numeric offset; `Z` or no
+    /// offset leave it unspecified (2047).
+    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+        let bad = |why: &str| format!("`{text}` is not an RFC 3339 time ({why}); expected e.g. 2024-02-29T12:34:56Z");
+        let b = text.as_bytes();
+        if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+            return Err(bad("layout"));
+        }
+        let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
+            let s = &text[r];
+            if !s.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(bad("digits"));
+            }
+            s.parse().map_err(|_| bad("digits"))
+        };
+        let mut t = EfiTime {
+            year: num(0..4)? as u16,
+            month: num(5..7)? as u8,
+            day: num(8..10)? as u8,
+            hour: num(11..13)? as u8,
+            minute: num(14..16)? as u8,
+            second: num(17..19)? as u8,
+            timezone: UNSPECIFIED_TIMEZONE,
+            ..Default::default()
+        };
+        let mut rest = &text[19..];
+        if let Some(frac) = rest.strip_prefix('.') {
+            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 || digits > 9 {
+                return Err(bad("fraction must have 1 to 9 digits"));
+            }
+            t.nanosecond = frac[..digits].parse::<u32>().unwrap() * 10u32.pow(9 - digits as u32);
+            rest = &frac[digits..];
+        }
+        match rest.as_bytes() {
+            [] | [b'Z'] | [b'z'] => {}
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+                let digits = [*h1, *h2, *m1, *m2];
+                if !digits.iter().all(u8::is_ascii_digit) {
+                    return Err(bad("offset"));
+                }
+                let h = i16::from((h1 - b'0') * 10 + (h2 - b'0'));
+                let m = i16::from((m1 - b'0') * 10 + (m2 - b'0'));
+                let minutes = h * 60 + m;
+                t.timezone = if *sign == b'-' { -minutes } else { minutes };
+            }
+            _ => return Err(bad("offset")),
+        }
+        Ok(t)
+    }
+
+    /// RFC 3339 text of the wall-clock fields, with the time zone as an
+    /// offset (`Z` when unspecified: efivmm's clock is UTC).
+    pub fn to_rfc3339(&self) -> String {
+        let zone = match self.timezone {
+            UNSPECIFIED_TIMEZONE | 0 => "Z".to_string(),
+            tz => format!("{}{:02}:{:02}", if tz < 0 { '-' } else { '+' }, tz.unsigned_abs() / 60, tz.unsigned_abs() % 60),
+        };
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}{zone}",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.nanosecond
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names() {
+        assert_eq!(status_name(0), "EFI_SUCCESS");
+        assert_eq!(status_name(EFI_NOT_FOUND), "EFI_NOT_FOUND");
+        assert_eq!(status_name(ERROR_BIT | 26), "EFI_SECURITY_VIOLATION");
+        assert_eq!(status_name(ERROR_BIT | 29), "0x800000000000001d");
+        assert_eq!(status_name(ERROR_BIT | 999), "0x80000000000003e7");
+    }
+
+    #[test]
+    fn guid_text_round_trip_and_byte_order() {
+        let g = Guid::parse(GLOBAL_VARIABLE).unwrap();
+        assert_eq!(g.0[0..4], [0x61, 0xdf, 0xe4, 0x8b]);
+        assert_eq!(g.0[8..10], [0xaa, 0x0d]);
+        assert_eq!(g.to_string(), GLOBAL_VARIABLE);
+        assert_eq!(Guid::parse("global").unwrap(), g);
+        let [lo, hi] = g.halves();
+        assert_eq!(Guid::from_halves(lo, hi), g);
+        assert!(Guid::parse("8be4df61-93ca-11d2-aa0d-00e098032b8").is_err());
+        assert!(Guid::parse("8be4df61-93ca-11d2-aa0d-00e098032bxx").is_err());
+    }
+
+    #[test]
+    fn names_in_utf16() {
+        let n = name_to_utf16("Boot0001");
+        assert_eq!(n.len(), 18);
+        assert_eq!(&n[16..], &[0, 0]);
+        assert_eq!(name_from_utf16(&n), "Boot0001");
+    }
+
+    #[test]
+    fn rfc3339_parsing_is_syntactic() {
+        let t = EfiTime::parse_rfc3339("2024-02-30T25:61:61.5+01:30").unwrap();
+        assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.second), (2024, 2, 30, 25, 61, 61));
+        assert_eq!(t.nanosecond, 500_000_000);
+        assert_eq!(t.timezone, 90);
+        let z = EfiTime::parse_rfc3339("1999-12-31T23:59:59Z").unwrap();
+        assert_eq!(z.timezone, UNSPECIFIED_TIMEZONE);
+        assert_eq!(EfiTime::from_bytes(&z.to_bytes()), z);
+        let [lo, hi] = t.halves();
+        assert_eq!(EfiTime::from_halves(lo, hi), t);
+        assert!(EfiTime::parse_rfc3339("2024-02-30").is_err());
+        assert!(EfiTime::parse_rfc3339("2024-02-30T00:00:00+1:00").is_err());
+        assert!(EfiTime::parse_rfc3339("2024-0a-30T00:00:00Z").is_err());
+        assert_eq!(z.to_rfc3339(), "1999-12-31T23:59:59.000000000Z");
+    }
+}

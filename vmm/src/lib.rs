@@ -1,0 +1,39 @@
+//! efivmm: a microVM monitor on KVM whose guests' UEFI runtime services are
+//! served by firmware in an isolated sandbox VM.
+//!
+//! - [`sandbox`]: the sandbox VM in which the firmware runs at CPL3, 1:1.
+//! - [`firmware`]: the sandboxed firmware plus the VM's vars file.
+//! - [`varsfile`]: the vars file on disk (validated, locked, atomic commits).
+//! - [`rt`]: `efivmm rt`, one runtime call from the command line.
+//! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
+
+pub mod efi;
+pub mod firmware;
+pub mod rt;
+pub mod sandbox;
+pub mod varsfile;
+
+/// An error that ends an efivmm command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// The vars file cannot be used.
+    #[error(transparent)]
+    Vars(#[from] varsfile::VarsFileError),
+    /// The sandbox could not be built (KVM, memory, firmware image).
+    #[error(transparent)]
+    Setup(#[from] sandbox::SetupError),
+}
+
+impl ExitError {
+    /// The process exit code: 2 usage, 3 KVM/sandbox, 4 vars file.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitError::Usage(_) => 2,
+            ExitError::Setup(_) => 3,
+            ExitError::Vars(_) => 4,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The `efivmm` command.
+
+use clap::{Parser, Subcommand};
+use efivmm::rt::RtArgs;
+use efivmm::ExitError;
+
+/// efivmm: a microVM monitor whose guests' UEFI runtime services are served
+/// by firmware in an isolated sandbox VM (KVM), in physical mode forever.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
+///
+/// Exit codes: 0 success (for `rt`: the call completed, whatever its EFI
+/// status); 2 bad arguments; 3 KVM or sandbox unavailable; 4 vars file
+/// unusable (corrupt, locked, unreadable).
+#[derive(Parser, Debug)]
+#[command(name = "efivmm", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Call one UEFI runtime service in a fresh sandbox, without a guest,
+    /// and print one JSON object: {"status":"EFI_SUCCESS","status_code":0,...}.
+    ///
+    /// Inspect or edit a VM's NVRAM by running the firmware itself. Data is
+    /// printed as hex, attributes as numbers, sizes in bytes.
+    Rt(RtArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: Result<(), ExitError> = match cli.command {
+        Command::Rt(args) => efivmm::rt::run(args).map(|json| println!("{json}")),
+    };
+    if let Err(e) = result {
+        eprintln!("efivmm: error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}

@@ -1,0 +1,235 @@
+//! The sandbox's system structures, built by efivmm in sandbox memory: 1:1
+//! page tables, GDT, TSS, IDT and the CPL0 exception stubs, plus the vCPU
+//! state that enters the firmware at CPL3.
+//!
+//! Memory map (see `sandbox_abi`): page 0 is unmapped; the system pages
+//! (GDT..page tables) are supervisor-only; everything from
+//! `FIRMWARE_ADDR` up is user-accessible, and everything from `STACK_BOTTOM`
+//! up (stack, mailbox, buffers, store) is no-execute.
+
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use sandbox_abi::*;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Number of exception vectors with a stub (the architectural ones).
+pub const VECTORS: u64 = 32;
+/// Bytes per exception stub.
+const STUB_SIZE: u64 = 16;
+
+const PTE_PRESENT: u64 = 1;
+const PTE_WRITE: u64 = 1 << 1;
+const PTE_USER: u64 = 1 << 2;
+const PTE_NX: u64 = 1 << 63;
+
+/// Number of 4 KiB page-table pages needed to map `SANDBOX_MEM_SIZE`.
+const PT_PAGES: u64 = SANDBOX_MEM_SIZE / (512 * 4096);
+const PML4_ADDR: u64 = PAGE_TABLES_ADDR;
+const PDPT_ADDR: u64 = PAGE_TABLES_ADDR + 0x1000;
+const PD_ADDR: u64 = PAGE_TABLES_ADDR + 0x2000;
+const PT_ADDR: u64 = PAGE_TABLES_ADDR + 0x3000;
+/// End of the page tables; nothing is mapped between here and the firmware.
+const PAGE_TABLES_END: u64 = PT_ADDR + PT_PAGES * 0x1000;
+
+/// GDT selectors.
+const KERNEL_CS: u16 = 0x08;
+const USER_CS: u16 = 0x18 | 3;
+const USER_DS: u16 = 0x20 | 3;
+const TSS_SEL: u16 = 0x28;
+/// The TSS proper is 0x68 bytes; the I/O permission bitmap follows it, one
+/// bit per port for ports 0..=0xFF, then the 0xFF terminator byte.
+const IOPB_OFFSET: u64 = 0x68;
+const TSS_LIMIT: u32 = (IOPB_OFFSET + 32) as u32;
+
+/// Writes page tables, GDT, TSS, IDT and exception stubs into `mem`.
+pub fn write_system_structures(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
+    const _: () = assert!(PAGE_TABLES_END <= FIRMWARE_ADDR);
+    const _: () = assert!(SANDBOX_MEM_SIZE % (512 * 4096) == 0 && PT_PAGES <= 512);
+
+    // Page tables: PML4[0] -> PDPT[0] -> PD[0..PT_PAGES] -> 4 KiB PTEs.
+    let table = PTE_PRESENT | PTE_WRITE | PTE_USER;
+    mem.write_obj(PDPT_ADDR | table, GuestAddress(PML4_ADDR))?;
+    mem.write_obj(PD_ADDR | table, GuestAddress(PDPT_ADDR))?;
+    for i in 0..PT_PAGES {
+        mem.write_obj((PT_ADDR + i * 0x1000) | table, GuestAddress(PD_ADDR + i * 8))?;
+    }
+    for page in 0..SANDBOX_MEM_SIZE / 4096 {
+        let addr = page * 4096;
+        let flags = if addr == 0 || (PAGE_TABLES_END..FIRMWARE_ADDR).contains(&addr) {
+            0 // not present: null guard, and the unused gap
+        } else if addr < PAGE_TABLES_END {
+            PTE_PRESENT | PTE_WRITE // CPL0 only
+        } else if addr < STACK_BOTTOM {
+            PTE_PRESENT | PTE_WRITE | PTE_USER // firmware image
+        } else {
+            PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_NX // stack, mailbox, buffers, store
+        };
+        let pte = if flags == 0 { 0 } else { addr | flags };
+        mem.write_obj(pte, GuestAddress(PT_ADDR + page * 8))?;
+    }
+
+    // GDT: null, kernel code, kernel data, user code, user data, TSS (16 bytes).
+    let tss_lo = u64::from(TSS_LIMIT)
+        | ((TSS_ADDR & 0xff_ffff) << 16)
+        | (0x89u64 << 40)
+        | (((TSS_ADDR >> 24) & 0xff) << 56);
+    let gdt: [u64; 7] = [
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        tss_lo,
+        TSS_ADDR >> 32,
+    ];
+    for (i, d) in gdt.iter().enumerate() {
+        mem.write_obj(*d, GuestAddress(GDT_ADDR + i as u64 * 8))?;
+    }
+
+    // TSS: RSP0 for exceptions from CPL3, and an I/O permission bitmap that
+    // lets CPL3 use the doorbell port and no other (IOPL stays 0).
+    mem.write_obj(KERNEL_STACK_TOP, GuestAddress(TSS_ADDR + 4))?;
+    mem.write_obj(IOPB_OFFSET as u16, GuestAddress(TSS_ADDR + 0x66))?;
+    const _: () = assert!(DOORBELL_PORT < 0x100);
+    let mut bitmap = [0xffu8; 33];
+    bitmap[usize::from(DOORBELL_PORT / 8)] &= !(1 << (DOORBELL_PORT % 8));
+    mem.write_slice(&bitmap, GuestAddress(TSS_ADDR + IOPB_OFFSET))?;
+
+    // IDT: an interrupt gate (DPL0) per vector to its stub, which reports the
+    // vector on EXCEPTION_PORT and halts:
+    //   mov dx, EXCEPTION_PORT; mov al, vector; out dx, al; hlt; jmp $
+    let [port_lo, port_hi] = EXCEPTION_PORT.to_le_bytes();
+    for v in 0..VECTORS {
+        let stub = EXCEPTION_STUBS_ADDR + v * STUB_SIZE;
+        let code = [0x66, 0xba, port_lo, port_hi, 0xb0, v as u8, 0xee, 0xf4, 0xeb, 0xfe];
+        mem.write_slice(&code, GuestAddress(stub))?;
+        let mut gate = [0u8; 16];
+        gate[0..2].copy_from_slice(&(stub as u16).to_le_bytes());
+        gate[2..4].copy_from_slice(&KERNEL_CS.to_le_bytes());
+        gate[5] = 0x8e;
+        gate[6..8].copy_from_slice(&((stub >> 16) as u16).to_le_bytes());
+        gate[8..12].copy_from_slice(&((stub >> 32) as u32).to_le_bytes());
+        mem.write_slice(&gate, GuestAddress(IDT_ADDR + v * 16))?;
+    }
+    Ok(())
+}
+
+/// Whether an exception vector pushes an error code.
+pub fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// Special registers for running the firmware: long mode, paging with the
+/// sandbox page tables, CPL3 code and data segments, the TSS loaded.
+pub fn firmware_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    let seg = |selector: u16, type_: u8, l: u8, db: u8, dpl: u8| kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl,
+        db,
+        s: 1,
+        l,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    sregs.cs = seg(USER_CS, 0xb, 1, 0, 3);
+    let ds = seg(USER_DS, 0x3, 0, 1, 3);
+    sregs.ds = ds;
+    sregs.es = ds;
+    sregs.fs = ds;
+    sregs.gs = ds;
+    sregs.ss = ds;
+    sregs.tr = kvm_segment {
+        base: TSS_ADDR,
+        limit: TSS_LIMIT,
+        selector: TSS_SEL,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.gdt.base = GDT_ADDR;
+    sregs.gdt.limit = 7 * 8 - 1;
+    sregs.idt.base = IDT_ADDR;
+    sregs.idt.limit = (VECTORS * 16 - 1) as u16;
+    sregs.cr3 = PML4_ADDR;
+    sregs.cr4 = 0x20 | 0x200 | 0x400; // PAE, OSFXSR, OSXMMEXCPT
+    sregs.cr0 = 0x8005_0033; // PG, AM, WP, NE, ET, MP, PE
+    sregs.efer = 0x500 | 0x800; // LME, LMA, NXE
+    sregs
+}
+
+/// General registers for entering the firmware at `entry`: the stack as if
+/// called, IOPL=0 (the TSS bitmap allows the doorbell port only), interrupts off.
+pub fn firmware_regs(entry: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsp: STACK_TOP - 8,
+        rflags: 0x2,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mem() -> GuestMemoryMmap {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), SANDBOX_MEM_SIZE as usize)]).unwrap();
+        write_system_structures(&mem).unwrap();
+        mem
+    }
+
+    /// Walks the sandbox page tables like the CPU would; returns the leaf PTE.
+    fn walk(mem: &GuestMemoryMmap, va: u64) -> Option<u64> {
+        let mut table = PML4_ADDR;
+        for shift in [39u64, 30, 21, 12] {
+            let e: u64 = mem.read_obj(GuestAddress(table + ((va >> shift) & 511) * 8)).unwrap();
+            if e & PTE_PRESENT == 0 {
+                return None;
+            }
+            if shift == 12 {
+                return Some(e);
+            }
+            table = e & 0x000f_ffff_ffff_f000;
+        }
+        None
+    }
+
+    #[test]
+    fn identity_map_with_the_right_permissions() {
+        let mem = mem();
+        assert_eq!(walk(&mem, 0), None, "page 0 must be unmapped");
+        assert_eq!(walk(&mem, UNMAPPED_ADDR), None);
+        let sys = walk(&mem, IDT_ADDR).unwrap();
+        assert_eq!(sys & PTE_USER, 0, "IDT must be CPL0-only");
+        let fw = walk(&mem, FIRMWARE_ADDR + 0x5000).unwrap();
+        assert_eq!(fw & 0x000f_ffff_ffff_f000, FIRMWARE_ADDR + 0x5000);
+        assert_ne!(fw & PTE_USER, 0);
+        assert_eq!(fw & PTE_NX, 0);
+        let store = walk(&mem, STORE_ADDR + 0x1000).unwrap();
+        assert_eq!(store & 0x000f_ffff_ffff_f000, STORE_ADDR + 0x1000);
+        assert_ne!(store & PTE_NX, 0, "data must not be executable");
+        assert!(walk(&mem, SANDBOX_MEM_SIZE - 4096).is_some());
+        assert_eq!(walk(&mem, SANDBOX_MEM_SIZE), None);
+    }
+
+    #[test]
+    fn idt_gates_point_at_stubs_that_report_their_vector() {
+        let mem = mem();
+        let mut gate = [0u8; 16];
+        mem.read_slice(&mut gate, GuestAddress(IDT_ADDR + 14 * 16)).unwrap();
+        let off = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
+            | u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16;
+        assert_eq!(off, EXCEPTION_STUBS_ADDR + 14 * STUB_SIZE);
+        let mut code = [0u8; 10];
+        mem.read_slice(&mut code, GuestAddress(off)).unwrap();
+        assert_eq!(code[5], 14);
+        assert_eq!(u16::from_le_bytes([code[2], code[3]]), EXCEPTION_PORT);
+    }
+}

@@ -1,0 +1,306 @@
+//! The sandbox: a KVM VM of its own in which the runtime firmware runs at
+//! CPL3, identity-mapped, forever in physical mode.
+//!
+//! The sandbox has its own memory (`sandbox_abi::SANDBOX_MEM_SIZE` bytes);
+//! guest memory is never mapped into it. efivmm builds its page tables, GDT,
+//! TSS and IDT (see [`layout`]). A call is: write the mailbox and buffers, run
+//! the vCPU from the firmware's entry point until it rings the doorbell. Any
+//! other exit (an exception reported by the CPL0 stub, a triple fault, a
+//! stray port) or a missed deadline fails the call; the sandbox is then
+//! restored (firmware image from its pristine copy, vCPU state from scratch)
+//! and the next call starts clean. Restoring the store is the caller's job:
+//! it owns the last good store image.
+
+pub mod layout;
+mod watchdog;
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_sregs;
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use sandbox_abi::*;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+use watchdog::Watchdog;
+
+/// The firmware built into efivmm (an ELF for `x86_64-unknown-none`).
+pub static BUILTIN_FIRMWARE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/firmware.elf"));
+
+/// Default deadline of one call.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1000);
+
+/// Why the sandbox could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0}. efivmm needs KVM: check that the kvm module is loaded and that you may read and write /dev/kvm (e.g. be in the `kvm` group)")]
+    NoKvm(#[source] kvm_ioctls::Error),
+    /// A KVM call failed while building the sandbox.
+    #[error("KVM refused to {what}: {source}")]
+    Kvm {
+        /// What efivmm was doing.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// Sandbox memory could not be allocated or written.
+    #[error("sandbox memory: {0}")]
+    Memory(String),
+    /// The firmware image is not a loadable ELF for the sandbox.
+    #[error("the firmware image cannot be loaded into the sandbox: {0}")]
+    BadFirmware(String),
+    /// The watchdog thread could not be started.
+    #[error("cannot start the sandbox watchdog: {0}")]
+    Watchdog(#[source] std::io::Error),
+    /// The vars file image is larger than the sandbox holds.
+    #[error("the vars file image is {0} bytes; the sandbox holds at most {STORE_MAX}")]
+    StoreTooLarge(usize),
+}
+
+/// Why a call did not complete. Each costs the caller `EFI_DEVICE_ERROR`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CallFailure {
+    /// The firmware raised an exception.
+    #[error("firmware fault: vector {vector} error code {error_code:#x} at RIP {rip:#x} (CR2 {cr2:#x})")]
+    Fault {
+        /// Exception vector (13 = #GP, 14 = #PF, 6 = #UD, ...).
+        vector: u8,
+        /// Error code pushed by the CPU (0 if the vector has none).
+        error_code: u64,
+        /// Faulting instruction.
+        rip: u64,
+        /// CR2 (the faulting address of a #PF).
+        cr2: u64,
+    },
+    /// The firmware ran past the call's deadline.
+    #[error("firmware did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The sandbox vCPU exited in a way the protocol does not allow.
+    #[error("unexpected sandbox exit: {0}")]
+    UnexpectedExit(String),
+    /// The request does not fit the sandbox buffers.
+    #[error("request too large for the sandbox buffers: {0}")]
+    RequestTooLarge(&'static str),
+}
+
+/// A sandbox VM with the firmware loaded.
+pub struct Sandbox {
+    // Field order is drop order: the vCPU and VM go before their memory.
+    vcpu: VcpuFd,
+    _vm: VmFd,
+    mem: GuestMemoryMmap,
+    entry: u64,
+    /// The firmware region as loaded, for restoring after a failed call.
+    pristine: Vec<u8>,
+    sregs: kvm_sregs,
+    sregs_dirty: bool,
+    store_len: usize,
+    deadline: Duration,
+    watchdog: Watchdog,
+}
+
+impl Sandbox {
+    /// Builds a sandbox VM, loads `firmware` (an ELF) and the vars file
+    /// image `store`.
+    pub fn new(firmware: &[u8], store: &[u8]) -> Result<Self, SetupError> {
+        let started = Instant::now();
+        if store.len() as u64 > STORE_MAX {
+            return Err(SetupError::StoreTooLarge(store.len()));
+        }
+        let kvm = Kvm::new().map_err(SetupError::NoKvm)?;
+        let kvm_err = |what| move |source| SetupError::Kvm { what, source };
+        let vm = kvm.create_vm().map_err(kvm_err("create the sandbox VM"))?;
+        vm.set_tss_address(0xfffb_d000).map_err(kvm_err("set the TSS address"))?;
+
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), SANDBOX_MEM_SIZE as usize)])
+            .map_err(|e| SetupError::Memory(e.to_string()))?;
+        let host_addr = mem
+            .get_host_address(GuestAddress(0))
+            .map_err(|e| SetupError::Memory(e.to_string()))?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: SANDBOX_MEM_SIZE,
+            userspace_addr: host_addr as u64,
+        };
+        // SAFETY: the region is the single mmap of `mem`, SANDBOX_MEM_SIZE
+        // bytes long; `mem` lives in the same struct as the VM and is dropped
+        // after it (field order), so the mapping outlives the slot.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map sandbox memory"))?;
+
+        layout::write_system_structures(&mem).map_err(|e| SetupError::Memory(e.to_string()))?;
+        let loaded = Elf::load(&mem, None, &mut Cursor::new(firmware), None)
+            .map_err(|e| SetupError::BadFirmware(e.to_string()))?;
+        let entry = loaded.kernel_load.raw_value();
+        if !(FIRMWARE_ADDR..FIRMWARE_END).contains(&entry) || loaded.kernel_end > FIRMWARE_END {
+            return Err(SetupError::BadFirmware(format!(
+                "it occupies up to {:#x} with entry {entry:#x}; it must lie within {FIRMWARE_ADDR:#x}..{FIRMWARE_END:#x}",
+                loaded.kernel_end
+            )));
+        }
+        let mut pristine = vec![0u8; (FIRMWARE_END - FIRMWARE_ADDR) as usize];
+        mem.read_slice(&mut pristine, GuestAddress(FIRMWARE_ADDR))
+            .map_err(|e| SetupError::Memory(e.to_string()))?;
+
+        let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the sandbox vCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report CPUID"))?;
+        vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        let sregs = layout::firmware_sregs(vcpu.get_sregs().map_err(kvm_err("get sregs"))?);
+        vcpu.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+
+        let mut sandbox = Sandbox {
+            vcpu,
+            _vm: vm,
+            mem,
+            entry,
+            pristine,
+            sregs,
+            sregs_dirty: false,
+            store_len: store.len(),
+            deadline: DEFAULT_DEADLINE,
+            watchdog: Watchdog::new().map_err(SetupError::Watchdog)?,
+        };
+        sandbox.load_store(store).map_err(|e| SetupError::Memory(e.to_string()))?;
+        tracing::debug!(elapsed = ?started.elapsed(), entry = format_args!("{entry:#x}"), "sandbox ready");
+        Ok(sandbox)
+    }
+
+    /// Sets the deadline of each call.
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.deadline = deadline;
+    }
+
+    /// Replaces the vars file image in the sandbox (same length as before,
+    /// or a new length up to `STORE_MAX`).
+    pub fn load_store(&mut self, store: &[u8]) -> Result<(), vm_memory::GuestMemoryError> {
+        self.mem.write_slice(store, GuestAddress(STORE_ADDR))?;
+        self.store_len = store.len();
+        Ok(())
+    }
+
+    /// The vars file image as the firmware left it.
+    pub fn store(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.store_len];
+        self.mem
+            .read_slice(&mut out, GuestAddress(STORE_ADDR))
+            .expect("the store region lies within sandbox memory");
+        out
+    }
+
+    /// Reads `len` bytes (clamped to the buffer) of an output buffer
+    /// (`NAME_ADDR` or `DATA_OUT_ADDR`).
+    pub fn read_output(&self, addr: u64, len: u64) -> Vec<u8> {
+        let cap = if addr == NAME_ADDR { NAME_SIZE } else { DATA_SIZE };
+        let mut out = vec![0u8; len.min(cap) as usize];
+        self.mem
+            .read_slice(&mut out, GuestAddress(addr))
+            .expect("output buffers lie within sandbox memory");
+        out
+    }
+
+    /// Runs one call. `name` goes to `NAME_ADDR`, `data_in` to
+    /// `DATA_IN_ADDR`. Returns the mailbox as the firmware left it.
+    pub fn call(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, CallFailure> {
+        if name.len() as u64 > NAME_SIZE {
+            return Err(CallFailure::RequestTooLarge("name"));
+        }
+        if data_in.len() as u64 > DATA_SIZE {
+            return Err(CallFailure::RequestTooLarge("data"));
+        }
+        let mut header = *request;
+        header.magic = MAILBOX_MAGIC;
+        header.store_len = self.store_len as u64;
+        let write = |bytes: &[u8], addr| {
+            self.mem
+                .write_slice(bytes, GuestAddress(addr))
+                .expect("mailbox buffers lie within sandbox memory")
+        };
+        write(&header.to_bytes(), MAILBOX_ADDR);
+        write(name, NAME_ADDR);
+        write(data_in, DATA_IN_ADDR);
+
+        let result = self.run();
+        match result {
+            Ok(()) => {
+                let mut bytes = [0u8; MAILBOX_LEN];
+                self.mem
+                    .read_slice(&mut bytes, GuestAddress(MAILBOX_ADDR))
+                    .expect("the mailbox lies within sandbox memory");
+                Ok(Mailbox::from_bytes(&bytes))
+            }
+            Err(failure) => {
+                tracing::warn!(%failure, service = request.service, "sandbox call failed; restoring the sandbox");
+                self.restore();
+                Err(failure)
+            }
+        }
+    }
+
+    /// The privilege level the vCPU is at now (read from KVM, not from the
+    /// firmware): after a completed call, the level the firmware ran at.
+    pub fn vcpu_cpl(&self) -> Result<u8, kvm_ioctls::Error> {
+        Ok(self.vcpu.get_sregs()?.cs.dpl)
+    }
+
+    fn run(&mut self) -> Result<(), CallFailure> {
+        let kvm_fail = |what: &str, e: kvm_ioctls::Error| CallFailure::UnexpectedExit(format!("{what}: {e}"));
+        if self.sregs_dirty {
+            self.vcpu.set_sregs(&self.sregs).map_err(|e| kvm_fail("set sregs", e))?;
+            self.sregs_dirty = false;
+        }
+        self.vcpu
+            .set_regs(&layout::firmware_regs(self.entry))
+            .map_err(|e| kvm_fail("set regs", e))?;
+        self.watchdog.arm(self.deadline);
+        let outcome = loop {
+            match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(DOORBELL_PORT, _)) => break Ok(()),
+                Ok(VcpuExit::IoOut(EXCEPTION_PORT, data)) => {
+                    let vector = data.first().copied().unwrap_or(0xff);
+                    break Err(self.fault_report(vector));
+                }
+                Ok(exit) => break Err(CallFailure::UnexpectedExit(format!("{exit:?}"))),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    if self.watchdog.expired() {
+                        break Err(CallFailure::Timeout(self.deadline));
+                    }
+                }
+                Err(e) => break Err(kvm_fail("KVM_RUN", e)),
+            }
+        };
+        self.watchdog.disarm();
+        outcome
+    }
+
+    /// Reads the exception frame the CPU pushed on the CPL0 stack.
+    fn fault_report(&self, vector: u8) -> CallFailure {
+        let regs = self.vcpu.get_regs().unwrap_or_default();
+        let cr2 = self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+        let word = |i: u64| -> u64 {
+            self.mem
+                .read_obj(GuestAddress(regs.rsp.wrapping_add(i * 8)))
+                .unwrap_or(0)
+        };
+        let (error_code, rip) = if layout::has_error_code(vector) {
+            (word(0), word(1))
+        } else {
+            (0, word(0))
+        };
+        CallFailure::Fault { vector, error_code, rip, cr2 }
+    }
+
+    /// Puts the firmware image and the vCPU back to their state before any
+    /// call. (The store is restored by the caller.)
+    fn restore(&mut self) {
+        self.mem
+            .write_slice(&self.pristine, GuestAddress(FIRMWARE_ADDR))
+            .expect("the firmware region lies within sandbox memory");
+        self.sregs_dirty = true;
+    }
+}
