@@ -38,6 +38,7 @@ mod entry {
             doorbell();
         }
         match Service::from_u64(mailbox.service) {
+            Some(Service::DiagNop) => mailbox.status = EFI_SUCCESS,
             Some(Service::DiagCpl) => {
                 let cs: u16;
                 // SAFETY: reading CS has no side effects.
@@ -54,6 +55,19 @@ mod entry {
             Some(Service::DiagHang) => loop {
                 core::hint::spin_loop();
             },
+            Some(Service::DiagScribble) => {
+                let len = mailbox.args[0].min(mailbox.store_len);
+                // SAFETY: the store region is mapped writable for CPL3 and
+                // `len` is at most store_len <= STORE_MAX bytes.
+                unsafe { core::ptr::write_bytes(STORE_ADDR as *mut u8, 0, len as usize) };
+                if mailbox.args[1] != 0 {
+                    // SAFETY: deliberately faults (#PF on an unmapped address).
+                    let v = unsafe { core::ptr::read_volatile(UNMAPPED_ADDR as *const u8) };
+                    mailbox.outs[0] = u64::from(v);
+                }
+                mailbox.store_dirty = 1;
+                mailbox.status = EFI_SUCCESS;
+            }
             Some(Service::DiagPrivileged) => {
                 // SAFETY: `hlt` at CPL3 raises #GP; efivmm ends the call.
                 unsafe { asm!("hlt", options(nomem, nostack)) };

@@ -207,6 +207,14 @@ pub enum Service {
     DiagHang = 0x102,
     /// Diagnostic: the firmware executes `hlt` (a #GP at CPL3).
     DiagPrivileged = 0x103,
+    /// Diagnostic: the firmware rings the doorbell at once (the floor of a
+    /// sandbox call, for benchmarks).
+    DiagNop = 0x104,
+    /// Diagnostic: the firmware overwrites the first `args[0]` bytes of the
+    /// store with zeros, then faults if `args[1]` is non-zero, or else
+    /// returns EFI_SUCCESS with `store_dirty` set (a firmware that corrupts
+    /// its store).
+    DiagScribble = 0x105,
 }
 
 impl Service {
@@ -232,6 +240,8 @@ impl Service {
             0x101 => DiagFault,
             0x102 => DiagHang,
             0x103 => DiagPrivileged,
+            0x104 => DiagNop,
+            0x105 => DiagScribble,
             _ => return None,
         })
     }
@@ -282,7 +292,7 @@ mod tests {
 
     #[test]
     fn service_numbers_round_trip() {
-        for n in (0..14).chain(0x100..0x104) {
+        for n in (0..14).chain(0x100..0x106) {
             assert_eq!(Service::from_u64(n).unwrap() as u64, n);
         }
         assert!(Service::from_u64(14).is_none());

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use sandbox_abi::{Mailbox, Service, DATA_OUT_ADDR, DATA_SIZE, FLAGS_ARG, NAME_ADDR, NAME_SIZE};
+use sandbox_abi::{DATA_SIZE, NAME_SIZE};
 use serde_json::{json, Map, Value};
 use varstore::Layout;
 
 use crate::efi::{self, EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND, EFI_SUCCESS};
-use crate::firmware::{Firmware, FirmwareSource};
+use crate::firmware::{calls, Firmware, FirmwareSource};
 use crate::varsfile::VarsFile;
 use crate::ExitError;
 
@@ -134,26 +134,6 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
     u32::from_str_radix(digits, 16).map_err(|_| format!("`{s}` is not a hex number (e.g. 7 or 0x27)"))
 }
 
-/// Pointer-presence flags for the first `n` pointer arguments.
-fn all_ptrs(n: u32) -> u64 {
-    (1u64 << n) - 1
-}
-
-/// A call request: the header plus the name and data inputs.
-struct Request {
-    mailbox: Mailbox,
-    name: Vec<u8>,
-    data: Vec<u8>,
-}
-
-impl Request {
-    fn new(service: Service, pointers: u32) -> Self {
-        let mut mailbox = Mailbox { service: service as u64, ..Default::default() };
-        mailbox.args[FLAGS_ARG] = all_ptrs(pointers);
-        Request { mailbox, name: Vec::new(), data: Vec::new() }
-    }
-}
-
 /// Runs `efivmm rt`, returning the JSON object to print.
 pub fn run(args: RtArgs) -> Result<Value, ExitError> {
     let vars = VarsFile::open_or_create(&args.vars, Layout::Ovmf2M).map_err(ExitError::Vars)?;
@@ -162,15 +142,15 @@ pub fn run(args: RtArgs) -> Result<Value, ExitError> {
     serve(&mut fw, args.service)
 }
 
-fn call(fw: &mut Firmware, req: &Request) -> (Mailbox, Map<String, Value>) {
-    let done = fw.call(&req.mailbox, &req.name, &req.data);
+fn status(out: &mut Map<String, Value>, status: u64) {
+    out.insert("status".into(), json!(efi::status_name(status)));
+    out.insert("status_code".into(), json!(status));
+}
+
+fn with_status(status_code: u64) -> Map<String, Value> {
     let mut out = Map::new();
-    out.insert("status".into(), json!(efi::status_name(done.reply.status)));
-    out.insert("status_code".into(), json!(done.reply.status));
-    if let Some(why) = done.failure {
-        out.insert("sandbox_failure".into(), json!(why));
-    }
-    (done.reply, out)
+    status(&mut out, status_code);
+    out
 }
 
 fn name_arg(name: &str) -> Result<Vec<u8>, ExitError> {
@@ -189,45 +169,6 @@ fn time_arg(text: &str) -> Result<EfiTime, ExitError> {
     EfiTime::parse_rfc3339(text).map_err(ExitError::Usage)
 }
 
-fn get_variable(fw: &mut Firmware, name: Vec<u8>, guid: Guid, size: u64) -> (Mailbox, Map<String, Value>) {
-    let mut req = Request::new(Service::GetVariable, 5);
-    req.mailbox.args[0] = name.len() as u64;
-    [req.mailbox.args[1], req.mailbox.args[2]] = guid.halves();
-    req.mailbox.args[3] = size;
-    req.name = name;
-    let (reply, mut out) = call(fw, &req);
-    if reply.status == EFI_SUCCESS || reply.status == EFI_BUFFER_TOO_SMALL {
-        out.insert("attributes".into(), json!(reply.outs[0]));
-        out.insert("data_size".into(), json!(reply.outs[1]));
-    }
-    if reply.status == EFI_SUCCESS {
-        let data = fw.sandbox().read_output(DATA_OUT_ADDR, reply.outs[1]);
-        out.insert("data_hex".into(), json!(efi::encode_hex(&data)));
-    }
-    (reply, out)
-}
-
-fn get_next_name(fw: &mut Firmware, name: &[u8], guid: Guid, size: u64) -> (Mailbox, Map<String, Value>) {
-    let mut req = Request::new(Service::GetNextVariableName, 3);
-    // The caller's buffer holds the name and is `size` bytes long.
-    let mut buffer = name.to_vec();
-    buffer.resize(size.min(NAME_SIZE) as usize, 0);
-    req.mailbox.args[0] = size;
-    [req.mailbox.args[1], req.mailbox.args[2]] = guid.halves();
-    req.mailbox.args[3] = buffer.len() as u64;
-    req.name = buffer;
-    let (reply, mut out) = call(fw, &req);
-    if reply.status == EFI_SUCCESS || reply.status == EFI_BUFFER_TOO_SMALL {
-        out.insert("name_size".into(), json!(reply.outs[1]));
-    }
-    if reply.status == EFI_SUCCESS {
-        let name = fw.sandbox().read_output(NAME_ADDR, reply.outs[1]);
-        out.insert("name".into(), json!(efi::name_from_utf16(&name)));
-        out.insert("guid".into(), json!(Guid::from_halves(reply.outs[2], reply.outs[3]).to_string()));
-    }
-    (reply, out)
-}
-
 fn time_json(t: &EfiTime) -> Value {
     json!({
         "rfc3339": t.to_rfc3339(),
@@ -237,10 +178,23 @@ fn time_json(t: &EfiTime) -> Value {
     })
 }
 
+fn get_variable_json(r: &calls::GetVariable) -> Map<String, Value> {
+    let mut out = with_status(r.status);
+    if r.status == EFI_SUCCESS || r.status == EFI_BUFFER_TOO_SMALL {
+        out.insert("attributes".into(), json!(r.attributes));
+        out.insert("data_size".into(), json!(r.data_size));
+    }
+    if r.status == EFI_SUCCESS {
+        out.insert("data_hex".into(), json!(efi::encode_hex(&r.data)));
+    }
+    out
+}
+
 fn serve(fw: &mut Firmware, service: RtService) -> Result<Value, ExitError> {
     let out = match service {
         RtService::GetVariable { name, guid, size } => {
-            get_variable(fw, name_arg(&name)?, guid_arg(&guid)?, size.unwrap_or(DATA_SIZE)).1
+            let r = fw.get_variable(&name_arg(&name)?, &guid_arg(&guid)?, size.unwrap_or(DATA_SIZE));
+            get_variable_json(&r)
         }
         RtService::SetVariable { name, guid, attrs, data_hex, data_file } => {
             let data = match (data_hex, data_file) {
@@ -252,15 +206,7 @@ fn serve(fw: &mut Firmware, service: RtService) -> Result<Value, ExitError> {
             if data.len() as u64 > DATA_SIZE {
                 return Err(ExitError::Usage(format!("the data is {} bytes; at most {DATA_SIZE}", data.len())));
             }
-            let mut req = Request::new(Service::SetVariable, 3);
-            let name = name_arg(&name)?;
-            req.mailbox.args[0] = name.len() as u64;
-            [req.mailbox.args[1], req.mailbox.args[2]] = guid_arg(&guid)?.halves();
-            req.mailbox.args[3] = u64::from(attrs);
-            req.mailbox.args[4] = data.len() as u64;
-            req.name = name;
-            req.data = data;
-            call(fw, &req).1
+            with_status(fw.set_variable(&name_arg(&name)?, &guid_arg(&guid)?, attrs, &data))
         }
         RtService::GetNextVariableName { name, guid, size } => {
             let (name, guid) = match (name, guid) {
@@ -268,27 +214,37 @@ fn serve(fw: &mut Firmware, service: RtService) -> Result<Value, ExitError> {
                 (None, None) => (vec![0, 0], Guid([0; 16])),
                 _ => return Err(ExitError::Usage("give both NAME and GUID, or neither to start".into())),
             };
-            get_next_name(fw, &name, guid, size.unwrap_or(NAME_SIZE)).1
+            let r = fw.get_next_variable_name(&name, &guid, size.unwrap_or(NAME_SIZE));
+            let mut out = with_status(r.status);
+            if r.status == EFI_SUCCESS || r.status == EFI_BUFFER_TOO_SMALL {
+                out.insert("name_size".into(), json!(r.name_size));
+            }
+            if r.status == EFI_SUCCESS {
+                out.insert("name".into(), json!(efi::name_from_utf16(&r.name)));
+                out.insert("guid".into(), json!(r.guid.to_string()));
+            }
+            out
         }
         RtService::ListVariables => list_variables(fw),
         RtService::QueryVariableInfo { attrs } => {
-            let mut req = Request::new(Service::QueryVariableInfo, 3);
-            req.mailbox.args[0] = u64::from(attrs);
-            let (reply, mut out) = call(fw, &req);
-            if reply.status == EFI_SUCCESS {
-                out.insert("maximum_variable_storage_size".into(), json!(reply.outs[0]));
-                out.insert("remaining_variable_storage_size".into(), json!(reply.outs[1]));
-                out.insert("maximum_variable_size".into(), json!(reply.outs[2]));
+            let r = fw.query_variable_info(attrs);
+            let mut out = with_status(r.status);
+            if r.status == EFI_SUCCESS {
+                out.insert("maximum_variable_storage_size".into(), json!(r.maximum_storage));
+                out.insert("remaining_variable_storage_size".into(), json!(r.remaining_storage));
+                out.insert("maximum_variable_size".into(), json!(r.maximum_variable_size));
             }
             out
         }
         RtService::GetTime => {
-            let (reply, mut out) = call(fw, &Request::new(Service::GetTime, 2));
-            if reply.status == EFI_SUCCESS {
-                out.insert("time".into(), time_json(&EfiTime::from_halves(reply.outs[0], reply.outs[1])));
+            let r = fw.get_time();
+            let mut out = with_status(r.status);
+            if r.status == EFI_SUCCESS {
+                out.insert("time".into(), time_json(&r.time));
+                let (resolution, accuracy, sets_to_zero) = r.capabilities;
                 out.insert(
                     "capabilities".into(),
-                    json!({"resolution": reply.outs[2], "accuracy": reply.outs[3], "sets_to_zero": reply.outs[4] != 0}),
+                    json!({"resolution": resolution, "accuracy": accuracy, "sets_to_zero": sets_to_zero}),
                 );
             }
             out
@@ -297,69 +253,62 @@ fn serve(fw: &mut Firmware, service: RtService) -> Result<Value, ExitError> {
             let mut t = time_arg(&time)?;
             t.timezone = timezone.unwrap_or(t.timezone);
             t.daylight = daylight.unwrap_or(t.daylight);
-            let mut req = Request::new(Service::SetTime, 1);
-            [req.mailbox.args[0], req.mailbox.args[1]] = t.halves();
-            call(fw, &req).1
+            with_status(fw.set_time(&t))
         }
         RtService::GetWakeupTime => {
-            let (reply, mut out) = call(fw, &Request::new(Service::GetWakeupTime, 3));
-            if reply.status == EFI_SUCCESS {
-                out.insert("enabled".into(), json!(reply.outs[0] != 0));
-                out.insert("pending".into(), json!(reply.outs[1] != 0));
-                out.insert("time".into(), time_json(&EfiTime::from_halves(reply.outs[2], reply.outs[3])));
+            let r = fw.get_wakeup_time();
+            let mut out = with_status(r.status);
+            if r.status == EFI_SUCCESS {
+                out.insert("enabled".into(), json!(r.enabled));
+                out.insert("pending".into(), json!(r.pending));
+                out.insert("time".into(), time_json(&r.time));
             }
             out
         }
         RtService::SetWakeupTime { time, disable } => {
-            let mut req = Request::new(Service::SetWakeupTime, 0);
-            req.mailbox.args[0] = u64::from(!disable);
-            if let Some(text) = time {
-                [req.mailbox.args[1], req.mailbox.args[2]] = time_arg(&text)?.halves();
-                req.mailbox.args[FLAGS_ARG] = all_ptrs(1);
-            }
-            call(fw, &req).1
+            let t = time.as_deref().map(time_arg).transpose()?;
+            with_status(fw.set_wakeup_time(!disable, t.as_ref()))
         }
         RtService::GetNextHighMonotonicCount => {
-            let (reply, mut out) = call(fw, &Request::new(Service::GetNextHighMonotonicCount, 1));
-            if reply.status == EFI_SUCCESS {
-                out.insert("high_count".into(), json!(reply.outs[0]));
+            let (code, high) = fw.get_next_high_monotonic_count();
+            let mut out = with_status(code);
+            if code == EFI_SUCCESS {
+                out.insert("high_count".into(), json!(high));
             }
             out
         }
         RtService::QueryCapsuleCapabilities { capsule_guid, flags, image_size } => {
-            let mut req = Request::new(Service::QueryCapsuleCapabilities, 3);
-            req.mailbox.args[0] = 1;
-            let mut header = guid_arg(&capsule_guid)?.0.to_vec();
-            header.extend_from_slice(&28u32.to_le_bytes());
-            header.extend_from_slice(&flags.to_le_bytes());
-            header.extend_from_slice(&image_size.to_le_bytes());
-            req.data = header;
-            let (reply, mut out) = call(fw, &req);
-            if reply.status == EFI_SUCCESS {
-                out.insert("maximum_capsule_size".into(), json!(reply.outs[0]));
-                out.insert("reset_type".into(), json!(reply.outs[1]));
+            let header = calls::capsule_header(&guid_arg(&capsule_guid)?, 28, flags, image_size);
+            let (code, max_size, reset_type) = fw.query_capsule_capabilities(&header, 1);
+            let mut out = with_status(code);
+            if code == EFI_SUCCESS {
+                out.insert("maximum_capsule_size".into(), json!(max_size));
+                out.insert("reset_type".into(), json!(reset_type));
             }
             out
         }
         RtService::ResetSystem { kind } => {
-            let reset_type: u64 = match kind.as_str() {
+            let reset_type = match kind.as_str() {
                 "cold" => 0,
                 "warm" => 1,
                 _ => 2,
             };
-            let mut req = Request::new(Service::ResetSystem, 0);
-            req.mailbox.args[0] = reset_type;
-            let (reply, mut out) = call(fw, &req);
-            if reply.status == EFI_SUCCESS && reply.outs[0] == 1 {
-                let name = ["cold", "warm", "shutdown", "platform-specific"].get(reply.outs[1] as usize);
+            let (code, reset) = fw.reset_system(reset_type, EFI_SUCCESS, &[]);
+            let mut out = with_status(code);
+            if let Some(r) = reset {
+                let name = ["cold", "warm", "shutdown", "platform-specific"].get(r.reset_type as usize);
                 out.insert(
                     "reset".into(),
-                    json!({"type": name.copied().unwrap_or("unknown"), "status_code": reply.outs[2], "data_size": reply.outs[3]}),
+                    json!({"type": name.copied().unwrap_or("unknown"), "status_code": r.status, "data_size": r.data_size}),
                 );
             }
             out
         }
     };
+    let mut out = out;
+    if let Some(why) = fw.last_failure() {
+        out.insert("sandbox_failure".into(), json!(why));
+    }
     Ok(Value::Object(out))
 }
 
@@ -369,33 +318,24 @@ fn list_variables(fw: &mut Firmware) -> Map<String, Value> {
     let mut name = vec![0u8, 0];
     let mut guid = Guid([0; 16]);
     loop {
-        let (reply, out) = get_next_name(fw, &name, guid, NAME_SIZE);
-        if reply.status == EFI_NOT_FOUND {
+        let next = fw.get_next_variable_name(&name, &guid, NAME_SIZE);
+        if next.status == EFI_NOT_FOUND {
             break;
         }
-        if reply.status != EFI_SUCCESS {
-            // Report the failing step as the result.
+        if next.status != EFI_SUCCESS || variables.len() > 100_000 {
+            // Report the step that failed (or a firmware that never ends).
+            let mut out = with_status(next.status);
+            out.insert("variables".into(), Value::Array(variables));
             return out;
         }
-        name = fw.sandbox().read_output(NAME_ADDR, reply.outs[1]);
-        guid = Guid::from_halves(reply.outs[2], reply.outs[3]);
-        let (_, var) = get_variable(fw, name.clone(), guid, DATA_SIZE);
+        (name, guid) = (next.name, next.guid);
         let mut entry = Map::new();
         entry.insert("name".into(), json!(efi::name_from_utf16(&name)));
         entry.insert("guid".into(), json!(guid.to_string()));
-        for key in ["status", "attributes", "data_size", "data_hex"] {
-            if let Some(v) = var.get(key) {
-                entry.insert(key.into(), v.clone());
-            }
-        }
+        entry.extend(get_variable_json(&fw.get_variable(&name, &guid, DATA_SIZE)));
         variables.push(Value::Object(entry));
-        if variables.len() > 100_000 {
-            break; // a firmware that never says EFI_NOT_FOUND
-        }
     }
-    let mut out = Map::new();
-    out.insert("status".into(), json!("EFI_SUCCESS"));
-    out.insert("status_code".into(), json!(0));
+    let mut out = with_status(EFI_SUCCESS);
     out.insert("variables".into(), Value::Array(variables));
     out
 }

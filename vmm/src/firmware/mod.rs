@@ -47,6 +47,7 @@ pub struct Completed {
 pub struct Firmware {
     sandbox: Sandbox,
     vars: VarsFile,
+    last_failure: Option<String>,
 }
 
 impl Firmware {
@@ -56,7 +57,7 @@ impl Firmware {
             FirmwareSource::Builtin => crate::sandbox::BUILTIN_FIRMWARE,
         };
         let sandbox = Sandbox::new(image, vars.image())?;
-        Ok(Firmware { sandbox, vars })
+        Ok(Firmware { sandbox, vars, last_failure: None })
     }
 
     /// Sets the deadline of each call.
@@ -67,6 +68,11 @@ impl Firmware {
     /// The sandbox (for reading output buffers after a call).
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
+    }
+
+    /// Why the last call failed in the sandbox, if it did.
+    pub fn last_failure(&self) -> Option<&str> {
+        self.last_failure.as_deref()
     }
 
     /// The vars file.
@@ -80,6 +86,7 @@ impl Firmware {
     pub fn call(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Completed {
         let mut request = *request;
         request.host_time_unix_ns = host_time_ns();
+        self.last_failure = None;
         match self.call_inner(&request, name, data_in) {
             Ok(reply) => Completed { reply, failure: None },
             Err(why) => {
@@ -89,6 +96,7 @@ impl Firmware {
                     tracing::error!("cannot restore the sandbox store: {e}");
                 }
                 let reply = Mailbox { status: EFI_DEVICE_ERROR, ..request };
+                self.last_failure = Some(why.clone());
                 Completed { reply, failure: Some(why) }
             }
         }
@@ -116,3 +124,5 @@ pub fn host_time_ns() -> i64 {
         Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
     }
 }
+
+pub mod calls;

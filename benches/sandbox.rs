@@ -1,0 +1,60 @@
+//! Sandbox benchmarks: start-up, and the latency of runtime calls next to
+//! the floor measured in the same run (a call that enters the firmware and
+//! rings the doorbell at once: one CPL3 exit round trip plus register setup).
+//!
+//! Run: `cargo bench -p efivmm --bench sandbox`. Report ratios against
+//! `floor/bare_exit`, not absolute times: this machine's KVM is nested (PVM).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use efivmm::efi::{name_to_utf16, Guid, EFI_SUCCESS};
+use efivmm::firmware::calls::Request;
+use efivmm::firmware::{Firmware, FirmwareSource};
+use efivmm::sandbox::{Sandbox, BUILTIN_FIRMWARE};
+use efivmm::varsfile::VarsFile;
+use sandbox_abi::{Mailbox, Service};
+use varstore::{Layout, Store};
+
+fn empty_store() -> Vec<u8> {
+    let mut image = vec![0u8; Layout::Ovmf2M.file_size()];
+    Store::format(&mut image, Layout::Ovmf2M);
+    image
+}
+
+fn benches(c: &mut Criterion) {
+    let store = empty_store();
+    c.bench_function("sandbox/start", |b| b.iter(|| Sandbox::new(BUILTIN_FIRMWARE, &store).unwrap()));
+
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &store).unwrap();
+    let nop = Mailbox { service: Service::DiagNop as u64, ..Default::default() };
+    c.bench_function("floor/bare_exit", |b| b.iter(|| sb.call(&nop, &[], &[]).unwrap()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), Layout::Ovmf2M).unwrap();
+    let mut fw = Firmware::start(&FirmwareSource::Builtin, vars).unwrap();
+    let guid = Guid::parse("3f0b4c2e-5b2a-4d8e-9f61-6c1f0e7a9d11").unwrap();
+    // A store with some content, like a booted system's.
+    for i in 0..40 {
+        let name = name_to_utf16(&format!("Boot{i:04X}"));
+        assert_eq!(fw.set_variable(&name, &guid, 7, &[i as u8; 64]), EFI_SUCCESS);
+    }
+    let name = name_to_utf16("Boot0027");
+    c.bench_function("call/get_variable", |b| {
+        b.iter(|| assert_eq!(fw.get_variable(&name, &guid, 4096).status, EFI_SUCCESS))
+    });
+    let nop_req = Request::new(Service::DiagNop, 0);
+    c.bench_function("call/firmware_nop_with_persistence_layer", |b| b.iter(|| fw.request(&nop_req)));
+    let mut n = 0u8;
+    c.bench_function("call/set_variable_durable", |b| {
+        b.iter(|| {
+            n = n.wrapping_add(1);
+            assert_eq!(fw.set_variable(&name, &guid, 7, &[n; 64]), EFI_SUCCESS)
+        })
+    });
+}
+
+criterion_group! {
+    name = sandbox;
+    config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(sandbox);

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what efivmm's build and tests need on a fresh machine. Sourced by
+# scripts/demo.sh and scripts/test.sh; safe to run again (it skips what is there).
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+# Rust targets: the built-in firmware is built for x86_64-unknown-none.
+# (A rust-toolchain.toml does not install targets for an installed toolchain.)
+for target in x86_64-unknown-none; do
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+    say "installing Rust target $target"
+    rustup target add "$target"
+  fi
+done
+
+# Debian packages the tests use: ovmf (real OVMF vars files as fixtures).
+want_debs=()
+[ -f /usr/share/OVMF/OVMF_VARS_4M.ms.fd ] || want_debs+=(ovmf)
+if [ ${#want_debs[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${want_debs[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want_debs[@]}" >/dev/null
+  else
+    say "warning: missing Debian packages ${want_debs[*]} (need root and apt-get); the tests that use them will say they were skipped"
+  fi
+fi
+
+if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+  say "error: /dev/kvm is missing or not read-writable by $(id -un): efivmm needs KVM"
+  exit 3
+fi

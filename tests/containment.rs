@@ -1,0 +1,64 @@
+//! A firmware that faults, hangs or corrupts its store costs the caller one
+//! EFI_DEVICE_ERROR: the sandbox and the vars file go back to their last
+//! good state and the next call works.
+
+mod common;
+
+use std::time::Duration;
+
+use efivmm::efi::{name_to_utf16, Guid, EFI_DEVICE_ERROR, EFI_SUCCESS};
+use efivmm::firmware::calls::Request;
+use efivmm::firmware::{Firmware, FirmwareSource};
+use efivmm::varsfile::VarsFile;
+use sandbox_abi::Service;
+
+fn firmware(dir: &tempfile::TempDir) -> Firmware {
+    let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), varstore::Layout::Ovmf2M).unwrap();
+    Firmware::start(&FirmwareSource::Builtin, vars).unwrap()
+}
+
+/// Sets a variable, runs `bad`, and checks the aftermath.
+fn contained(bad: Request, deadline: Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fw = firmware(&dir);
+    fw.set_deadline(deadline);
+    let guid = Guid::parse(common::TEST_GUID).unwrap();
+    let name = name_to_utf16("Kept");
+    assert_eq!(fw.set_variable(&name, &guid, 7, b"before"), EFI_SUCCESS);
+    let file_before = std::fs::read(fw.vars().path()).unwrap();
+
+    let done = fw.request(&bad);
+    assert_eq!(done.reply.status, EFI_DEVICE_ERROR);
+    assert!(done.failure.is_some());
+    assert_eq!(std::fs::read(fw.vars().path()).unwrap(), file_before, "the vars file keeps only completed writes");
+
+    // The next calls work and see the last good store.
+    let got = fw.get_variable(&name, &guid, 100);
+    assert_eq!((got.status, got.data.as_slice()), (EFI_SUCCESS, &b"before"[..]));
+    assert_eq!(fw.set_variable(&name, &guid, 7, b"after"), EFI_SUCCESS);
+    assert_eq!(fw.get_variable(&name, &guid, 100).data, b"after");
+}
+
+#[test]
+fn a_fault_costs_one_device_error() {
+    contained(Request::new(Service::DiagFault, 0), Duration::from_secs(1));
+}
+
+#[test]
+fn a_hang_costs_one_device_error() {
+    contained(Request::new(Service::DiagHang, 0), Duration::from_millis(200));
+}
+
+#[test]
+fn a_fault_after_scribbling_on_the_store_is_undone() {
+    let mut req = Request::new(Service::DiagScribble, 0);
+    req.mailbox.args = [0x10000, 1, 0, 0, 0, 0, 0, 0];
+    contained(req, Duration::from_secs(1));
+}
+
+#[test]
+fn a_store_left_invalid_is_never_written_to_disk() {
+    let mut req = Request::new(Service::DiagScribble, 0);
+    req.mailbox.args = [0x100, 0, 0, 0, 0, 0, 0, 0];
+    contained(req, Duration::from_secs(1));
+}

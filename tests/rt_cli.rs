@@ -1,0 +1,197 @@
+//! `efivmm rt` end to end: the binary, a real sandbox on /dev/kvm, a vars file.
+
+mod common;
+
+use std::path::Path;
+
+use common::{rt, rt_ok, status, GLOBAL, TEST_GUID};
+
+#[test]
+fn a_missing_vars_file_is_created_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("new.fd");
+    let v = rt_ok(&vars, &["list-variables"]);
+    assert_eq!(status(&v), "EFI_SUCCESS");
+    assert_eq!(v["status_code"], 0);
+    assert_eq!(v["variables"].as_array().unwrap().len(), 0);
+    assert_eq!(std::fs::metadata(&vars).unwrap().len(), 0x20000, "the 2 MiB build's 128 KiB layout");
+}
+
+#[test]
+fn set_then_get_prints_attributes_size_and_hex() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let set = rt_ok(&vars, &["set-variable", "Hello", TEST_GUID, "--attrs", "7", "--data-hex", "00ff10"]);
+    assert_eq!(status(&set), "EFI_SUCCESS");
+    let get = rt_ok(&vars, &["get-variable", "Hello", TEST_GUID]);
+    assert_eq!(status(&get), "EFI_SUCCESS");
+    assert_eq!(get["attributes"], 7);
+    assert_eq!(get["data_size"], 3);
+    assert_eq!(get["data_hex"], "00ff10");
+    // Too small a buffer: the needed size, and exit 0 (the call completed).
+    let small = rt_ok(&vars, &["get-variable", "Hello", TEST_GUID, "--size", "1"]);
+    assert_eq!(status(&small), "EFI_BUFFER_TOO_SMALL");
+    assert_eq!(small["data_size"], 3);
+    // From a file, and deletion with no data.
+    let file = dir.path().join("data.bin");
+    std::fs::write(&file, b"abc").unwrap();
+    rt_ok(&vars, &["set-variable", "Hello", TEST_GUID, "--attrs", "7", "--data-file", file.to_str().unwrap()]);
+    assert_eq!(rt_ok(&vars, &["get-variable", "Hello", TEST_GUID])["data_hex"], "616263");
+    assert_eq!(status(&rt_ok(&vars, &["set-variable", "Hello", TEST_GUID, "--attrs", "7"])), "EFI_SUCCESS");
+    assert_eq!(status(&rt_ok(&vars, &["get-variable", "Hello", TEST_GUID])), "EFI_NOT_FOUND");
+}
+
+#[test]
+fn enumeration_walks_every_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    for name in ["A", "B", "C"] {
+        rt_ok(&vars, &["set-variable", name, TEST_GUID, "--attrs", "7", "--data-hex", "01"]);
+    }
+    let first = rt_ok(&vars, &["get-next-variable-name"]);
+    assert_eq!(status(&first), "EFI_SUCCESS");
+    assert_eq!(first["guid"], TEST_GUID);
+    let second = rt_ok(&vars, &["get-next-variable-name", first["name"].as_str().unwrap(), TEST_GUID]);
+    assert_eq!(status(&second), "EFI_SUCCESS");
+    assert_ne!(second["name"], first["name"]);
+    let list = rt_ok(&vars, &["list-variables"]);
+    let mut names: Vec<&str> = list["variables"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["A", "B", "C"]);
+}
+
+#[test]
+fn time_set_persists_and_invalid_times_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let now = rt_ok(&vars, &["get-time"]);
+    assert_eq!(status(&now), "EFI_SUCCESS");
+    assert!(now["time"]["year"].as_u64().unwrap() >= 2024);
+    assert_eq!(status(&rt_ok(&vars, &["set-time", "2031-07-04T10:00:00Z", "--timezone", "-300", "--daylight", "1"])), "EFI_SUCCESS");
+    let later = rt_ok(&vars, &["get-time"]);
+    assert_eq!(later["time"]["year"], 2031);
+    assert_eq!(later["time"]["month"], 7);
+    assert_eq!(later["time"]["timezone"], -300);
+    assert_eq!(later["time"]["daylight"], 1);
+    for bad in ["2023-02-29T00:00:00Z", "1899-12-31T23:59:59Z", "2024-04-31T00:00:00Z", "2024-01-01T24:00:00Z"] {
+        assert_eq!(status(&rt_ok(&vars, &["set-time", bad])), "EFI_INVALID_PARAMETER", "{bad}");
+    }
+    assert_eq!(status(&rt_ok(&vars, &["set-time", "2024-01-01T00:00:00Z", "--timezone", "1441"])), "EFI_INVALID_PARAMETER");
+}
+
+#[test]
+fn monotonic_count_increases_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let mut last = None;
+    for _ in 0..3 {
+        let v = rt_ok(&vars, &["get-next-high-monotonic-count"]);
+        assert_eq!(status(&v), "EFI_SUCCESS");
+        let high = v["high_count"].as_u64().unwrap();
+        if let Some(prev) = last {
+            assert!(high > prev, "{high} after {prev}");
+        }
+        last = Some(high);
+    }
+}
+
+#[test]
+fn reset_and_capsules_and_wakeup() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let r = rt_ok(&vars, &["reset-system", "warm"]);
+    assert_eq!(status(&r), "EFI_SUCCESS");
+    assert_eq!(r["reset"]["type"], "warm");
+    assert_eq!(status(&rt_ok(&vars, &["query-capsule-capabilities"])), "EFI_UNSUPPORTED");
+    assert_eq!(status(&rt_ok(&vars, &["set-wakeup-time", "2030-01-01T00:00:00Z"])), "EFI_SUCCESS");
+    let w = rt_ok(&vars, &["get-wakeup-time"]);
+    assert_eq!(w["enabled"], true);
+    assert_eq!(w["time"]["year"], 2030);
+    assert_eq!(status(&rt_ok(&vars, &["set-wakeup-time", "--disable"])), "EFI_SUCCESS");
+    assert_eq!(rt_ok(&vars, &["get-wakeup-time"])["enabled"], false);
+    assert_eq!(status(&rt_ok(&vars, &["set-wakeup-time", "2030-02-30T00:00:00Z"])), "EFI_INVALID_PARAMETER");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let r = rt(&vars, &["get-variable", "X", "not-a-guid"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("not a GUID"), "{}", r.stderr);
+    let r = rt(&vars, &["set-variable", "X", GLOBAL, "--attrs", "zz"]);
+    assert_eq!(r.code, 2);
+    let r = rt(&vars, &["set-time", "yesterday"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("RFC 3339"), "{}", r.stderr);
+}
+
+fn assert_refused(vars: &Path, contents: &[u8]) {
+    std::fs::write(vars, contents).unwrap();
+    let r = rt(vars, &["list-variables"]);
+    assert_eq!(r.code, 4, "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("not a usable OVMF variable store"), "{}", r.stderr);
+    assert_eq!(r.json, serde_json::Value::Null, "nothing on stdout");
+    assert_eq!(std::fs::read(vars).unwrap(), contents, "the file is left untouched");
+}
+
+#[test]
+fn corrupt_and_truncated_vars_files_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    rt_ok(&vars, &["set-variable", "V", TEST_GUID, "--attrs", "7", "--data-hex", "0102"]);
+    let good = std::fs::read(&vars).unwrap();
+    assert_refused(&vars, &good[..0x10000]);
+    assert_refused(&vars, &good[..100]);
+    let mut bad_checksum = good.clone();
+    bad_checksum[0x32] ^= 0x55;
+    assert_refused(&vars, &bad_checksum);
+    let mut bad_record = good.clone();
+    // The first record's DataSize (header at 0x48 + 0x1c, field at +0x28).
+    let first = 0x48 + 0x1c;
+    bad_record[first + 0x28..first + 0x2c].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+    assert_refused(&vars, &bad_record);
+    assert_refused(&vars, &[0xffu8; 0x20000]);
+}
+
+#[test]
+fn the_debian_4m_ms_store_is_read_and_written() {
+    let fixture = Path::new("/usr/share/OVMF/OVMF_VARS_4M.ms.fd");
+    if !fixture.exists() {
+        eprintln!("SKIPPED: {} is not installed (Debian package ovmf)", fixture.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("ms.fd");
+    std::fs::copy(fixture, &vars).unwrap();
+
+    // What the host-side parser sees as live and runtime-visible ...
+    let mut image = std::fs::read(fixture).unwrap();
+    let store = varstore::Store::open(&mut image).unwrap();
+    let mut expected: Vec<(String, String, usize)> = store
+        .iter()
+        .filter(|v| v.attributes & 4 != 0)
+        .map(|v| {
+            let guid = efivmm::efi::Guid(v.guid.0).to_string();
+            (efivmm::efi::name_from_utf16(v.name), guid, v.data.len())
+        })
+        .collect();
+    expected.sort();
+    // ... is what the firmware in the sandbox lists.
+    let list = rt_ok(&vars, &["list-variables"]);
+    let mut listed: Vec<(String, String, usize)> = list["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().into(), v["guid"].as_str().unwrap().into(), v["data_size"].as_u64().unwrap() as usize))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+    for must in ["PK", "KEK", "db", "dbx"] {
+        assert!(listed.iter().any(|(n, _, size)| n == must && *size > 0), "{must} missing");
+    }
+    // Writing keeps the 4 MiB layout.
+    rt_ok(&vars, &["set-variable", "New", TEST_GUID, "--attrs", "7", "--data-hex", "aa"]);
+    assert_eq!(std::fs::metadata(&vars).unwrap().len(), 540672);
+    assert_eq!(rt_ok(&vars, &["get-variable", "New", TEST_GUID])["data_hex"], "aa");
+}

@@ -1,0 +1,269 @@
+//! Typed runtime-service calls on a [`Firmware`]: each builds the mailbox
+//! request of `sandbox_abi`'s encoding and decodes the reply. Used by
+//! `efivmm rt`, the tests and the benchmarks.
+
+use sandbox_abi::{Mailbox, Service, DATA_OUT_ADDR, FLAGS_ARG, NAME_ADDR, NAME_SIZE};
+
+use super::{Completed, Firmware};
+use crate::efi::{EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_SUCCESS};
+
+/// A request under construction.
+#[derive(Clone, Debug, Default)]
+pub struct Request {
+    /// The header (service, args, pointer flags).
+    pub mailbox: Mailbox,
+    /// Bytes for the name buffer.
+    pub name: Vec<u8>,
+    /// Bytes for the input data buffer.
+    pub data: Vec<u8>,
+}
+
+impl Request {
+    /// A request for `service` with its first `pointers` pointer arguments
+    /// non-NULL.
+    pub fn new(service: Service, pointers: u32) -> Self {
+        let mut mailbox = Mailbox { service: service as u64, ..Default::default() };
+        mailbox.args[FLAGS_ARG] = (1u64 << pointers) - 1;
+        Request { mailbox, name: Vec::new(), data: Vec::new() }
+    }
+
+    /// Marks pointer argument `n` NULL.
+    pub fn null(mut self, n: u32) -> Self {
+        self.mailbox.args[FLAGS_ARG] &= !(1u64 << n);
+        self
+    }
+}
+
+/// The reply of GetVariable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetVariable {
+    /// EFI status.
+    pub status: u64,
+    /// Attributes (on success and EFI_BUFFER_TOO_SMALL).
+    pub attributes: u32,
+    /// DataSize out: the size written, or needed.
+    pub data_size: u64,
+    /// The data (on success).
+    pub data: Vec<u8>,
+}
+
+/// The reply of GetNextVariableName.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NextName {
+    /// EFI status.
+    pub status: u64,
+    /// VariableNameSize out.
+    pub name_size: u64,
+    /// The name, UTF-16LE with its NUL (on success).
+    pub name: Vec<u8>,
+    /// The GUID (on success).
+    pub guid: Guid,
+}
+
+/// The reply of QueryVariableInfo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VariableInfo {
+    /// EFI status.
+    pub status: u64,
+    /// MaximumVariableStorageSize.
+    pub maximum_storage: u64,
+    /// RemainingVariableStorageSize.
+    pub remaining_storage: u64,
+    /// MaximumVariableSize.
+    pub maximum_variable_size: u64,
+}
+
+/// The reply of GetTime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Time {
+    /// EFI status.
+    pub status: u64,
+    /// The time.
+    pub time: EfiTime,
+    /// Capabilities: resolution, accuracy, sets-to-zero.
+    pub capabilities: (u32, u32, bool),
+}
+
+/// The reply of GetWakeupTime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WakeupTime {
+    /// EFI status.
+    pub status: u64,
+    /// Whether the alarm is enabled.
+    pub enabled: bool,
+    /// Whether it is pending.
+    pub pending: bool,
+    /// The alarm time.
+    pub time: EfiTime,
+}
+
+/// A reset the firmware asked efivmm to carry out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResetRequest {
+    /// EFI_RESET_TYPE.
+    pub reset_type: u32,
+    /// ResetStatus.
+    pub status: u64,
+    /// DataSize.
+    pub data_size: u64,
+}
+
+fn with_name_and_guid(mut req: Request, name: &[u8], guid: &Guid) -> Request {
+    req.mailbox.args[0] = name.len() as u64;
+    [req.mailbox.args[1], req.mailbox.args[2]] = guid.halves();
+    req.name = name.to_vec();
+    req
+}
+
+impl Firmware {
+    /// Runs a prepared request.
+    pub fn request(&mut self, req: &Request) -> Completed {
+        self.call(&req.mailbox, &req.name, &req.data)
+    }
+
+    /// GetVariable(name, guid, &attrs, &size, data) with `*DataSize = size`.
+    /// `name` is UTF-16LE with its NUL.
+    pub fn get_variable(&mut self, name: &[u8], guid: &Guid, size: u64) -> GetVariable {
+        let mut req = with_name_and_guid(Request::new(Service::GetVariable, 5), name, guid);
+        req.mailbox.args[3] = size;
+        let reply = self.request(&req).reply;
+        let ok = reply.status == EFI_SUCCESS;
+        let data = if ok { self.sandbox.read_output(DATA_OUT_ADDR, reply.outs[1]) } else { Vec::new() };
+        let has_sizes = ok || reply.status == EFI_BUFFER_TOO_SMALL;
+        GetVariable {
+            status: reply.status,
+            attributes: if has_sizes { reply.outs[0] as u32 } else { 0 },
+            data_size: if has_sizes { reply.outs[1] } else { 0 },
+            data,
+        }
+    }
+
+    /// SetVariable(name, guid, attributes, data.len(), data).
+    pub fn set_variable(&mut self, name: &[u8], guid: &Guid, attributes: u32, data: &[u8]) -> u64 {
+        let mut req = with_name_and_guid(Request::new(Service::SetVariable, 3), name, guid);
+        req.mailbox.args[3] = u64::from(attributes);
+        req.mailbox.args[4] = data.len() as u64;
+        req.data = data.to_vec();
+        self.request(&req).reply.status
+    }
+
+    /// GetNextVariableName with a caller buffer holding `buffer` and
+    /// `*VariableNameSize = size`.
+    pub fn get_next_variable_name(&mut self, buffer: &[u8], guid: &Guid, size: u64) -> NextName {
+        let mut copied = buffer.to_vec();
+        copied.resize(size.min(NAME_SIZE) as usize, 0);
+        let mut req = with_name_and_guid(Request::new(Service::GetNextVariableName, 3), &copied, guid);
+        req.mailbox.args[0] = size;
+        req.mailbox.args[3] = copied.len() as u64;
+        let reply = self.request(&req).reply;
+        let ok = reply.status == EFI_SUCCESS;
+        NextName {
+            status: reply.status,
+            name_size: if ok || reply.status == EFI_BUFFER_TOO_SMALL { reply.outs[1] } else { 0 },
+            name: if ok { self.sandbox.read_output(NAME_ADDR, reply.outs[1]) } else { Vec::new() },
+            guid: if ok { Guid::from_halves(reply.outs[2], reply.outs[3]) } else { Guid([0; 16]) },
+        }
+    }
+
+    /// QueryVariableInfo(attributes, ...).
+    pub fn query_variable_info(&mut self, attributes: u32) -> VariableInfo {
+        let mut req = Request::new(Service::QueryVariableInfo, 3);
+        req.mailbox.args[0] = u64::from(attributes);
+        let r = self.request(&req).reply;
+        VariableInfo {
+            status: r.status,
+            maximum_storage: r.outs[0],
+            remaining_storage: r.outs[1],
+            maximum_variable_size: r.outs[2],
+        }
+    }
+
+    /// GetTime(&time, &capabilities).
+    pub fn get_time(&mut self) -> Time {
+        let r = self.request(&Request::new(Service::GetTime, 2)).reply;
+        Time {
+            status: r.status,
+            time: EfiTime::from_halves(r.outs[0], r.outs[1]),
+            capabilities: (r.outs[2] as u32, r.outs[3] as u32, r.outs[4] != 0),
+        }
+    }
+
+    /// SetTime(&time).
+    pub fn set_time(&mut self, time: &EfiTime) -> u64 {
+        let mut req = Request::new(Service::SetTime, 1);
+        [req.mailbox.args[0], req.mailbox.args[1]] = time.halves();
+        self.request(&req).reply.status
+    }
+
+    /// GetWakeupTime(&enabled, &pending, &time).
+    pub fn get_wakeup_time(&mut self) -> WakeupTime {
+        let r = self.request(&Request::new(Service::GetWakeupTime, 3)).reply;
+        WakeupTime {
+            status: r.status,
+            enabled: r.outs[0] != 0,
+            pending: r.outs[1] != 0,
+            time: EfiTime::from_halves(r.outs[2], r.outs[3]),
+        }
+    }
+
+    /// SetWakeupTime(enable, time) (time NULL when `None`).
+    pub fn set_wakeup_time(&mut self, enable: bool, time: Option<&EfiTime>) -> u64 {
+        let mut req = Request::new(Service::SetWakeupTime, u32::from(time.is_some()));
+        req.mailbox.args[0] = u64::from(enable);
+        if let Some(t) = time {
+            [req.mailbox.args[1], req.mailbox.args[2]] = t.halves();
+        }
+        self.request(&req).reply.status
+    }
+
+    /// GetNextHighMonotonicCount(&high).
+    pub fn get_next_high_monotonic_count(&mut self) -> (u64, u32) {
+        let r = self.request(&Request::new(Service::GetNextHighMonotonicCount, 1)).reply;
+        (r.status, r.outs[0] as u32)
+    }
+
+    /// ResetSystem(type, status, data.len(), data): the status, and the
+    /// reset the firmware reported, if any.
+    pub fn reset_system(&mut self, reset_type: u32, status: u64, data: &[u8]) -> (u64, Option<ResetRequest>) {
+        let mut req = Request::new(Service::ResetSystem, u32::from(!data.is_empty()));
+        req.mailbox.args[0] = u64::from(reset_type);
+        req.mailbox.args[1] = status;
+        req.mailbox.args[2] = data.len() as u64;
+        req.data = data.to_vec();
+        let r = self.request(&req).reply;
+        let reset = (r.status == EFI_SUCCESS && r.outs[0] == 1).then_some(ResetRequest {
+            reset_type: r.outs[1] as u32,
+            status: r.outs[2],
+            data_size: r.outs[3],
+        });
+        (r.status, reset)
+    }
+
+    /// QueryCapsuleCapabilities over `count` capsule headers (28 bytes each,
+    /// concatenated in `headers`): status, max size, reset type.
+    pub fn query_capsule_capabilities(&mut self, headers: &[u8], count: u64) -> (u64, u64, u64) {
+        let mut req = Request::new(Service::QueryCapsuleCapabilities, 3);
+        req.mailbox.args[0] = count;
+        req.data = headers.to_vec();
+        let r = self.request(&req).reply;
+        (r.status, r.outs[0], r.outs[1])
+    }
+
+    /// UpdateCapsule over `count` capsule headers with ScatterGatherList `sg`.
+    pub fn update_capsule(&mut self, headers: &[u8], count: u64, sg: u64) -> u64 {
+        let mut req = Request::new(Service::UpdateCapsule, 1);
+        req.mailbox.args[0] = count;
+        req.mailbox.args[1] = sg;
+        req.data = headers.to_vec();
+        self.request(&req).reply.status
+    }
+}
+
+/// A capsule header (EFI_CAPSULE_HEADER, 28 bytes).
+pub fn capsule_header(guid: &Guid, header_size: u32, flags: u32, image_size: u32) -> Vec<u8> {
+    let mut h = guid.0.to_vec();
+    h.extend_from_slice(&header_size.to_le_bytes());
+    h.extend_from_slice(&flags.to_le_bytes());
+    h.extend_from_slice(&image_size.to_le_bytes());
+    h
+}
