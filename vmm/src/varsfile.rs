@@ -113,10 +113,9 @@ impl VarsFile {
 
 /// Checks that `image` is a valid variable store.
 pub fn validate(path: &Path, image: &[u8]) -> Result<(), VarsFileError> {
-    let mut copy = image.to_vec();
-    Store::open(&mut copy).map(|_| ()).map_err(|e| VarsFileError::Corrupt {
+    varstore::check(image).map(|_| ()).map_err(|problem| VarsFileError::Corrupt {
         path: path.to_path_buf(),
-        reason: format!("{e:?}"),
+        reason: problem.to_string(),
     })
 }
 
