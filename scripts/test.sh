@@ -6,3 +6,5 @@ source scripts/setup.sh
 say "building and running the tests (unit, sandbox on /dev/kvm, CLI, crash safety)"
 # Two cores: keep the test binaries from fighting over them and over KVM.
 cargo test --workspace --locked -- --test-threads=2
+say "the firmware's rule tests again, through the real sandbox VM on /dev/kvm"
+FIRMWARE_TESTS_IN_SANDBOX=1 cargo test --locked -p efivmm-firmware --lib -- --test-threads=2

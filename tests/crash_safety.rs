@@ -67,6 +67,7 @@ fn sigkill_during_a_set_variable_storm_loses_no_acknowledged_write() {
         }
         attempts.entry(name).or_default().push((i, ok));
     }
+    eprintln!("storm: {acked} acknowledged, {killed} cut short (seed {seed:#x})");
     assert!(acked > 20 && killed > 20, "the storm must have both ({acked} acknowledged, {killed} cut short): tune the timing");
 
     // The store is readable, and each name holds its last acknowledged value

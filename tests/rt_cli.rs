@@ -103,6 +103,9 @@ fn reset_and_capsules_and_wakeup() {
     assert_eq!(status(&r), "EFI_SUCCESS");
     assert_eq!(r["reset"]["type"], "warm");
     assert_eq!(status(&rt_ok(&vars, &["query-capsule-capabilities"])), "EFI_UNSUPPORTED");
+    // Like PC RTC alarms, a wake-up time must lie within the next 24 hours.
+    assert_eq!(status(&rt_ok(&vars, &["set-time", "2029-12-31T12:00:00Z"])), "EFI_SUCCESS");
+    assert_eq!(status(&rt_ok(&vars, &["set-wakeup-time", "2030-01-05T00:00:00Z"])), "EFI_UNSUPPORTED");
     assert_eq!(status(&rt_ok(&vars, &["set-wakeup-time", "2030-01-01T00:00:00Z"])), "EFI_SUCCESS");
     let w = rt_ok(&vars, &["get-wakeup-time"]);
     assert_eq!(w["enabled"], true);
