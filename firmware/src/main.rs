@@ -1,10 +1,12 @@
 //! The sandbox entry point of the built-in firmware.
 //!
-//! efivmm starts the sandbox vCPU at `_start` at CPL3 for every call, with
+//! efivmm starts the sandbox vCPU at `_start` at CPL3 with
 //! `RSP = STACK_TOP - 8`; the mailbox and buffers are at the fixed addresses
-//! of `sandbox_abi`. The firmware serves the call and rings the doorbell
-//! (`out DOORBELL_PORT`). efivmm never resumes it after that: each call starts
-//! afresh, so no state survives a call except the store.
+//! of `sandbox_abi`. The firmware serves the call, rings the doorbell
+//! (`out DOORBELL_PORT`) and jumps back to `_start` on a fresh stack, where the
+//! next call begins when efivmm resumes the vCPU. Each call starts afresh, so
+//! no state survives a call except the store. (After a failed call efivmm
+//! sets the registers to the entry state itself.)
 //!
 //! Built for the host (as the workspace's tests do) this is an empty program.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -104,15 +106,26 @@ mod entry {
         doorbell()
     }
 
-    /// Tells efivmm the call is complete. Never returns: efivmm starts the
-    /// next call at `_start` again.
+    /// Tells efivmm the call is complete, then waits for the next call by
+    /// starting over at `_start` on a fresh stack: efivmm resumes the vCPU
+    /// after the doorbell for the next call, so no register set-up is needed
+    /// per call, and nothing on the stack survives a call.
     fn doorbell() -> ! {
-        // SAFETY: port I/O to efivmm's doorbell; the TSS I/O bitmap lets CPL3 use
-        // this one port, and it only exits to efivmm.
-        unsafe { asm!("out dx, al", in("dx") DOORBELL_PORT, in("al") 0u8, options(nomem, nostack)) };
-        loop {
-            // SAFETY: unreachable in practice; `ud2` faults so efivmm notices.
-            unsafe { asm!("ud2", options(nomem, nostack)) };
+        // SAFETY: port I/O to efivmm's doorbell (the TSS I/O bitmap lets CPL3
+        // use this one port, and it only exits to efivmm); then a jump to the
+        // entry point with the stack reset to where efivmm starts it, exactly
+        // the state of a first call. Nothing is live across the jump.
+        unsafe {
+            asm!(
+                "out dx, al",
+                "mov rsp, {stack}",
+                "jmp {entry}",
+                in("dx") DOORBELL_PORT,
+                in("al") 0u8,
+                stack = const STACK_TOP - 8,
+                entry = sym _start,
+                options(noreturn),
+            )
         }
     }
 

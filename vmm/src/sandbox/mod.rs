@@ -96,7 +96,9 @@ pub struct Sandbox {
     /// The firmware region as loaded, for restoring after a failed call.
     pristine: Vec<u8>,
     sregs: kvm_sregs,
-    sregs_dirty: bool,
+    /// The vCPU is not at the firmware's entry state (first call, or after
+    /// a failed one): set all registers before the next call.
+    vcpu_dirty: bool,
     store_len: usize,
     deadline: Duration,
     watchdog: Watchdog,
@@ -161,7 +163,7 @@ impl Sandbox {
             entry,
             pristine,
             sregs,
-            sregs_dirty: false,
+            vcpu_dirty: true,
             store_len: store.len(),
             deadline: DEFAULT_DEADLINE,
             watchdog: Watchdog::new().map_err(SetupError::Watchdog)?,
@@ -250,14 +252,14 @@ impl Sandbox {
 
     fn run(&mut self) -> Result<(), CallFailure> {
         let kvm_fail = |what: &str, e: kvm_ioctls::Error| CallFailure::UnexpectedExit(format!("{what}: {e}"));
-        if self.sregs_dirty {
+        // After a completed call the firmware waits at its entry on a fresh
+        // stack (it jumps there after the doorbell): resuming it is enough.
+        if self.vcpu_dirty {
             self.vcpu.set_sregs(&self.sregs).map_err(|e| kvm_fail("set sregs", e))?;
-            self.sregs_dirty = false;
+            self.vcpu.set_regs(&layout::firmware_regs(self.entry)).map_err(|e| kvm_fail("set regs", e))?;
+            self.vcpu_dirty = false;
         }
-        self.vcpu
-            .set_regs(&layout::firmware_regs(self.entry))
-            .map_err(|e| kvm_fail("set regs", e))?;
-        self.watchdog.arm(self.deadline);
+        self.watchdog.arm(self.deadline).map_err(|e| CallFailure::UnexpectedExit(format!("cannot arm the deadline: {e}")))?;
         let outcome = loop {
             match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(DOORBELL_PORT, _)) => break Ok(()),
@@ -274,7 +276,9 @@ impl Sandbox {
                 Err(e) => break Err(kvm_fail("KVM_RUN", e)),
             }
         };
-        self.watchdog.disarm();
+        if let Err(e) = self.watchdog.disarm() {
+            tracing::error!("cannot disarm the sandbox deadline: {e}");
+        }
         outcome
     }
 
@@ -301,6 +305,6 @@ impl Sandbox {
         self.mem
             .write_slice(&self.pristine, GuestAddress(FIRMWARE_ADDR))
             .expect("the firmware region lies within sandbox memory");
-        self.sregs_dirty = true;
+        self.vcpu_dirty = true;
     }
 }
