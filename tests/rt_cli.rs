@@ -198,3 +198,25 @@ fn the_debian_4m_ms_store_is_read_and_written() {
     assert_eq!(std::fs::metadata(&vars).unwrap().len(), 540672);
     assert_eq!(rt_ok(&vars, &["get-variable", "New", TEST_GUID])["data_hex"], "aa");
 }
+
+#[test]
+fn no_access_to_dev_kvm_exits_3_with_what_to_do() {
+    // Run efivmm as `nobody`, who may not open /dev/kvm (crw------- root).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIPPED: needs root and setpriv to drop privileges");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_efivmm"), "rt", "--vars"])
+        .arg(dir.path().join("v.fd"))
+        .arg("get-time")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("/dev/kvm") && stderr.contains("kvm` group"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
