@@ -5,8 +5,10 @@
 //! - [`firmware`]: the sandboxed firmware plus the VM's vars file.
 //! - [`varsfile`]: the vars file on disk (validated, locked, atomic commits).
 //! - [`rt`]: `efivmm rt`, one runtime call from the command line.
+//! - [`boot`]: the Linux boot path (e820, zero page with `efi_info`, 64-bit entry).
 //! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
 
+pub mod boot;
 pub mod efi;
 pub mod firmware;
 pub mod rt;
