@@ -27,6 +27,13 @@ if [ ${#want_debs[@]} -gt 0 ]; then
   fi
 fi
 
+# virt-firmware's virt-fw-vars: the reference the `efivmm vars` tests compare with.
+if ! command -v virt-fw-vars >/dev/null; then
+  say "installing virt-firmware (PyPI) for virt-fw-vars"
+  python3 -m pip install -q virt-firmware >/dev/null 2>&1 \
+    || say "warning: could not install virt-firmware with pip; the vars_tool tests will fail until virt-fw-vars is on PATH"
+fi
+
 if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
   say "error: /dev/kvm is missing or not read-writable by $(id -un): efivmm needs KVM"
   exit 3

@@ -5,6 +5,7 @@
 //! - [`firmware`]: the sandboxed firmware plus the VM's vars file.
 //! - [`varsfile`]: the vars file on disk (validated, locked, atomic commits).
 //! - [`rt`]: `efivmm rt`, one runtime call from the command line.
+//! - [`vars`]: `efivmm vars`, the offline NVRAM tool (virt-fw-vars compatible).
 //! - [`boot`]: the Linux boot path (e820, zero page with `efi_info`, 64-bit entry).
 //! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
 
@@ -13,6 +14,7 @@ pub mod efi;
 pub mod firmware;
 pub mod rt;
 pub mod sandbox;
+pub mod vars;
 pub mod varsfile;
 
 /// An error that ends an efivmm command, with its exit code.
@@ -27,15 +29,24 @@ pub enum ExitError {
     /// The sandbox could not be built (KVM, memory, firmware image).
     #[error(transparent)]
     Setup(#[from] sandbox::SetupError),
+    /// `efivmm vars`: the store cannot take the change (no room even after
+    /// compaction); the file is unchanged.
+    #[error("{0}")]
+    Store(String),
+    /// `efivmm vars`: the variable does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl ExitError {
-    /// The process exit code: 2 usage, 3 KVM/sandbox, 4 vars file.
+    /// The process exit code: 1 variable not found, 2 usage, 3 KVM/sandbox,
+    /// 4 vars file (unusable, locked, or no room for a change).
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitError::Usage(_) => 2,
             ExitError::Setup(_) => 3,
-            ExitError::Vars(_) => 4,
+            ExitError::Vars(_) | ExitError::Store(_) => 4,
+            ExitError::NotFound(_) => 1,
         }
     }
 }

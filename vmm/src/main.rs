@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use efivmm::rt::RtArgs;
+use efivmm::vars::VarsArgs;
 use efivmm::ExitError;
 
 /// efivmm: a microVM monitor whose guests' UEFI runtime services are served
@@ -10,7 +11,7 @@ use efivmm::ExitError;
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
 ///
 /// Exit codes: 0 success (for `rt`: the call completed, whatever its EFI
-/// status); 2 bad arguments; 3 KVM or sandbox unavailable; 4 vars file
+/// status); 1 (`vars`) variable not found; 2 bad arguments; 3 KVM or sandbox unavailable; 4 vars file
 /// unusable (corrupt, locked, unreadable).
 #[derive(Parser, Debug)]
 #[command(name = "efivmm", version, about, long_about)]
@@ -27,6 +28,15 @@ enum Command {
     /// Inspect or edit a VM's NVRAM by running the firmware itself. Data is
     /// printed as hex, attributes as numbers, sizes in bytes.
     Rt(RtArgs),
+    /// Inspect or edit a VM's vars file offline (no KVM): list (with decoded
+    /// boot options, device paths, secure-boot keys), get, set, delete, init,
+    /// and JSON export/import compatible with virt-firmware's virt-fw-vars.
+    ///
+    /// Works on an OVMF vars file (2 MiB or 4 MiB build's layout) or a
+    /// combined OVMF.fd; every write is atomic, and a file in use by a
+    /// running efivmm is refused. Exit codes: 1 variable not found, 2 bad
+    /// arguments, 4 vars file unusable, locked, or full. See docs/vars.md.
+    Vars(VarsArgs),
 }
 
 fn main() {
@@ -40,6 +50,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<(), ExitError> = match cli.command {
         Command::Rt(args) => efivmm::rt::run(args).map(|json| println!("{json}")),
+        Command::Vars(args) => efivmm::vars::run(args),
     };
     if let Err(e) = result {
         eprintln!("efivmm: error: {e}");

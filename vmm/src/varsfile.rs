@@ -119,7 +119,7 @@ pub fn validate(path: &Path, image: &[u8]) -> Result<(), VarsFileError> {
     })
 }
 
-fn parent_dir(path: &Path) -> PathBuf {
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -156,7 +156,7 @@ fn flock_exclusive(file: &File) -> std::io::Result<bool> {
 /// Opens and locks the file currently at `path`. A commit by another
 /// process replaces the file (a new inode), so after locking, check the lock
 /// is on the file that is at `path` now.
-fn lock_current(path: &Path) -> Result<File, VarsFileError> {
+pub(crate) fn lock_current(path: &Path) -> Result<File, VarsFileError> {
     for _ in 0..100 {
         let file = File::open(path).map_err(|source| VarsFileError::Io {
             path: path.to_path_buf(),
@@ -184,7 +184,7 @@ fn lock_current(path: &Path) -> Result<File, VarsFileError> {
 
 /// Writes `bytes` to a temporary file, locks and syncs it, renames it over
 /// `path` and syncs the directory. Returns the new file, locked.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<File> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<File> {
     let tmp = temp_path(path);
     let mut file = OpenOptions::new()
         .read(true)

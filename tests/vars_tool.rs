@@ -1,0 +1,470 @@
+//! `efivmm vars`, the offline NVRAM tool, against virt-firmware's
+//! `virt-fw-vars` (the reference), the built-in firmware (`efivmm rt`) and
+//! Debian's OVMF images.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+const OVMF_COMBINED: &str = "/usr/share/ovmf/OVMF.fd";
+const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+const TEST_GUID: &str = "3f0b4c2e-5b2a-4d8e-9f61-6c1f0e7a9d11";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut Command) -> Run {
+    let out: Output = cmd.output().expect("run a command");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `efivmm vars --file FILE ARGS...`.
+fn vars(file: &Path, args: &[&str]) -> Run {
+    run(Command::new(env!("CARGO_BIN_EXE_efivmm")).arg("vars").arg("--file").arg(file).args(args))
+}
+
+fn vars_ok(file: &Path, args: &[&str]) -> String {
+    let r = vars(file, args);
+    assert_eq!(r.code, 0, "efivmm vars {args:?} failed: {}", r.stderr);
+    r.stdout
+}
+
+/// `virt-fw-vars ARGS...`; fails the test if it is not installed.
+fn fw_vars(args: &[&str]) -> Run {
+    let r = Command::new("virt-fw-vars").args(args).output();
+    let out = r.unwrap_or_else(|e| {
+        panic!("virt-fw-vars (PyPI package virt-firmware) is needed and could not be run ({e}): run scripts/setup.sh")
+    });
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_eq!(r.code, 0, "virt-fw-vars {args:?} failed: {}", r.stderr);
+    r
+}
+
+fn need(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    assert!(p.exists(), "{path} is missing: run scripts/setup.sh (it installs Debian's ovmf package)");
+    p
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Our `export --json`, parsed.
+fn export(file: &Path) -> Value {
+    serde_json::from_str(&vars_ok(file, &["export", "--json"])).expect("export prints JSON")
+}
+
+/// virt-fw-vars' JSON export of `file`, parsed.
+fn fw_export(file: &Path, dir: &Path) -> Value {
+    let out = dir.join("fw-export.json");
+    fw_vars(&["-i", file.to_str().unwrap(), "--output-json", out.to_str().unwrap()]);
+    read_json(&out)
+}
+
+/// The variables of a JSON document, sorted by (name, guid).
+fn sorted(doc: &Value) -> Vec<Value> {
+    assert_eq!(doc["version"], 2, "{doc}");
+    let mut v = doc["variables"].as_array().expect("a variables array").clone();
+    v.sort_by_key(|x| (x["name"].as_str().unwrap().to_string(), x["guid"].as_str().unwrap().to_string()));
+    v
+}
+
+/// An EFI_LOAD_OPTION for `desc` whose device path is
+/// PciRoot(0x0)/Pci(0x2,0x0)/HD(1,GPT,...)/\EFI\debian\shimx64.efi.
+fn load_option(desc: &str) -> Vec<u8> {
+    fn node(t: u8, s: u8, d: &[u8]) -> Vec<u8> {
+        let mut v = vec![t, s];
+        v.extend(((d.len() + 4) as u16).to_le_bytes());
+        v.extend_from_slice(d);
+        v
+    }
+    let utf16 = |s: &str| s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect::<Vec<u8>>();
+    let mut path = node(2, 1, &[0xd0, 0x41, 0x03, 0x0a, 0, 0, 0, 0]);
+    path.extend(node(1, 1, &[0, 2]));
+    let mut hd = 1u32.to_le_bytes().to_vec();
+    hd.extend(0x800u64.to_le_bytes());
+    hd.extend(0x100000u64.to_le_bytes());
+    hd.extend([0x4e, 0x3d, 0x2c, 0x1b, 0x01, 0x00, 0x02, 0x00, 3, 4, 5, 6, 7, 8, 9, 10]);
+    hd.extend([2, 2]);
+    path.extend(node(4, 1, &hd));
+    path.extend(node(4, 4, &utf16("\\EFI\\debian\\shimx64.efi")));
+    path.extend([0x7f, 0xff, 4, 0]);
+    let mut lo = 1u32.to_le_bytes().to_vec();
+    lo.extend((path.len() as u16).to_le_bytes());
+    lo.extend(utf16(desc));
+    lo.extend(path);
+    lo
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A store made by `efivmm vars`: init, then a boot option, BootOrder,
+/// Timeout and a vendor variable.
+fn make_store(dir: &Path) -> PathBuf {
+    let f = dir.join("vars.fd");
+    vars_ok(&f, &["init", "--layout", "4m"]);
+    vars_ok(&f, &["set", "Boot0001", "global", "--attrs", "7", "--data-hex", &hex(&load_option("debian"))]);
+    vars_ok(&f, &["set", "BootOrder", "global", "--attrs", "7", "--data-hex", "0100"]);
+    vars_ok(&f, &["set", "Timeout", GLOBAL, "--attrs", "0x7", "--data-hex", "0500"]);
+    vars_ok(&f, &["set", "Setting", TEST_GUID, "--attrs", "3", "--data-hex", "deadbeef"]);
+    vars_ok(&f, &["set", "Timeout", GLOBAL, "--attrs", "7", "--data-hex", "0300"]);
+    f
+}
+
+#[test]
+fn a_store_written_by_efivmm_reads_the_same_in_virt_fw_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = make_store(dir.path());
+    let ours = export(&f);
+    assert_eq!(ours["variables"].as_array().unwrap().len(), 4, "{ours}");
+    assert_eq!(fw_export(&f, dir.path()), ours);
+    // Its own printout understands our boot option and order.
+    let p = fw_vars(&["-i", f.to_str().unwrap(), "-p"]).stdout;
+    assert!(p.contains("title=\"debian\""), "{p}");
+    assert!(p.contains("shimx64.efi"), "{p}");
+    // And our decoded view.
+    let list = vars_ok(&f, &["list"]);
+    assert!(list.contains("    order: Boot0001\n"), "{list}");
+    assert!(list.contains("    timeout: 3 s\n"), "{list}");
+    assert!(
+        list.contains(
+            "device path: PciRoot(0x0)/Pci(0x2,0x0)/HD(1,GPT,1b2c3d4e-0001-0002-0304-05060708090a,0x800,0x100000)/\\EFI\\debian\\shimx64.efi"
+        ),
+        "{list}"
+    );
+    assert_eq!(vars_ok(&f, &["get", "Setting", "--hex"]), "deadbeef\n");
+    let raw = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .args(["vars", "get", "Setting", TEST_GUID, "--raw", "--file"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(raw.stdout, [0xde, 0xad, 0xbe, 0xef]);
+    vars_ok(&f, &["delete", "Setting"]);
+    let r = vars(&f, &["get", "Setting"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no variable named Setting"), "{}", r.stderr);
+    assert_eq!(fw_export(&f, dir.path()), export(&f));
+}
+
+#[test]
+fn stores_and_json_written_by_virt_fw_vars_read_the_same_in_efivmm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.fd");
+    let their_json = dir.path().join("theirs.json");
+    fw_vars(&[
+        "-i",
+        need(OVMF_VARS_4M).to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--set-boot-uri",
+        "http://x/y.iso",
+        "--enroll-redhat",
+        "--output-json",
+        their_json.to_str().unwrap(),
+    ]);
+    let theirs = read_json(&their_json);
+    assert!(sorted(&theirs).iter().any(|v| v["name"] == "PK" && v.get("time").is_some()), "{theirs}");
+    assert_eq!(sorted(&export(&out)), sorted(&theirs));
+    assert_eq!(export(&out), fw_export(&out, dir.path()));
+    let list = vars_ok(&out, &["list"]);
+    assert!(list.contains("device path: Uri(http://x/y.iso)"), "{list}");
+    assert!(list.contains("siglist type=X509"), "{list}");
+
+    // Their JSON imported into a fresh store of each layout.
+    for layout in ["4m", "2m"] {
+        let fresh = dir.path().join(format!("fresh-{layout}.fd"));
+        vars_ok(&fresh, &["init", "--layout", layout]);
+        vars_ok(&fresh, &["import", "--json", their_json.to_str().unwrap()]);
+        assert_eq!(sorted(&export(&fresh)), sorted(&theirs), "{layout}");
+        // And our JSON goes back into virt-fw-vars.
+        let ours_json = dir.path().join("ours.json");
+        vars_ok(&fresh, &["export", "--json", "--output", ours_json.to_str().unwrap()]);
+        let back = dir.path().join("back.json");
+        fw_vars(&[
+            "-i",
+            need(OVMF_VARS_4M).to_str().unwrap(),
+            "--set-json",
+            ours_json.to_str().unwrap(),
+            "--output-json",
+            back.to_str().unwrap(),
+        ]);
+        assert_eq!(sorted(&read_json(&back)), sorted(&theirs), "{layout}");
+    }
+}
+
+#[test]
+fn the_builtin_firmware_sees_the_same_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = make_store(dir.path());
+    // Add Debian's secure-boot variables (authenticated, with timestamps).
+    let ms = dir.path().join("ms.fd");
+    let ms_json = dir.path().join("ms.json");
+    std::fs::copy(need(OVMF_VARS_4M_MS), &ms).unwrap();
+    vars_ok(&ms, &["export", "--json", "--output", ms_json.to_str().unwrap()]);
+    vars_ok(&f, &["import", "--json", ms_json.to_str().unwrap()]);
+    let ours: Vec<Value> = sorted(&export(&f))
+        .into_iter()
+        .filter(|v| v["attr"].as_u64().unwrap() & 4 != 0)
+        .map(|v| json!([v["name"], v["guid"], v["attr"], v["data"]]))
+        .collect();
+    let r = run(Command::new(env!("CARGO_BIN_EXE_efivmm")).arg("rt").arg("--vars").arg(&f).arg("list-variables"));
+    assert_eq!(r.code, 0, "efivmm rt list-variables: {}", r.stderr);
+    let rt: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(rt["status"], "EFI_SUCCESS", "{rt}");
+    let mut theirs: Vec<Value> = rt["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| json!([v["name"], v["guid"], v["attributes"], v["data_hex"]]))
+        .collect();
+    theirs.sort_by_key(|v| (v[0].as_str().unwrap().to_string(), v[1].as_str().unwrap().to_string()));
+    assert!(ours.len() > 10, "{ours:?}");
+    assert_eq!(theirs, ours);
+    // `list --runtime` names the same ones.
+    assert_eq!(vars_ok(&f, &["list", "--runtime"]).lines().filter(|l| !l.starts_with(' ')).count(), ours.len());
+}
+
+/// Name and size of each listing line, with the decoded lines under it.
+fn parse_list(text: &str) -> Vec<(String, String, usize, Vec<String>)> {
+    let mut out: Vec<(String, String, usize, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("    ") {
+            out.last_mut().expect("a decoded line follows a variable").3.push(rest.to_string());
+            continue;
+        }
+        let mut rest = line;
+        let mut fields = Vec::new();
+        for _ in 0..4 {
+            rest = rest.trim_start();
+            let end = rest.find(' ').unwrap();
+            fields.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        out.push((rest.trim_start().to_string(), fields[0].to_string(), fields[3].parse().unwrap(), Vec::new()));
+    }
+    out
+}
+
+#[test]
+fn debian_ms_vars_list_like_virt_fw_vars() {
+    let dir = tempfile::tempdir().unwrap();
+    let ms = dir.path().join("ms.fd");
+    std::fs::copy(need(OVMF_VARS_4M_MS), &ms).unwrap();
+    let before = std::fs::read(&ms).unwrap();
+    let ours = parse_list(&vars_ok(&ms, &["list"]));
+    let mut names: Vec<(String, String)> = ours.iter().map(|(n, g, _, _)| (n.clone(), g.clone())).collect();
+    names.sort();
+    let mut theirs: Vec<(String, String)> = sorted(&fw_export(&ms, dir.path()))
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().into(), v["guid"].as_str().unwrap().into()))
+        .collect();
+    theirs.sort();
+    assert_eq!(names, theirs);
+
+    // `virt-fw-vars -p -v`: "name=X guid=... size=N", then per signature
+    // list "  siglist type=guid:EfiCertX509 count=1" and "    subject CN=...".
+    let text = fw_vars(&["-i", ms.to_str().unwrap(), "-p", "-v"]).stdout;
+    let mut fw: Vec<(String, usize, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("name=") {
+            let (name, rest) = rest.split_once(" guid=").unwrap();
+            let size = rest.split(" size=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+            fw.push((name.to_string(), size, Vec::new()));
+        } else if let Some(t) = line.strip_prefix("  siglist type=") {
+            let (ty, count) = t.split_once(" count=").unwrap();
+            let ty = ty.trim_start_matches("guid:").replace("EfiCert", "").to_uppercase();
+            fw.last_mut().unwrap().2.push(format!("{ty} {count}"));
+        } else if let Some(cn) = line.strip_prefix("    subject CN=") {
+            fw.last_mut().unwrap().2.push(format!("CN={cn}"));
+        }
+    }
+    let mut mine: Vec<(String, usize, Vec<String>)> = ours
+        .iter()
+        .map(|(n, _, size, lines)| {
+            let mut sig = Vec::new();
+            for l in lines {
+                if let Some(t) = l.strip_prefix("siglist type=") {
+                    let ty = t.split(' ').next().unwrap();
+                    sig.push(format!("{ty} {}", t.split(" count=").nth(1).unwrap()));
+                } else if let Some(s) = l.split(" subject: ").nth(1) {
+                    sig.push(s.split(", ").find(|p| p.starts_with("CN=")).unwrap().to_string());
+                }
+            }
+            (n.clone(), *size, sig)
+        })
+        .collect();
+    mine.sort();
+    fw.sort();
+    assert!(fw.iter().any(|(n, _, s)| n == "KEK" && s.len() == 4), "{fw:?}");
+    assert_eq!(mine, fw);
+    assert_eq!(std::fs::read(&ms).unwrap(), before, "listing changes nothing");
+}
+
+#[test]
+fn a_combined_ovmf_fd_is_listed_and_edited_with_its_code_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let fd = dir.path().join("OVMF.fd");
+    std::fs::copy(need(OVMF_COMBINED), &fd).unwrap();
+    let before = std::fs::read(&fd).unwrap();
+    let range = varstore::find_vars_volume(&before).expect("OVMF.fd holds an NV volume");
+    assert!(range.len() < before.len());
+    let n = parse_list(&vars_ok(&fd, &["list"])).len();
+    vars_ok(&fd, &["set", "Setting", TEST_GUID, "--attrs", "7", "--data-hex", "0102"]);
+    vars_ok(&fd, &["set", "BootOrder", "global", "--attrs", "7", "--data-hex", "00000100"]);
+    let after = std::fs::read(&fd).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after[..range.start], before[..range.start], "code part before the volume unchanged");
+    assert_eq!(after[range.end..], before[range.end..], "code part unchanged");
+    assert_ne!(after[range.clone()], before[range.clone()]);
+    assert_eq!(parse_list(&vars_ok(&fd, &["list"])).len(), n + 2);
+    assert_eq!(vars_ok(&fd, &["get", "Setting", "--hex"]), "0102\n");
+    // The NV volume on its own is a valid vars file that virt-fw-vars reads.
+    let nv = dir.path().join("nv.fd");
+    std::fs::write(&nv, &after[range.clone()]).unwrap();
+    assert_eq!(fw_export(&nv, dir.path()), export(&fd));
+}
+
+#[test]
+fn corrupt_locked_and_invalid_input_is_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = make_store(dir.path());
+    let good = std::fs::read(&f).unwrap();
+    let mut flipped = good.clone();
+    flipped[0x32] ^= 0x55;
+    let mut garbage = vec![0u8; good.len()];
+    let mut x = 0x1234_5678u32;
+    for b in &mut garbage {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("truncated", good[..good.len() / 2].to_vec(), "truncated"),
+        ("checksum", flipped, "checksum"),
+        ("garbage", garbage, "not a usable OVMF variable store"),
+        ("empty", Vec::new(), "not a usable OVMF variable store"),
+    ];
+    for (what, bytes, msg) in cases {
+        let p = dir.path().join(format!("{what}.fd"));
+        std::fs::write(&p, &bytes).unwrap();
+        for args in [
+            &["list"][..],
+            &["export", "--json"],
+            &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "00"],
+            &["delete", "Timeout", "global"],
+        ] {
+            let r = vars(&p, args);
+            assert_eq!(r.code, 4, "{what} {args:?}: {}", r.stderr);
+            assert!(r.stderr.contains(msg), "{what} {args:?}: {}", r.stderr);
+            assert!(r.stderr.contains(&format!("{what}.fd")), "names the file: {}", r.stderr);
+            assert_eq!(std::fs::read(&p).unwrap(), bytes, "{what} {args:?} left the file as it was");
+        }
+    }
+
+    // Usage errors: exit 2, file unchanged.
+    for args in [
+        &["set", "", TEST_GUID, "--attrs", "7", "--data-hex", "00"][..],
+        &["set", "X", TEST_GUID, "--attrs", "6", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "5", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "47", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", ""],
+        &["set", "X", "not-a-guid", "--attrs", "7", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "0"],
+        &["init"],
+        &["frobnicate"],
+    ] {
+        let r = vars(&f, args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(std::fs::read(&f).unwrap(), good, "{args:?}");
+    }
+    let r = run(Command::new(env!("CARGO_BIN_EXE_efivmm")).args(["vars", "list"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--file"), "{}", r.stderr);
+
+    // An ambiguous name lists the candidates.
+    vars_ok(&f, &["set", "Timeout", TEST_GUID, "--attrs", "7", "--data-hex", "01"]);
+    let r = vars(&f, &["get", "Timeout"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains(GLOBAL) && r.stderr.contains(TEST_GUID), "{}", r.stderr);
+
+    // No room: a variable bigger than the store; file unchanged.
+    let good = std::fs::read(&f).unwrap();
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![0x5a; 0x50000]).unwrap();
+    let r = vars(&f, &["set", "Big", TEST_GUID, "--attrs", "3", "--data-file", big.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("no room"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&f).unwrap(), good);
+
+    // A file held by another process (as a running efivmm holds it).
+    let mut holder =
+        Command::new("flock").arg("--no-fork").arg(&f).args(["sleep", "30"]).spawn().expect("run flock(1)");
+    let t = Instant::now();
+    while vars(&f, &["list"]).code == 0 && t.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = vars(&f, &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "00"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("in use"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&f).unwrap(), good);
+    // init refuses to overwrite, and --force replaces.
+    vars_ok(&f, &["init", "--force", "--layout", "2m"]);
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 0x20000);
+    assert_eq!(export(&f)["variables"], json!([]));
+}
+
+#[test]
+fn a_store_of_1000_variables_is_listed_and_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("big.fd");
+    vars_ok(&f, &["init", "--layout", "4m"]);
+    let doc = |fill: u8| {
+        let vars: Vec<Value> = (0..1000)
+            .map(|i| json!({"name": format!("Var{i:04}"), "guid": TEST_GUID, "attr": 7, "data": hex(&[fill; 100])}))
+            .collect();
+        json!({"version": 2, "variables": vars})
+    };
+    let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    std::fs::write(&a, doc(1).to_string()).unwrap();
+    std::fs::write(&b, doc(2).to_string()).unwrap();
+    let t = Instant::now();
+    vars_ok(&f, &["import", "--json", a.to_str().unwrap()]);
+    let import = t.elapsed();
+    let t = Instant::now();
+    let list = vars_ok(&f, &["list"]);
+    let listing = t.elapsed();
+    assert_eq!(parse_list(&list).len(), 1000);
+    // Rewriting every variable needs compaction on the way (2 x 176 KB > 256 KB).
+    let t = Instant::now();
+    vars_ok(&f, &["import", "--json", b.to_str().unwrap()]);
+    let rewrite = t.elapsed();
+    assert_eq!(sorted(&export(&f)), sorted(&doc(2)));
+    assert_eq!(sorted(&fw_export(&f, dir.path())), sorted(&doc(2)));
+    eprintln!(
+        "1000 variables (4M store): import {:.1} ms, `efivmm vars list` {:.1} ms, rewrite all (import) {:.1} ms",
+        import.as_secs_f64() * 1e3,
+        listing.as_secs_f64() * 1e3,
+        rewrite.as_secs_f64() * 1e3
+    );
+}
