@@ -12,6 +12,7 @@
 pub mod boot;
 pub mod efi;
 pub mod firmware;
+pub mod proxy;
 pub mod rt;
 pub mod sandbox;
 pub mod vars;
