@@ -6,17 +6,22 @@
 //! - [`varsfile`]: the vars file on disk (validated, locked, atomic commits).
 //! - [`rt`]: `efivmm rt`, one runtime call from the command line.
 //! - [`vars`]: `efivmm vars`, the offline NVRAM tool (virt-fw-vars compatible).
+//! - [`vm`]: the guest VM (memory, vCPU, devices, run loop); [`launch`]: `efivmm --kernel`; [`demo`]: `efivmm demo`.
+//! - [`proxy`]: guest calls translated from the guest's page tables and served by the sandbox.
 //! - [`boot`]: the Linux boot path (e820, zero page with `efi_info`, 64-bit entry).
 //! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
 
 pub mod boot;
+pub mod demo;
 pub mod efi;
 pub mod firmware;
+pub mod launch;
 pub mod proxy;
 pub mod rt;
 pub mod sandbox;
 pub mod vars;
 pub mod varsfile;
+pub mod vm;
 
 /// An error that ends an efivmm command, with its exit code.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! The `efivmm` command.
 
 use clap::{Parser, Subcommand};
+use efivmm::demo::DemoArgs;
+use efivmm::launch::LaunchArgs;
 use efivmm::rt::RtArgs;
 use efivmm::vars::VarsArgs;
 use efivmm::ExitError;
@@ -8,16 +10,26 @@ use efivmm::ExitError;
 /// efivmm: a microVM monitor whose guests' UEFI runtime services are served
 /// by firmware in an isolated sandbox VM (KVM), in physical mode forever.
 ///
-/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.
+/// Boot a guest: `efivmm --kernel PATH [--initrd PATH] [--cmdline STR] ...`.
+/// The kernel is booted directly and told it was EFI-booted; its runtime
+/// services trap into efivmm and are served by the firmware in the sandbox,
+/// so every kernel, the first and every kexec'd one, may call
+/// SetVirtualAddressMap as often as it likes.
 ///
-/// Exit codes: 0 success (for `rt`: the call completed, whatever its EFI
-/// status); 1 (`vars`) variable not found; 2 bad arguments; 3 KVM or sandbox unavailable; 4 vars file
-/// unusable (corrupt, locked, unreadable).
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=info) for more.
+///
+/// Exit codes: 0 success (guest powered off or reset; for `rt`: the call
+/// completed, whatever its EFI status); 1 guest crashed, a `demo` generation
+/// failed, or (`vars`) variable not found; 2 bad arguments; 3 KVM or sandbox
+/// unavailable; 4 vars file unusable (corrupt, locked, unreadable, full);
+/// 5 guest stopped at --timeout.
 #[derive(Parser, Debug)]
-#[command(name = "efivmm", version, about, long_about)]
+#[command(name = "efivmm", version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    launch: LaunchArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,6 +49,10 @@ enum Command {
     /// running efivmm is refused. Exit codes: 1 variable not found, 2 bad
     /// arguments, 4 vars file unusable, locked, or full. See docs/vars.md.
     Vars(VarsArgs),
+    /// Boot the built-in test guest kernel through many kexec generations
+    /// (shapes A, B, C) with the built-in firmware and a temporary vars
+    /// file, and print one row per generation. Exit 0 only if all passed.
+    Demo(DemoArgs),
 }
 
 fn main() {
@@ -48,12 +64,17 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result: Result<(), ExitError> = match cli.command {
-        Command::Rt(args) => efivmm::rt::run(args).map(|json| println!("{json}")),
-        Command::Vars(args) => efivmm::vars::run(args),
+    let result: Result<i32, ExitError> = match cli.command {
+        Some(Command::Rt(args)) => efivmm::rt::run(args).map(|json| println!("{json}")).map(|()| 0),
+        Some(Command::Vars(args)) => efivmm::vars::run(args).map(|()| 0),
+        Some(Command::Demo(args)) => efivmm::demo::run(args),
+        None => efivmm::launch::run(cli.launch),
     };
-    if let Err(e) = result {
-        eprintln!("efivmm: error: {e}");
-        std::process::exit(e.exit_code());
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("efivmm: error: {e}");
+            std::process::exit(e.exit_code());
+        }
     }
 }

@@ -44,8 +44,9 @@ impl Ctx<'_> {
         read_utf16z(self.mem, self.paging, va, max).map_err(|f| refuse(what, f))
     }
 
+    /// Checks an output of `len` bytes (at most the sandbox's data buffer).
     fn plan(&self, va: u64, len: u64, what: &str) -> Step<WritePlan> {
-        WritePlan::new(self.mem, self.paging, va, len, &self.forbidden).map_err(|f| refuse(what, f))
+        WritePlan::new(self.mem, self.paging, va, len, DATA_SIZE, &self.forbidden).map_err(|f| refuse(what, f))
     }
 
     /// The 5th argument, at `[RSP+0x28]`.
@@ -343,7 +344,7 @@ pub(super) fn reset_system(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Firmware) ->
     }
     let r = c.run(fw)?;
     let reset = (r.status == EFI_SUCCESS && r.outs[0] == 1).then_some((r.outs[1] as u32, r.outs[2]));
-    Ok(ProxyResult { status: r.status, reset })
+    Ok(ProxyResult { reset, ..ProxyResult::status(r.status) })
 }
 
 /// The capsule headers behind `CapsuleHeaderArray` (P0), `count` of them.

@@ -7,9 +7,12 @@
 //!
 //! ## Order of checks
 //!
-//! 1. The service number: SetVirtualAddressMap (4), ConvertPointer (5) and
-//!    unknown numbers return `EFI_UNSUPPORTED` (efivmm's shim layer handles
-//!    SVAM and ConvertPointer before it calls the proxy).
+//! 1. The service number: SetVirtualAddressMap (4) and ConvertPointer (5)
+//!    are refused with [`NotServed::ShimLayer`] (efivmm's shim layer must
+//!    handle them; they never reach the firmware), any other number that is
+//!    not one of the 12 firmware-served services (including the sandbox's
+//!    diagnostics) with [`NotServed::Unknown`]; both carry
+//!    `EFI_UNSUPPORTED` as the status for the guest. Nothing is read.
 //! 2. The 5th argument (GetVariable, SetVariable): an 8-byte read at
 //!    `RSP+0x28` through the page tables.
 //! 3. Pointer arguments in prototype order. NULL clears the argument's
@@ -82,6 +85,18 @@ pub struct GuestRegs {
     pub rsp: u64,
 }
 
+/// Why [`call_service`] did not serve a service number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotServed {
+    /// SetVirtualAddressMap or ConvertPointer: handled by efivmm's shim
+    /// layer against its model of the shim, never by the proxy or the
+    /// firmware. Reaching the proxy with one is a bug in the caller.
+    ShimLayer(Service),
+    /// Not a runtime service the firmware serves (out of range, or one of
+    /// the sandbox's diagnostics, which a guest must never reach).
+    Unknown(u64),
+}
+
 /// The outcome of a call for the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProxyResult {
@@ -90,11 +105,19 @@ pub struct ProxyResult {
     /// A reset the firmware accepted (`EFI_RESET_TYPE`, ResetStatus), which
     /// efivmm carries out.
     pub reset: Option<(u32, u64)>,
+    /// Set when the service was not served here (`status` is then
+    /// `EFI_UNSUPPORTED`, nothing was read or called).
+    pub not_served: Option<NotServed>,
 }
 
 impl ProxyResult {
-    fn status(status: u64) -> Self {
-        ProxyResult { status, reset: None }
+    /// A served call that ended with `status` and no reset.
+    pub fn status(status: u64) -> Self {
+        ProxyResult { status, reset: None, not_served: None }
+    }
+
+    fn not_served(why: NotServed) -> Self {
+        ProxyResult { status: EFI_UNSUPPORTED, reset: None, not_served: Some(why) }
     }
 }
 
@@ -103,7 +126,8 @@ impl ProxyResult {
 /// `paging`. `forbidden` is the guest-physical range of efivmm's shim,
 /// which no output may land in. See the module docs for the order of
 /// checks. SetVirtualAddressMap and ConvertPointer are not served here
-/// (`EFI_UNSUPPORTED`): efivmm's shim layer handles them before calling.
+/// ([`NotServed::ShimLayer`], `EFI_UNSUPPORTED`): efivmm's shim layer
+/// handles them before calling.
 pub fn call_service(
     service: u64,
     regs: &GuestRegs,
@@ -129,7 +153,14 @@ pub fn call_service(
         Some(ResetSystem) => {
             return marshal::reset_system(&cx, regs, fw).unwrap_or_else(ProxyResult::status);
         }
-        _ => return ProxyResult::status(EFI_UNSUPPORTED),
+        Some(s @ (SetVirtualAddressMap | ConvertPointer)) => {
+            tracing::error!(service = ?s, "the proxy was asked for a service of the shim layer");
+            return ProxyResult::not_served(NotServed::ShimLayer(s));
+        }
+        _ => {
+            tracing::debug!(service, "runtime call to an unknown service");
+            return ProxyResult::not_served(NotServed::Unknown(service));
+        }
     };
     ProxyResult::status(f(&cx, regs, fw).unwrap_or_else(|s| s))
 }

@@ -267,15 +267,19 @@ pub struct WritePlan {
 }
 
 impl WritePlan {
-    /// Checks `len` bytes at `va` for writing (see [`WritePlan`]).
+    /// Checks `len` bytes at `va` for writing (see [`WritePlan`]). `len >
+    /// limit` and a wrapping `va + len` fail before anything is translated
+    /// or allocated (a guest can alias one huge page many times over, so an
+    /// unbounded length would cost unbounded work).
     pub fn new(
         mem: &GuestMemoryMmap,
         paging: &GuestPaging,
         va: u64,
         len: u64,
+        limit: u64,
         forbidden: &Range<u64>,
     ) -> Result<Self, Fault> {
-        check_span(va, len, u64::MAX)?;
+        check_span(va, len, limit)?;
         let pieces = pieces(mem, paging, va, len, Access::Write)?;
         let mut off = 0u64;
         for &(gpa, n) in &pieces {
@@ -324,7 +328,8 @@ pub fn write_guest(
     bytes: &[u8],
     forbidden: &Range<u64>,
 ) -> Result<(), Fault> {
-    WritePlan::new(mem, paging, va, bytes.len() as u64, forbidden)?.write(mem, bytes)
+    let len = bytes.len() as u64;
+    WritePlan::new(mem, paging, va, len, len, forbidden)?.write(mem, bytes)
 }
 
 /// Copies a NUL-terminated UTF-16LE string at `va`, including its NUL.

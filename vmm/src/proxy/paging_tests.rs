@@ -164,7 +164,12 @@ fn writes_are_all_or_nothing() {
     // The range just below the forbidden one is fine; reads from it too.
     write_guest(&g.mem, &p, VA + 0xff0, &[7; 0x10], &forbidden).unwrap();
     assert_eq!(read_guest(&g.mem, &p, VA + 0x1000, 4, 4).unwrap(), g.peek(0x30_0000, 4));
-    let plan = WritePlan::new(&g.mem, &p, VA + 0xff8, 16, &(0..0)).unwrap();
+    // A length above the caller's limit fails before any translation.
+    assert_eq!(
+        WritePlan::new(&g.mem, &p, VA, 1 << 40, 1 << 20, &(0..0)),
+        Err(Fault::TooLarge { len: 1 << 40, limit: 1 << 20 })
+    );
+    let plan = WritePlan::new(&g.mem, &p, VA + 0xff8, 16, 16, &(0..0)).unwrap();
     assert_eq!((plan.len(), plan.is_empty()), (16, false));
     plan.write(&g.mem, b"0123456789").unwrap();
     assert_eq!(read_guest(&g.mem, &p, VA + 0xff8, 10, 10).unwrap(), b"0123456789");
@@ -199,4 +204,57 @@ fn utf16_strings() {
     g.map(0xffff_ffff_ffff_f000, 0x30_0000, Size::K4, RW);
     g.poke(0x30_0000, &[0x41; 0x1000]);
     assert!(matches!(read_utf16z(&g.mem, &g.paging(), u64::MAX - 3, 64), Err(Fault::Wraps { .. })));
+}
+
+#[test]
+fn five_level_huge_pages_and_read_only_upper_levels() {
+    let mut g = Guest::new(5);
+    let va = 0xff80_1234_4000_0000; // canonical only with LA57
+    g.map(va, 0, Size::G1, RW);
+    g.map(va + (1 << 30), 0x40_0000, Size::M2, RW);
+    g.map(va + (2 << 30), 0x23_4000, Size::K4, RW);
+    let p = g.paging();
+    assert_eq!(p.translate(&g.mem, va + 0x12_3456, Access::Write), Ok(0x12_3456));
+    assert_eq!(p.translate(&g.mem, va + (1 << 30) + 0x1_0008, Access::Write), Ok(0x41_0008));
+    assert_eq!(p.translate(&g.mem, va + (2 << 30) + 0xabc, Access::Read), Ok(0x23_4abc));
+    // The same address is not canonical with 4 levels.
+    let p4 = GuestPaging { cr4: p.cr4 & !(1 << 12), ..p };
+    assert_eq!(p4.translate(&g.mem, va, Access::Read), Err(Fault::NonCanonical(va)));
+    // A read-only PML5E makes everything below it read-only, for writes only.
+    let pml5e = g.entry_addr(va, 5);
+    let v: u64 = g.mem.read_obj(GuestAddress(pml5e)).unwrap();
+    g.mem.write_obj(v & !RW, GuestAddress(pml5e)).unwrap();
+    assert_eq!(p.translate(&g.mem, va + 8, Access::Write), Err(Fault::ReadOnly(va + 8)));
+    assert_eq!(p.translate(&g.mem, va + 8, Access::Read), Ok(8));
+    // PS in a PML5E is reserved.
+    g.mem.write_obj(v | PS, GuestAddress(pml5e)).unwrap();
+    assert_eq!(p.translate(&g.mem, va, Access::Read), Err(Fault::Reserved { va, level: 5 }));
+    // A buffer from the end of the 1 GiB page (past guest memory) into the
+    // 2 MiB page fails on its first piece.
+    g.mem.write_obj(v, GuestAddress(pml5e)).unwrap();
+    assert_eq!(read_guest(&g.mem, &p, va + (1 << 30) - 4, 8, 8), Err(Fault::OutsideMemory(0x3FFF_FFFC)));
+    // From the end of the 2 MiB page into the 4 KiB one (a different frame).
+    g.poke(0x5F_FFFC, b"abcd");
+    g.map(va + (1 << 30) + (2 << 20), 0x23_4000, Size::K4, RW);
+    g.poke(0x23_4000, b"efgh");
+    assert_eq!(read_guest(&g.mem, &p, va + (1 << 30) + (2 << 20) - 4, 8, 8).unwrap(), b"abcdefgh");
+}
+
+#[test]
+fn memory_holes_without_paging() {
+    use vm_memory::GuestMemoryMmap;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x10_0000)])
+        .unwrap();
+    let p = GuestPaging::default();
+    mem.write_slice(b"ab", GuestAddress(0xF_FFFE)).unwrap();
+    assert_eq!(read_guest(&mem, &p, 0xF_FFFE, 2, 2).unwrap(), b"ab");
+    // Crossing into the hole.
+    assert_eq!(read_guest(&mem, &p, 0xF_FFFE, 4, 4), Err(Fault::OutsideMemory(0x10_0000)));
+    assert_eq!(write_guest(&mem, &p, 0xF_FFFE, b"xyzw", &(0..0)), Err(Fault::OutsideMemory(0x10_0000)));
+    assert_eq!(read_guest(&mem, &p, 0xF_FFFE, 2, 2).unwrap(), b"ab");
+    assert_eq!(p.translate(&mem, 0x20_0010, Access::Write), Ok(0x20_0010));
+    assert_eq!(p.translate(&mem, 0x18_0000, Access::Read), Err(Fault::OutsideMemory(0x18_0000)));
+    // A string running into the hole.
+    mem.write_slice(&[0x41; 16], GuestAddress(0xF_FFF0)).unwrap();
+    assert_eq!(read_utf16z(&mem, &p, 0xF_FFF0, 64), Err(Fault::OutsideMemory(0x10_0000)));
 }

@@ -111,7 +111,7 @@ fn set_then_get_across_non_contiguous_pages() {
         // Attributes NULL is fine.
         t.write(MISC + 0x200, &1000u64.to_le_bytes());
         let r = t.call5(Service::GetVariable, regs(NAME, MISC, 0, MISC + 0x200), DATA);
-        assert_eq!(r, ProxyResult { status: EFI_SUCCESS, reset: None });
+        assert_eq!(r, ProxyResult::status(EFI_SUCCESS));
         assert_eq!(t.read(DATA, 300), data);
     }
 }
@@ -141,7 +141,7 @@ fn refused(t: &mut T, status: u64, f: impl FnOnce(&mut T) -> ProxyResult) {
         m
     };
     let before = masked(t);
-    assert_eq!(f(t), ProxyResult { status, reset: None });
+    assert_eq!(f(t), ProxyResult::status(status));
     assert!(masked(t) == before, "guest memory changed");
 }
 
@@ -330,7 +330,7 @@ fn time_counter_reset_and_capsule_services() {
 
     // ResetSystem: the reset is reported to efivmm.
     let r = t.call(Service::ResetSystem, regs(2, 0x8000_0000_0000_0001 | (0xFFFF << 32), 0, 0));
-    assert_eq!(r, ProxyResult { status: EFI_SUCCESS, reset: Some((2, 0x8000_FFFF_0000_0001)) });
+    assert_eq!(r, ProxyResult { reset: Some((2, 0x8000_FFFF_0000_0001)), ..ProxyResult::status(EFI_SUCCESS) });
     let r = t.call(Service::ResetSystem, regs(0xFFFF_FFFF_0000_0000, 0, 4, MISC));
     assert_eq!(r.reset, Some((0, 0)));
     refused(&mut t, EFI_INVALID_PARAMETER, |t| t.call(Service::ResetSystem, regs(0, 0, 8, UNMAPPED)));
@@ -363,10 +363,20 @@ fn time_counter_reset_and_capsule_services() {
 #[test]
 fn unserved_services_and_physical_mode() {
     let mut t = setup(4);
-    for svc in [4, 5, 14, 0x100, 0x104, u64::MAX] {
+    let shim = |s| Some(NotServed::ShimLayer(s));
+    let cases = [
+        (4, shim(Service::SetVirtualAddressMap)),
+        (5, shim(Service::ConvertPointer)),
+        (14, Some(NotServed::Unknown(14))),
+        (0x100, Some(NotServed::Unknown(0x100))),
+        (0x104, Some(NotServed::Unknown(0x104))),
+        (u64::MAX, Some(NotServed::Unknown(u64::MAX))),
+    ];
+    for (svc, why) in cases {
         let p = t.g.paging();
-        let r = call_service(svc, &regs(0, 0, 0, 0), &p, &t.g.mem, FORBIDDEN, &mut t.fw);
-        assert_eq!(r.status, EFI_UNSUPPORTED, "service {svc:#x}");
+        // Pointers that would fault if anything were read.
+        let r = call_service(svc, &regs(UNMAPPED, PAST, 1 << 63, 0), &p, &t.g.mem, FORBIDDEN, &mut t.fw);
+        assert_eq!(r, ProxyResult { status: EFI_UNSUPPORTED, reset: None, not_served: why }, "service {svc:#x}");
     }
     // Paging off: pointers are guest-physical.
     assert_eq!(t.set("Phys", b"physical"), EFI_SUCCESS);
@@ -378,4 +388,38 @@ fn unserved_services_and_physical_mode() {
     assert_eq!(st.status, EFI_SUCCESS);
     assert_eq!(t.g.peek(0x50_0000, 8), b"physical");
     assert_eq!(t.g.peek(0x41_0200, 8), 8u64.to_le_bytes());
+}
+
+#[test]
+fn odd_names_zero_sizes_and_inputs_from_the_shim() {
+    let mut t = setup(4);
+    // A name at an odd address is served (x86 and edk2 accept it).
+    t.write(NAME + 1, &utf16("Odd"));
+    t.write(DATA, b"odd data");
+    assert_eq!(t.call5(Service::SetVariable, regs(NAME + 1, MISC, 7, 8), DATA).status, EFI_SUCCESS);
+    assert_eq!(t.fw.get_variable(&utf16("Odd"), &Guid::parse(GUID).unwrap(), 100).data, b"odd data");
+    // Data and name read from the shim's pages (inputs may come from there).
+    t.g.poke(FORBIDDEN.start, &utf16("FromShim"));
+    t.g.poke(FORBIDDEN.start + 0x800, b"shim bytes");
+    assert_eq!(t.call5(Service::SetVariable, regs(SHIM, MISC, 7, 10), SHIM + 0x800).status, EFI_SUCCESS);
+    assert_eq!(t.get("FromShim", 100), EFI_SUCCESS);
+    assert_eq!(t.read(DATA + 0xF80, 10), b"shim bytes");
+    // *DataSize = 0 asks for the size: Data is never touched, even unmapped.
+    t.write(NAME, &utf16("Odd"));
+    t.write(MISC + 0x200, &0u64.to_le_bytes());
+    let r = t.call5(Service::GetVariable, regs(NAME, MISC, 0, MISC + 0x200), UNMAPPED);
+    assert_eq!((r.status, t.u64_at(MISC + 0x200)), (EFI_BUFFER_TOO_SMALL, 8));
+    // SetVariable with DataSize 0 and a bogus non-NULL Data deletes.
+    assert_eq!(t.call5(Service::SetVariable, regs(NAME, MISC, 7, 0), UNMAPPED).status, EFI_SUCCESS);
+    assert_eq!(t.get("Odd", 100), EFI_NOT_FOUND);
+    // An empty name: the firmware's answer (NOT_FOUND for GetVariable).
+    t.write(NAME, &[0, 0]);
+    t.write(MISC + 0x200, &100u64.to_le_bytes());
+    assert_eq!(t.call5(Service::GetVariable, regs(NAME, MISC, 0, MISC + 0x200), DATA).status, EFI_NOT_FOUND);
+    // A name whose NUL is the last thing before an unmapped page is fine.
+    let name = utf16("Edge");
+    t.write(NAME + 0x1000 - name.len() as u64, &name);
+    t.write(DATA, b"e");
+    let r = t.call5(Service::SetVariable, regs(NAME + 0x1000 - name.len() as u64, MISC, 7, 1), DATA);
+    assert_eq!(r.status, EFI_SUCCESS);
 }

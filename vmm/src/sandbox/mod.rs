@@ -14,6 +14,9 @@
 pub mod layout;
 mod watchdog;
 
+/// A per-thread deadline that interrupts `KVM_RUN` (also used for the guest's timeout).
+pub use watchdog::Watchdog as Deadline;
+
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 

@@ -99,11 +99,45 @@ pub fn parse_sig_lists(mut d: &[u8]) -> Result<Vec<SigList>, String> {
     Ok(out)
 }
 
-/// The subject of a DER X.509 certificate (`C=US, O=..., CN=...`).
-pub fn cert_subject(der: &[u8]) -> Result<String, String> {
-    x509_parser::parse_x509_certificate(der)
-        .map(|(_, c)| c.subject().to_string())
-        .map_err(|e| format!("not a parsable X.509 certificate: {e}"))
+/// The subject and issuer of a DER X.509 certificate, each as an RFC 4514
+/// string, most specific part first
+/// (`CN=Microsoft Corporation UEFI CA 2011, O=Microsoft Corporation, L=Redmond, ST=Washington, C=US`).
+pub fn cert_names(der: &[u8]) -> Result<(String, String), String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| format!("not a parsable X.509 certificate: {e}"))?;
+    Ok((dn_text(cert.subject()), dn_text(cert.issuer())))
+}
+
+/// An X.509 name in RFC 4514 order (the reverse of the DER order).
+fn dn_text(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            let parts: Vec<String> = rdn
+                .iter()
+                .map(|a| {
+                    let key = x509_parser::objects::oid2abbrev(a.attr_type(), registry)
+                        .map_or_else(|_| a.attr_type().to_id_string(), str::to_string);
+                    format!("{key}={}", attr_value_text(a.attr_value().tag().0, a.as_slice()))
+                })
+                .collect();
+            parts.join(" + ")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(", ")
+}
+
+/// A directory-string value by its ASN.1 tag: the 8-bit string types as
+/// (lossy) UTF-8, BMPString as UTF-16BE, anything else as `#` and hex.
+fn attr_value_text(tag: u32, v: &[u8]) -> String {
+    match tag {
+        12 | 18 | 19 | 20 | 21 | 22 | 25 | 26 | 27 => String::from_utf8_lossy(v).into_owned(),
+        30 => {
+            String::from_utf16_lossy(&v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect::<Vec<_>>())
+        }
+        _ => format!("#{}", efi::encode_hex(v)),
+    }
 }
 
 /// A decoded `EFI_LOAD_OPTION`.
@@ -227,20 +261,41 @@ fn sig_db_lines(d: &[u8]) -> Result<Vec<String>, String> {
         let kind = sig_type_name(&l.sig_type).map_or_else(|| l.sig_type.to_string(), str::to_string);
         lines.push(format!("siglist type={kind} ({}) count={}", l.sig_type, l.entries.len()));
         for e in &l.entries {
-            let what = if kind == "X509" {
-                match cert_subject(&e.data) {
-                    Ok(s) => format!("subject: {s}"),
-                    Err(m) => m,
+            let owner = format!("  owner {}", e.owner);
+            if kind == "X509" {
+                match cert_names(&e.data) {
+                    Ok((subject, issuer)) => {
+                        lines.push(format!("{owner} subject: {subject}"));
+                        lines.push(format!("    issuer: {issuer}"));
+                    }
+                    Err(m) => lines.push(format!("{owner} {m}")),
                 }
             } else if kind.starts_with("SHA") {
-                format!("hash: {}", efi::encode_hex(&e.data))
+                lines.push(format!("{owner} hash: {}", efi::encode_hex(&e.data)));
             } else {
-                format!("{} bytes", e.data.len())
-            };
-            lines.push(format!("  owner {} {what}", e.owner));
+                lines.push(format!("{owner} {} bytes", e.data.len()));
+            }
         }
     }
     Ok(lines)
+}
+
+/// A hexdump of `data`, indented by four spaces: offset, 16 bytes of hex in
+/// groups of four, and the printable ASCII (`.` for the rest).
+pub fn hexdump(data: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, row) in data.chunks(16).enumerate() {
+        let mut hex = String::new();
+        for (j, b) in row.iter().enumerate() {
+            if j > 0 && j % 4 == 0 {
+                hex.push(' ');
+            }
+            hex.push_str(&format!("{b:02x} "));
+        }
+        let ascii: String = row.iter().map(|&b| if (0x20..0x7f).contains(&b) { b as char } else { '.' }).collect();
+        out.push_str(&format!("    {:06x}  {hex:<51} {ascii}\n", i * 16));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -297,5 +352,16 @@ mod tests {
         assert!(parse_sig_lists(&d[..40]).is_err());
         assert_eq!(attr_letters(0x27), "NV|BS|RT|AT");
         assert_eq!(attr_letters(0x100), "0x100");
+    }
+
+    #[test]
+    fn vars_decode_hexdump() {
+        let d: Vec<u8> = (0x3c..0x3c + 18).collect();
+        assert_eq!(
+            hexdump(&d),
+            "    000000  3c 3d 3e 3f  40 41 42 43  44 45 46 47  48 49 4a 4b  <=>?@ABCDEFGHIJK\n\
+             \x20   000010  4c 4d                                               LM\n"
+        );
+        assert_eq!(hexdump(&[]), "");
     }
 }

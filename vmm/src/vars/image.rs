@@ -75,11 +75,32 @@ pub fn locate(path: &Path, bytes: &[u8]) -> Result<Range<usize>, VarsFileError> 
     }))
 }
 
+/// What an [`Image`] is opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Reading only: a shared lock, so several readers may run at once,
+    /// but not beside a running efivmm (which holds an exclusive one).
+    Read,
+    /// Editing: the exclusive lock a running efivmm takes, on the file that
+    /// is at the path now.
+    Write,
+}
+
 impl Image {
     /// Opens `path`, locks it (refusing if an efivmm holds it) and validates it.
-    pub fn open(path: &Path) -> Result<Image, ExitError> {
+    pub fn open(path: &Path, access: Access) -> Result<Image, ExitError> {
         let real = path.canonicalize().map_err(io_err(path, "open it"))?;
-        let lock = varsfile::lock_current(&real)?;
+        let lock = match access {
+            Access::Write => varsfile::lock_current(&real)?,
+            Access::Read => {
+                let file = File::open(&real).map_err(io_err(&real, "open it"))?;
+                match file.try_lock_shared() {
+                    Ok(()) => file,
+                    Err(std::fs::TryLockError::WouldBlock) => return Err(VarsFileError::Locked(real).into()),
+                    Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&real, "lock it")(e).into()),
+                }
+            }
+        };
         let mut bytes = Vec::new();
         (&lock).read_to_end(&mut bytes).map_err(io_err(&real, "read it"))?;
         let range = locate(&real, &bytes)?;
@@ -162,6 +183,54 @@ pub fn write_fresh(path: &Path, layout: Layout) -> Result<(), ExitError> {
         None
     };
     varsfile::write_atomically(&real, &image, mode).map_err(io_err(&real, "write it"))?;
+    Ok(())
+}
+
+/// Empties the NV volume of the flash image (combined `OVMF.fd`) at `path`
+/// in place, whatever its variables' state, and writes the file atomically;
+/// the rest of the image is kept byte for byte. `layout`, if given, must be
+/// the volume's.
+pub fn reset_volume(path: &Path, layout: Option<Layout>) -> Result<(), ExitError> {
+    let real = path.canonicalize().map_err(io_err(path, "open it"))?;
+    let lock = varsfile::lock_current(&real)?;
+    let mut bytes = Vec::new();
+    (&lock).read_to_end(&mut bytes).map_err(io_err(&real, "read it"))?;
+    let range = varstore::find_vars_volume(&bytes).ok_or_else(|| VarsFileError::Corrupt {
+        path: real.clone(),
+        reason: format!(
+            "it is {:#x} bytes: neither a vars file (0x20000 or 0x84000 bytes) nor a flash image holding an \
+             NV-data volume; `init --force` replaces only those (remove the file first to start afresh)",
+            bytes.len()
+        ),
+    })?;
+    let found = Layout::from_file_size(range.len())
+        .ok_or_else(|| ExitError::Store("the NV volume has no known layout".into()))?;
+    if layout.is_some_and(|l| l != found) {
+        return Err(ExitError::Usage(format!(
+            "{}: its NV volume has the {} layout; `init --force` keeps it (leave out --layout)",
+            real.display(),
+            if found == Layout::Ovmf2M { "2m" } else { "4m" }
+        )));
+    }
+    Store::format(&mut bytes[range], found);
+    let mode = lock.metadata().map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
+    varsfile::write_atomically(&real, &bytes, mode).map_err(io_err(&real, "write it"))?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` (an output file such as exported JSON)
+/// atomically: the file is either its old self or complete. A new file gets
+/// mode 0600 (variables may hold secrets, such as iSCSI CHAP settings); an
+/// existing one keeps its mode.
+pub fn write_output(path: &Path, bytes: &[u8]) -> Result<(), ExitError> {
+    let usage = |what: &str, e: std::io::Error| ExitError::Usage(format!("--output {}: {what}: {e}", path.display()));
+    let name =
+        path.file_name().ok_or_else(|| ExitError::Usage(format!("--output {} names no file", path.display())))?;
+    let dir = varsfile::parent_dir(path).canonicalize().map_err(|e| usage("cannot find its directory", e))?;
+    let real = dir.join(name);
+    let real = real.canonicalize().unwrap_or(real);
+    let mode = std::fs::metadata(&real).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
+    varsfile::write_atomically(&real, bytes, mode).map_err(|e| usage("cannot write it", e))?;
     Ok(())
 }
 

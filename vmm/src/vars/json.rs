@@ -16,8 +16,10 @@ use serde_json::{json, Map, Value};
 use super::image::Var;
 use crate::efi;
 
-/// The JSON document for `vars` (all of them, in store order), indented by
-/// four spaces like virt-firmware's.
+/// The JSON document for `vars` (all of them, in store order), byte for
+/// byte as virt-firmware writes it (`json.dumps(..., indent=4)`: four-space
+/// indent, `": "` and `","` separators, non-ASCII escaped as `\uXXXX`), with
+/// no final newline.
 pub fn export(vars: &[Var]) -> String {
     let list: Vec<Value> = vars
         .iter()
@@ -38,7 +40,26 @@ pub fn export(vars: &[Var]) -> String {
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     serde::Serialize::serialize(&doc, &mut ser).expect("serializing a JSON value cannot fail");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
+    ensure_ascii(&String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
+/// Escapes what Python's `json.dumps` (with its default `ensure_ascii`)
+/// escapes and serde_json does not: DEL and every non-ASCII character, as
+/// lowercase `\uXXXX` UTF-16 units. Such characters only occur inside
+/// strings, where the escape means the same character.
+fn ensure_ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() && c != '\u{7f}' {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
 }
 
 /// Parses a virt-firmware JSON document into variables (not yet validated
@@ -105,6 +126,23 @@ mod tests {
         assert!(v["variables"][1].get("time").is_none());
         assert!(text.contains("\n    \"variables\""), "four-space indent: {text}");
         assert_eq!(import(&text).unwrap(), vec![a, b]);
+    }
+
+    #[test]
+    fn vars_json_escapes_non_ascii_like_python() {
+        let v = Var {
+            name: efi::name_to_utf16("Gr\u{fc}\u{df}e\u{7f}\u{1f600}"),
+            guid: varstore::Guid::GLOBAL_VARIABLE,
+            attr: 3,
+            data: vec![0],
+            timestamp: [0; 16],
+        };
+        let text = export(std::slice::from_ref(&v));
+        // python3 -c 'import json; print(json.dumps("Gr\u00fc\u00dfe\x7f\U0001f600"))'
+        assert!(text.contains(r#""name": "Gr\u00fc\u00dfe\u007f\ud83d\ude00""#), "{text}");
+        assert!(text.is_ascii());
+        assert!(!text.ends_with('\n'));
+        assert_eq!(import(&text).unwrap(), vec![v]);
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! Policy: offline edits do not apply the runtime rules (authentication,
 //! read-only variables, `SetupMode`...): this is an administrator's tool,
 //! like `virt-fw-vars`. Input that can never be a stored variable is
-//! refused: an empty name or one with a NUL, empty data, attributes without
-//! `NON_VOLATILE`, `RUNTIME_ACCESS` without `BOOTSERVICE_ACCESS`, and
-//! `APPEND_WRITE` or unknown bits (not stored attributes).
+//! refused (see [`validate`]): an empty name or one with a NUL, empty data,
+//! attributes without `NON_VOLATILE|BOOTSERVICE_ACCESS` (edk2's SetVariable
+//! refuses NV alone and RT without BS, and the vars file holds only NV
+//! variables), `HARDWARE_ERROR_RECORD` without `RUNTIME_ACCESS`, both
+//! authenticated-write kinds at once, and `APPEND_WRITE` or unknown bits
+//! (not stored attributes).
 
 pub mod decode;
 pub mod devpath;
@@ -26,7 +29,7 @@ use varstore::{attr, Guid, Layout, NewVar, Store};
 
 use crate::efi;
 use crate::ExitError;
-use image::{Image, Var};
+use image::{Access, Image, Var};
 
 /// Options of `efivmm vars`.
 #[derive(Args, Debug)]
@@ -60,11 +63,15 @@ pub enum LayoutArg {
 pub enum VarsCommand {
     /// Writes a new, empty store (byte for byte what OVMF's build ships).
     Init {
-        /// The layout of the new file.
-        #[arg(long, value_enum, default_value = "4m")]
-        layout: LayoutArg,
-        /// Replace an existing file (a combined OVMF.fd keeps its code part:
-        /// only its NV volume is emptied, in its own layout).
+        /// The layout of the new file [default: 4m, the 528 KiB file of
+        /// current distributions' OVMF_VARS_4M.fd; 2m is the 128 KiB
+        /// OVMF_VARS.fd].
+        #[arg(long, value_enum)]
+        layout: Option<LayoutArg>,
+        /// Replace an existing file (unless an efivmm holds it). A combined
+        /// OVMF.fd keeps its code part byte for byte: only its NV volume is
+        /// emptied, in its own layout. Any other file that is not of a vars
+        /// file's size is refused.
         #[arg(long)]
         force: bool,
     },
@@ -77,7 +84,8 @@ pub enum VarsCommand {
         #[arg(long)]
         runtime: bool,
     },
-    /// Prints one variable: its attributes, data (hex) and decoded view.
+    /// Prints one variable: the `list` line, its decoded view and a hexdump
+    /// of its data (or only the data, with --hex or --raw).
     Get {
         /// The variable's name.
         name: String,
@@ -91,15 +99,18 @@ pub enum VarsCommand {
         #[arg(long)]
         raw: bool,
     },
-    /// Adds or replaces a variable (no runtime rules apply; see `efivmm vars
-    /// --help` on policy). If the store is full, it is compacted first.
+    /// Adds or replaces a variable. No runtime rules apply (an administrator's
+    /// tool, like virt-fw-vars), but input that can never be a stored variable
+    /// is refused: an empty name or data, attributes without NV|BS (3), HR
+    /// (8) without RT (4), AW (0x10) with AT (0x20), bits beyond 0x3f. If the
+    /// store is full, it is compacted first. See docs/vars.md.
     Set {
         /// The variable's name.
         name: String,
         /// Its vendor GUID (or `global`).
         guid: String,
         /// EFI_VARIABLE_* attributes in hex (e.g. 7 = NV|BS|RT; 27 adds
-        /// TIME_BASED_AUTHENTICATED_WRITE_ACCESS). Must include NV (1).
+        /// TIME_BASED_AUTHENTICATED_WRITE_ACCESS). Must include NV|BS (3).
         #[arg(long, value_parser = parse_hex_u32)]
         attrs: u32,
         /// The data, as hex digits.
@@ -156,14 +167,23 @@ pub fn validate(name: &str, attrs: u32, data: &[u8]) -> Result<(), String> {
     if data.is_empty() {
         return Err(format!("{name}: the data is empty (a stored variable has at least one byte; use `delete`)"));
     }
-    if attrs & attr::NON_VOLATILE == 0 {
+    let nv_bs = attr::NON_VOLATILE | attr::BOOTSERVICE_ACCESS;
+    if attrs & nv_bs != nv_bs {
         return Err(format!(
-            "{name}: attributes {attrs:#x} lack NON_VOLATILE (0x1): a vars file holds only NV variables"
+            "{name}: attributes {attrs:#x} lack NON_VOLATILE|BOOTSERVICE_ACCESS (0x3): a vars file holds only \
+             non-volatile variables, and UEFI has none without boot-service access"
         ));
     }
-    if attrs & attr::RUNTIME_ACCESS != 0 && attrs & attr::BOOTSERVICE_ACCESS == 0 {
+    if attrs & attr::HARDWARE_ERROR_RECORD != 0 && attrs & attr::RUNTIME_ACCESS == 0 {
         return Err(format!(
-            "{name}: attributes {attrs:#x} have RUNTIME_ACCESS (0x4) without BOOTSERVICE_ACCESS (0x2)"
+            "{name}: attributes {attrs:#x} have HARDWARE_ERROR_RECORD (0x8) without RUNTIME_ACCESS (0x4)"
+        ));
+    }
+    let both_auth = attr::AUTHENTICATED_WRITE_ACCESS | attr::TIME_BASED_AUTHENTICATED_WRITE_ACCESS;
+    if attrs & both_auth == both_auth {
+        return Err(format!(
+            "{name}: attributes {attrs:#x} have both AUTHENTICATED_WRITE_ACCESS (0x10) and \
+             TIME_BASED_AUTHENTICATED_WRITE_ACCESS (0x20); a variable has at most one"
         ));
     }
     if attrs & !0x3f != 0 {
@@ -183,7 +203,7 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
     match args.command {
         VarsCommand::Init { layout, force } => init(&path, layout, force),
         VarsCommand::List { runtime } => {
-            let img = Image::open(&path)?;
+            let img = Image::open(&path, Access::Read)?;
             let mut out = String::new();
             for v in img.vars().iter().filter(|v| !runtime || v.attr & attr::RUNTIME_ACCESS != 0) {
                 out.push_str(&summary(v));
@@ -196,7 +216,7 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             print_out(out.as_bytes())
         }
         VarsCommand::Get { name, guid, hex, raw } => {
-            let img = Image::open(&path)?;
+            let img = Image::open(&path, Access::Read)?;
             let vars = img.vars();
             let v = pick(&vars, &name, guid.as_deref())?;
             if raw {
@@ -209,7 +229,7 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             for line in decode::describe(v) {
                 out.push_str(&format!("    {line}\n"));
             }
-            out.push_str(&format!("    data: {}\n", efi::encode_hex(&v.data)));
+            out.push_str(&decode::hexdump(&v.data));
             print_out(out.as_bytes())
         }
         VarsCommand::Set { name, guid, attrs, data_hex, data_file } => {
@@ -225,7 +245,7 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             edit(&path, std::slice::from_ref(&var))
         }
         VarsCommand::Delete { name, guid } => {
-            let mut img = Image::open(&path)?;
+            let mut img = Image::open(&path, Access::Write)?;
             let vars = img.vars();
             let v = pick(&vars, &name, guid.as_deref())?;
             let mut work = img.store_bytes();
@@ -237,12 +257,13 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             img.commit(&work)
         }
         VarsCommand::Export { json: _, output } => {
-            let img = Image::open(&path)?;
-            let text = json::export(&img.vars()) + "\n";
+            let img = Image::open(&path, Access::Read)?;
+            let text = json::export(&img.vars());
+            drop(img);
             match output {
-                Some(o) => std::fs::write(&o, text)
-                    .map_err(|e| ExitError::Usage(format!("--output {}: cannot write it: {e}", o.display()))),
-                None => print_out(text.as_bytes()),
+                // Byte for byte what `virt-fw-vars --output-json` writes.
+                Some(o) => image::write_output(&o, text.as_bytes()),
+                None => print_out((text + "\n").as_bytes()),
             }
         }
         VarsCommand::Import { json: file } => {
@@ -299,7 +320,7 @@ fn pick<'v>(vars: &'v [Var], name: &str, guid: Option<&str>) -> Result<&'v Var, 
 /// Adds or replaces each of `vars` in the store of `path` and writes the
 /// file once, atomically; on any error the file is unchanged.
 fn edit(path: &Path, vars: &[Var]) -> Result<(), ExitError> {
-    let mut img = Image::open(path)?;
+    let mut img = Image::open(path, Access::Write)?;
     let mut work = img.store_bytes();
     let mut store = Store::open(&mut work).map_err(|e| ExitError::Store(e.to_string()))?;
     for v in vars {
@@ -310,29 +331,25 @@ fn edit(path: &Path, vars: &[Var]) -> Result<(), ExitError> {
     img.commit(&work)
 }
 
-fn init(path: &Path, layout: LayoutArg, force: bool) -> Result<(), ExitError> {
-    let layout = match layout {
+fn init(path: &Path, layout: Option<LayoutArg>, force: bool) -> Result<(), ExitError> {
+    let wanted = layout.map(|l| match l {
         LayoutArg::TwoMiB => Layout::Ovmf2M,
         LayoutArg::FourMiB => Layout::Ovmf4M,
+    });
+    let Ok(meta) = std::fs::metadata(path) else {
+        return image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M));
     };
-    if path.exists() {
-        if !force {
-            return Err(ExitError::Usage(format!(
-                "{} exists; `init` does not overwrite a file unless given --force",
-                path.display()
-            )));
-        }
-        // A combined flash image keeps its code: empty only its NV volume.
-        if let Ok(mut img) = Image::open(path) {
-            if img.is_combined() {
-                let mut work = img.store_bytes();
-                let Some(l) = Layout::from_file_size(work.len()) else {
-                    return Err(ExitError::Store("the NV volume has no known layout".into()));
-                };
-                Store::format(&mut work, l);
-                return img.commit(&work);
-            }
-        }
+    if !force {
+        return Err(ExitError::Usage(format!(
+            "{} exists; `init` does not overwrite a file unless given --force",
+            path.display()
+        )));
     }
-    image::write_fresh(path, layout)
+    let is_vars_file = usize::try_from(meta.len()).ok().and_then(Layout::from_file_size).is_some();
+    if is_vars_file || meta.len() == 0 {
+        image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M))
+    } else {
+        // A combined flash image keeps its code: empty only its NV volume.
+        image::reset_volume(path, wanted)
+    }
 }

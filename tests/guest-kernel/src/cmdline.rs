@@ -1,0 +1,117 @@
+//! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`.
+
+use crate::line::Line;
+
+/// How a kexec'd generation treats the runtime layout (DESIGN.md, "The
+/// guest-visible tables and kexec"). Generation 0 always lays out and calls
+/// SVAM afresh; its `shape` names the shape of generation 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Handover: map the regions at the VAs in the memory map, no SVAM.
+    A,
+    /// SVAM again with the same VAs.
+    B,
+    /// SVAM again with different VAs.
+    C,
+}
+
+impl Shape {
+    /// The letter.
+    pub fn letter(self) -> &'static str {
+        match self {
+            Shape::A => "A",
+            Shape::B => "B",
+            Shape::C => "C",
+        }
+    }
+
+    /// A → B → C → A.
+    pub fn next(self) -> Shape {
+        match self {
+            Shape::A => Shape::B,
+            Shape::B => Shape::C,
+            Shape::C => Shape::A,
+        }
+    }
+}
+
+/// The options the kernel takes from its command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// This kernel's generation (0 = first boot).
+    pub gen: u32,
+    /// How many generations to run in all (kexec while `gen + 1 < generations`).
+    pub generations: u32,
+    /// This generation's shape (for gen 0: the shape of generation 1).
+    pub shape: Shape,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { gen: 0, generations: 1, shape: Shape::A }
+    }
+}
+
+fn parse_u32(v: &[u8]) -> Option<u32> {
+    if v.is_empty() || v.len() > 9 {
+        return None;
+    }
+    v.iter().try_fold(0u32, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0')))
+}
+
+/// Parses the command line (stops at NUL); unknown words and bad values are ignored.
+pub fn parse(cmdline: &[u8]) -> Options {
+    let end = cmdline.iter().position(|&c| c == 0).unwrap_or(cmdline.len());
+    let mut o = Options::default();
+    for word in cmdline[..end].split(|c| c.is_ascii_whitespace()) {
+        if let Some(v) = word.strip_prefix(b"efivmm.gen=") {
+            o.gen = parse_u32(v).unwrap_or(o.gen);
+        } else if let Some(v) = word.strip_prefix(b"efivmm.generations=") {
+            o.generations = parse_u32(v).unwrap_or(o.generations);
+        } else if let Some(v) = word.strip_prefix(b"efivmm.shape=") {
+            o.shape = match v {
+                b"A" | b"a" => Shape::A,
+                b"B" | b"b" => Shape::B,
+                b"C" | b"c" => Shape::C,
+                _ => o.shape,
+            };
+        }
+    }
+    o
+}
+
+/// The command line of the next generation (without the NUL).
+pub fn next_cmdline(o: &Options, out: &mut Line) {
+    let shape = if o.gen == 0 { o.shape } else { o.shape.next() };
+    out.s("efivmm.gen=").dec(u64::from(o.gen) + 1).s(" efivmm.generations=").dec(u64::from(o.generations));
+    out.s(" efivmm.shape=").s(shape.letter());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options() {
+        let o = parse(b"console=ttyS0 efivmm.gen=2 efivmm.generations=3 efivmm.shape=C\0garbage efivmm.gen=9");
+        assert_eq!(o, Options { gen: 2, generations: 3, shape: Shape::C });
+        assert_eq!(parse(b""), Options::default());
+        assert_eq!(
+            parse(b"efivmm.gen=x efivmm.shape=Q efivmm.generations=12"),
+            Options { generations: 12, ..Options::default() }
+        );
+        assert_eq!(parse(b"efivmm.gen=99999999999").gen, 0);
+    }
+
+    #[test]
+    fn next_generation_cmdline() {
+        let mut l = Line::new();
+        next_cmdline(&Options { gen: 0, generations: 4, shape: Shape::A }, &mut l);
+        assert_eq!(l.as_bytes(), b"efivmm.gen=1 efivmm.generations=4 efivmm.shape=A");
+        let mut l = Line::new();
+        next_cmdline(&Options { gen: 1, generations: 4, shape: Shape::A }, &mut l);
+        assert_eq!(l.as_bytes(), b"efivmm.gen=2 efivmm.generations=4 efivmm.shape=B");
+        assert_eq!(parse(l.as_bytes()), Options { gen: 2, generations: 4, shape: Shape::B });
+        assert_eq!(Shape::C.next(), Shape::A);
+    }
+}

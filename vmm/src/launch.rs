@@ -1,0 +1,148 @@
+//! `efivmm --kernel PATH ...`: boot a guest whose runtime services are served
+//! by the firmware in the sandbox.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use varstore::Layout;
+
+use crate::firmware::{Firmware, FirmwareSource};
+use crate::varsfile::VarsFile;
+use crate::vm::{Exit, SerialOut, SvamPolicy, Vm, VmConfig};
+use crate::ExitError;
+
+/// Options for booting a guest.
+#[derive(Args, Debug, Default)]
+pub struct LaunchArgs {
+    /// The guest kernel: an ELF vmlinux or a bzImage. It is booted directly
+    /// (64-bit boot protocol) and told it was EFI-booted (boot_params.efi_info).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// An initrd / initramfs for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
+    pub cmdline: String,
+    /// Guest memory: bytes, or with a K, M or G suffix (a multiple of 2 MiB,
+    /// 32 MiB to 3 GiB).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs. Only 1 so far: efivmm does not yet describe more
+    /// vCPUs to the guest (no MP/ACPI tables).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: u32,
+    /// Firmware that serves the runtime services (`builtin` only so far).
+    #[arg(long, value_name = "builtin")]
+    pub firmware: Option<FirmwareSource>,
+    /// The VM's vars file (OVMF format). A missing file is created empty.
+    /// Without --vars, a temporary store is used and discarded at exit.
+    #[arg(long, value_name = "PATH")]
+    pub vars: Option<PathBuf>,
+    /// Where the guest's serial port (COM1) goes: stdio, file=PATH or off.
+    #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
+    pub serial: Option<SerialOut>,
+    /// How a second SetVirtualAddressMap is treated: `accept` (efivmm:
+    /// every call succeeds) or `once` (like real firmware: the second call
+    /// returns EFI_UNSUPPORTED).
+    #[arg(long, value_enum, default_value = "accept")]
+    pub svam_policy: Option<SvamPolicy>,
+    /// Stop the guest after this many seconds (exit code 5).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+/// Parses `256M`, `1G`, `65536K` or a byte count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size (e.g. 256M, 1G)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Boots the guest; returns the process exit code (0 power-off or reset,
+/// 5 timeout, 1 crash).
+pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
+    let Some(kernel_path) = args.kernel else {
+        return Err(ExitError::Usage("give a kernel with --kernel PATH (or see `efivmm --help`)".into()));
+    };
+    if args.cpus != 1 {
+        return Err(ExitError::Usage(format!(
+            "--cpus {}: only 1 vCPU is supported so far (efivmm does not yet describe more vCPUs to the guest)",
+            args.cpus
+        )));
+    }
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p).map_err(|e| ExitError::Usage(format!("cannot read the {what} {}: {e}", p.display())))
+    };
+    let kernel = read("kernel", &kernel_path)?;
+    let initrd = args.initrd.as_ref().map(|p| read("initrd", p)).transpose()?;
+    let (vars_path, _temp) = match args.vars {
+        Some(p) => (p, None),
+        None => {
+            let dir = tempdir()?;
+            tracing::warn!("no --vars: variables live in a temporary store and are lost at exit");
+            (dir.join("vars.fd"), Some(TempDir(dir)))
+        }
+    };
+    let vars = VarsFile::open_or_create(&vars_path, Layout::Ovmf2M)?;
+    let firmware = Firmware::start(&args.firmware.unwrap_or(FirmwareSource::Builtin), vars)?;
+    let config = VmConfig {
+        kernel,
+        initrd,
+        cmdline: args.cmdline,
+        memory: args.memory,
+        svam_policy: args.svam_policy.unwrap_or(SvamPolicy::Accept),
+        serial: args.serial.unwrap_or(SerialOut::Stdio),
+        serial_sink: None,
+        timeout: args.timeout.map(Duration::from_secs),
+    };
+    let mut vm = Vm::build(config, firmware).map_err(|e| ExitError::Usage(e.to_string()))?;
+    let exit = vm.run();
+    let stats = vm.stats();
+    tracing::info!(?exit, calls = stats.calls, svam_calls = stats.svam_calls, "guest stopped");
+    Ok(match exit {
+        Exit::PowerOff | Exit::Reset(_) => 0,
+        Exit::Timeout => {
+            eprintln!("efivmm: the guest ran past --timeout and was stopped");
+            5
+        }
+        Exit::Crashed(why) => {
+            eprintln!("efivmm: the guest stopped: {why}");
+            1
+        }
+    })
+}
+
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<PathBuf, ExitError> {
+    let dir = std::env::temp_dir().join(format!("efivmm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| ExitError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999G").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! A runtime-service call from the guest: the trampoline's `out` to
+//! `guest_shim::CALL_PORT` with the service number in EAX. SetVirtualAddressMap
+//! and ConvertPointer are handled against the shim (they never reach the
+//! firmware); every other service goes through the proxy to the sandbox.
+//! The EFI_STATUS goes to RAX and the guest resumes after the `out`.
+
+use sandbox_abi::Service;
+
+use super::{Exit, SvamPolicy, Vm, SHIM_RESERVE};
+use crate::efi::{EFI_INVALID_PARAMETER, EFI_SUCCESS, EFI_UNSUPPORTED};
+use crate::proxy::paging::{read_guest, write_guest, GuestPaging};
+use crate::proxy::{call_service, GuestRegs};
+
+/// Largest memory map SetVirtualAddressMap accepts.
+const MAX_MAP: u64 = 0x1_0000;
+
+impl Vm {
+    /// Serves one call; `Some(exit)` when the guest asked to reset or power off.
+    pub(super) fn runtime_call(&mut self, service: u64) -> Result<Option<Exit>, String> {
+        let mut regs = self.vcpu.get_regs().map_err(|e| format!("get regs: {e}"))?;
+        let sregs = self.vcpu.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
+        let paging = GuestPaging { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
+        self.stats.calls += 1;
+        let status = match Service::from_u64(service) {
+            Some(Service::SetVirtualAddressMap) => self.set_virtual_address_map(&regs, &paging),
+            Some(Service::ConvertPointer) => self.convert_pointer(&regs, &paging),
+            _ => {
+                let guest = GuestRegs { rcx: regs.rcx, rdx: regs.rdx, r8: regs.r8, r9: regs.r9, rsp: regs.rsp };
+                let forbidden = self.shim.base()..self.shim.base() + SHIM_RESERVE;
+                let result = call_service(service, &guest, &paging, &self.mem, forbidden, &mut self.firmware);
+                if let Some((reset_type, _)) = result.reset {
+                    tracing::info!(reset_type, "the guest called ResetSystem");
+                    return Ok(Some(if reset_type == 2 { Exit::PowerOff } else { Exit::Reset("ResetSystem") }));
+                }
+                result.status
+            }
+        };
+        regs.rax = status;
+        self.vcpu.set_regs(&regs).map_err(|e| format!("set regs: {e}"))?;
+        Ok(None)
+    }
+
+    /// SetVirtualAddressMap(MemoryMapSize, DescriptorSize, DescriptorVersion,
+    /// VirtualMap): validated and applied by the shim model; the rewritten
+    /// tables are copied back into guest memory.
+    fn set_virtual_address_map(&mut self, regs: &kvm_bindings::kvm_regs, paging: &GuestPaging) -> u64 {
+        self.stats.svam_calls += 1;
+        if self.svam_policy == SvamPolicy::Once && self.shim.svam_count() > 0 {
+            tracing::info!("second SetVirtualAddressMap refused (--svam-policy once)");
+            return EFI_UNSUPPORTED;
+        }
+        let (map_size, desc_size, version, map_va) = (regs.rcx, regs.rdx, regs.r8 as u32, regs.r9);
+        if map_size > MAX_MAP {
+            return EFI_INVALID_PARAMETER;
+        }
+        let Ok(map) = read_guest(&self.mem, paging, map_va, map_size, MAX_MAP) else {
+            return EFI_INVALID_PARAMETER;
+        };
+        match self.shim.set_virtual_address_map(map_size, desc_size, version, &map) {
+            Ok(()) => match super::write(&self.mem, self.shim.bytes(), self.shim.base()) {
+                Ok(()) => {
+                    tracing::info!(count = self.shim.svam_count(), "SetVirtualAddressMap absorbed");
+                    EFI_SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("cannot rewrite the shim: {e}");
+                    crate::efi::EFI_DEVICE_ERROR
+                }
+            },
+            Err(status) => status,
+        }
+    }
+
+    /// ConvertPointer(DebugDisposition, Address): converts `*Address` with the
+    /// last map.
+    fn convert_pointer(&mut self, regs: &kvm_bindings::kvm_regs, paging: &GuestPaging) -> u64 {
+        let forbidden = self.shim.base()..self.shim.base() + SHIM_RESERVE;
+        let Ok(bytes) = read_guest(&self.mem, paging, regs.rdx, 8, 8) else {
+            return EFI_INVALID_PARAMETER;
+        };
+        let pointer = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        match self.shim.convert_pointer(regs.rcx, pointer) {
+            Ok(converted) => match write_guest(&self.mem, paging, regs.rdx, &converted.to_le_bytes(), &forbidden) {
+                Ok(()) => EFI_SUCCESS,
+                Err(_) => EFI_INVALID_PARAMETER,
+            },
+            Err(status) => status,
+        }
+    }
+}
