@@ -59,7 +59,9 @@ fn sigkill_during_a_set_variable_storm_loses_no_acknowledged_write() {
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let ok = out.status.success()
-            && serde_json::from_str::<serde_json::Value>(stdout.trim()).map(|v| status(&v) == "EFI_SUCCESS").unwrap_or(false);
+            && serde_json::from_str::<serde_json::Value>(stdout.trim())
+                .map(|v| status(&v) == "EFI_SUCCESS")
+                .unwrap_or(false);
         if ok {
             acked += 1;
         } else {
@@ -68,7 +70,10 @@ fn sigkill_during_a_set_variable_storm_loses_no_acknowledged_write() {
         attempts.entry(name).or_default().push((i, ok));
     }
     eprintln!("storm: {acked} acknowledged, {killed} cut short (seed {seed:#x})");
-    assert!(acked > 20 && killed > 20, "the storm must have both ({acked} acknowledged, {killed} cut short): tune the timing");
+    assert!(
+        acked > 20 && killed > 20,
+        "the storm must have both ({acked} acknowledged, {killed} cut short): tune the timing"
+    );
 
     // The store is readable, and each name holds its last acknowledged value
     // or the value of a later attempt (which may have committed before it died).

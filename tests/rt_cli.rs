@@ -55,7 +55,8 @@ fn enumeration_walks_every_variable() {
     assert_eq!(status(&second), "EFI_SUCCESS");
     assert_ne!(second["name"], first["name"]);
     let list = rt_ok(&vars, &["list-variables"]);
-    let mut names: Vec<&str> = list["variables"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> =
+        list["variables"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["A", "B", "C"]);
 }
@@ -67,7 +68,10 @@ fn time_set_persists_and_invalid_times_are_refused() {
     let now = rt_ok(&vars, &["get-time"]);
     assert_eq!(status(&now), "EFI_SUCCESS");
     assert!(now["time"]["year"].as_u64().unwrap() >= 2024);
-    assert_eq!(status(&rt_ok(&vars, &["set-time", "2031-07-04T10:00:00Z", "--timezone", "-300", "--daylight", "1"])), "EFI_SUCCESS");
+    assert_eq!(
+        status(&rt_ok(&vars, &["set-time", "2031-07-04T10:00:00Z", "--timezone", "-300", "--daylight", "1"])),
+        "EFI_SUCCESS"
+    );
     let later = rt_ok(&vars, &["get-time"]);
     assert_eq!(later["time"]["year"], 2031);
     assert_eq!(later["time"]["month"], 7);
@@ -76,7 +80,10 @@ fn time_set_persists_and_invalid_times_are_refused() {
     for bad in ["2023-02-29T00:00:00Z", "1899-12-31T23:59:59Z", "2024-04-31T00:00:00Z", "2024-01-01T24:00:00Z"] {
         assert_eq!(status(&rt_ok(&vars, &["set-time", bad])), "EFI_INVALID_PARAMETER", "{bad}");
     }
-    assert_eq!(status(&rt_ok(&vars, &["set-time", "2024-01-01T00:00:00Z", "--timezone", "1441"])), "EFI_INVALID_PARAMETER");
+    assert_eq!(
+        status(&rt_ok(&vars, &["set-time", "2024-01-01T00:00:00Z", "--timezone", "1441"])),
+        "EFI_INVALID_PARAMETER"
+    );
 }
 
 #[test]
@@ -186,7 +193,13 @@ fn the_debian_4m_ms_store_is_read_and_written() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| (v["name"].as_str().unwrap().into(), v["guid"].as_str().unwrap().into(), v["data_size"].as_u64().unwrap() as usize))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().into(),
+                v["guid"].as_str().unwrap().into(),
+                v["data_size"].as_u64().unwrap() as usize,
+            )
+        })
         .collect();
     listed.sort();
     assert_eq!(listed, expected);

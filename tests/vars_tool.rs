@@ -238,16 +238,41 @@ fn the_builtin_firmware_sees_the_same_variables() {
     theirs.sort_by_key(|v| (v[0].as_str().unwrap().to_string(), v[1].as_str().unwrap().to_string()));
     assert!(ours.len() > 10, "{ours:?}");
     assert_eq!(theirs, ours);
-    // `list --runtime` names the same ones.
-    assert_eq!(vars_ok(&f, &["list", "--runtime"]).lines().filter(|l| !l.starts_with(' ')).count(), ours.len());
+    // `efivmm vars list --runtime` (and `list` filtered on RT) names the same
+    // variables, with the same attributes and sizes.
+    let mut rt_list: Vec<(String, String, u64, usize)> = rt["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let (n, g) = (v["name"].as_str().unwrap().to_string(), v["guid"].as_str().unwrap().to_string());
+            (n, g, v["attributes"].as_u64().unwrap(), v["data_size"].as_u64().unwrap() as usize)
+        })
+        .collect();
+    rt_list.sort();
+    let listed = |args: &[&str]| {
+        let mut l: Vec<(String, String, u64, usize)> = parse_list(&vars_ok(&f, args))
+            .into_iter()
+            .map(|(n, g, size, attr, _)| (n, g, attr, size))
+            .filter(|(_, _, attr, _)| attr & 4 != 0)
+            .collect();
+        l.sort();
+        l
+    };
+    assert_eq!(listed(&["list", "--runtime"]), rt_list);
+    assert_eq!(listed(&["list"]), rt_list);
 }
 
-/// Name and size of each listing line, with the decoded lines under it.
-fn parse_list(text: &str) -> Vec<(String, String, usize, Vec<String>)> {
-    let mut out: Vec<(String, String, usize, Vec<String>)> = Vec::new();
+/// A listed variable: name, GUID, size, attributes, decoded lines.
+type Listed = (String, String, usize, u64, Vec<String>);
+
+/// Parses `efivmm vars list`: "GUID  0xATTR LETTERS  SIZE  NAME" lines,
+/// each followed by its decoded lines (indented by four spaces).
+fn parse_list(text: &str) -> Vec<Listed> {
+    let mut out: Vec<Listed> = Vec::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("    ") {
-            out.last_mut().expect("a decoded line follows a variable").3.push(rest.to_string());
+            out.last_mut().expect("a decoded line follows a variable").4.push(rest.to_string());
             continue;
         }
         let mut rest = line;
@@ -258,7 +283,8 @@ fn parse_list(text: &str) -> Vec<(String, String, usize, Vec<String>)> {
             fields.push(&rest[..end]);
             rest = &rest[end..];
         }
-        out.push((rest.trim_start().to_string(), fields[0].to_string(), fields[3].parse().unwrap(), Vec::new()));
+        let attr = u64::from_str_radix(fields[1].trim_start_matches("0x"), 16).unwrap();
+        out.push((rest.trim_start().to_string(), fields[0].to_string(), fields[3].parse().unwrap(), attr, Vec::new()));
     }
     out
 }
@@ -269,8 +295,18 @@ fn debian_ms_vars_list_like_virt_fw_vars() {
     let ms = dir.path().join("ms.fd");
     std::fs::copy(need(OVMF_VARS_4M_MS), &ms).unwrap();
     let before = std::fs::read(&ms).unwrap();
-    let ours = parse_list(&vars_ok(&ms, &["list"]));
-    let mut names: Vec<(String, String)> = ours.iter().map(|(n, g, _, _)| (n.clone(), g.clone())).collect();
+    let listing = vars_ok(&ms, &["list"]);
+    let ours = parse_list(&listing);
+    // Full subjects, most specific part first, and issuers.
+    assert!(
+        listing.contains(
+            " subject: CN=Microsoft Corporation UEFI CA 2011, O=Microsoft Corporation, L=Redmond, ST=Washington, C=US\n"
+        ),
+        "{listing}"
+    );
+    assert!(listing.contains("issuer: CN=Microsoft Corporation Third Party Marketplace Root, "), "{listing}");
+    assert!(listing.contains("device path: PciRoot(0x0)/Pci(0x1f,0x2)/Sata(0x0,0xffff,0x0)\n"), "{listing}");
+    let mut names: Vec<(String, String)> = ours.iter().map(|(n, g, _, _, _)| (n.clone(), g.clone())).collect();
     names.sort();
     let mut theirs: Vec<(String, String)> = sorted(&fw_export(&ms, dir.path()))
         .iter()
@@ -298,7 +334,7 @@ fn debian_ms_vars_list_like_virt_fw_vars() {
     }
     let mut mine: Vec<(String, usize, Vec<String>)> = ours
         .iter()
-        .map(|(n, _, size, lines)| {
+        .map(|(n, _, size, _, lines)| {
             let mut sig = Vec::new();
             for l in lines {
                 if let Some(t) = l.strip_prefix("siglist type=") {
@@ -316,6 +352,12 @@ fn debian_ms_vars_list_like_virt_fw_vars() {
     assert!(fw.iter().any(|(n, _, s)| n == "KEK" && s.len() == 4), "{fw:?}");
     assert_eq!(mine, fw);
     assert_eq!(std::fs::read(&ms).unwrap(), before, "listing changes nothing");
+
+    // `export --json --output` writes the very bytes `virt-fw-vars --output-json` does.
+    let (ours_json, theirs_json) = (dir.path().join("ours.json"), dir.path().join("theirs.json"));
+    vars_ok(&ms, &["export", "--json", "--output", ours_json.to_str().unwrap()]);
+    fw_vars(&["-i", ms.to_str().unwrap(), "--output-json", theirs_json.to_str().unwrap()]);
+    assert!(std::fs::read(&ours_json).unwrap() == std::fs::read(&theirs_json).unwrap(), "byte-identical JSON");
 }
 
 #[test]
@@ -340,6 +382,24 @@ fn a_combined_ovmf_fd_is_listed_and_edited_with_its_code_unchanged() {
     let nv = dir.path().join("nv.fd");
     std::fs::write(&nv, &after[range.clone()]).unwrap();
     assert_eq!(fw_export(&nv, dir.path()), export(&fd));
+
+    // `init --force` empties only the NV volume, in its own layout.
+    let r = vars(&fd, &["init", "--force", "--layout", "4m"]);
+    assert_eq!(r.code, 2, "the volume is of the 2m layout: {}", r.stderr);
+    assert_eq!(std::fs::read(&fd).unwrap(), after);
+    vars_ok(&fd, &["init", "--force"]);
+    let reset = std::fs::read(&fd).unwrap();
+    assert_eq!(reset[range.end..], before[range.end..], "code part unchanged");
+    assert_eq!(export(&fd)["variables"], json!([]));
+    let mut fresh = vec![0u8; range.len()];
+    varstore::Store::format(&mut fresh, varstore::Layout::Ovmf2M);
+    assert_eq!(reset[range.clone()], fresh[..]);
+    // Any other file that is not of a vars file's size is not replaced.
+    let other = dir.path().join("other.bin");
+    std::fs::write(&other, vec![7u8; 0x30000]).unwrap();
+    let r = vars(&other, &["init", "--force"]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert_eq!(std::fs::read(&other).unwrap(), vec![7u8; 0x30000]);
 }
 
 #[test]
@@ -363,12 +423,19 @@ fn corrupt_locked_and_invalid_input_is_refused_and_nothing_changes() {
         ("garbage", garbage, "not a usable OVMF variable store"),
         ("empty", Vec::new(), "not a usable OVMF variable store"),
     ];
+    let json_out = dir.path().join("out.json");
+    std::fs::write(&json_out, b"previous export").unwrap();
+    let json_in = dir.path().join("in.json");
+    std::fs::write(&json_in, r#"{"version": 2, "variables": []}"#).unwrap();
     for (what, bytes, msg) in cases {
         let p = dir.path().join(format!("{what}.fd"));
         std::fs::write(&p, &bytes).unwrap();
         for args in [
             &["list"][..],
+            &["get", "Timeout"],
             &["export", "--json"],
+            &["export", "--json", "--output", json_out.to_str().unwrap()],
+            &["import", "--json", json_in.to_str().unwrap()],
             &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "00"],
             &["delete", "Timeout", "global"],
         ] {
@@ -377,6 +444,7 @@ fn corrupt_locked_and_invalid_input_is_refused_and_nothing_changes() {
             assert!(r.stderr.contains(msg), "{what} {args:?}: {}", r.stderr);
             assert!(r.stderr.contains(&format!("{what}.fd")), "names the file: {}", r.stderr);
             assert_eq!(std::fs::read(&p).unwrap(), bytes, "{what} {args:?} left the file as it was");
+            assert_eq!(std::fs::read(&json_out).unwrap(), b"previous export", "{what} {args:?}");
         }
     }
 
@@ -386,6 +454,10 @@ fn corrupt_locked_and_invalid_input_is_refused_and_nothing_changes() {
         &["set", "X", TEST_GUID, "--attrs", "6", "--data-hex", "00"],
         &["set", "X", TEST_GUID, "--attrs", "5", "--data-hex", "00"],
         &["set", "X", TEST_GUID, "--attrs", "47", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "1", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "b", "--data-hex", "00"],
+        &["set", "X", TEST_GUID, "--attrs", "37", "--data-hex", "00"],
+        &["import", "--json", "/nonexistent/in.json"],
         &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", ""],
         &["set", "X", "not-a-guid", "--attrs", "7", "--data-hex", "00"],
         &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "0"],
@@ -455,6 +527,17 @@ fn a_store_of_1000_variables_is_listed_and_rewritten() {
     let list = vars_ok(&f, &["list"]);
     let listing = t.elapsed();
     assert_eq!(parse_list(&list).len(), 1000);
+    // One more variable: the whole file is rewritten (atomically).
+    let before = std::fs::metadata(&f).unwrap();
+    let t = Instant::now();
+    vars_ok(&f, &["set", "OneMore", TEST_GUID, "--attrs", "7", "--data-hex", &hex(&[3; 100])]);
+    let set_one = t.elapsed();
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(std::fs::metadata(&f).unwrap().ino(), before.ino(), "a new file replaced the old one");
+    }
+    assert_eq!(parse_list(&vars_ok(&f, &["list"])).len(), 1001);
+    vars_ok(&f, &["delete", "OneMore"]);
     // Rewriting every variable needs compaction on the way (2 x 176 KB > 256 KB).
     let t = Instant::now();
     vars_ok(&f, &["import", "--json", b.to_str().unwrap()]);
@@ -462,9 +545,11 @@ fn a_store_of_1000_variables_is_listed_and_rewritten() {
     assert_eq!(sorted(&export(&f)), sorted(&doc(2)));
     assert_eq!(sorted(&fw_export(&f, dir.path())), sorted(&doc(2)));
     eprintln!(
-        "1000 variables (4M store): import {:.1} ms, `efivmm vars list` {:.1} ms, rewrite all (import) {:.1} ms",
+        "1000 variables (4M store), whole `efivmm vars` runs: import {:.1} ms, list {:.1} ms, set one more \
+         (full rewrite) {:.1} ms, re-import all 1000 (with compaction) {:.1} ms",
         import.as_secs_f64() * 1e3,
         listing.as_secs_f64() * 1e3,
+        set_one.as_secs_f64() * 1e3,
         rewrite.as_secs_f64() * 1e3
     );
 }

@@ -71,8 +71,22 @@ impl EfiTime {
         let n = self.nanosecond.to_le_bytes();
         let z = self.time_zone.to_le_bytes();
         [
-            y[0], y[1], self.month, self.day, self.hour, self.minute, self.second, self.pad1, n[0], n[1], n[2],
-            n[3], z[0], z[1], self.daylight, self.pad2,
+            y[0],
+            y[1],
+            self.month,
+            self.day,
+            self.hour,
+            self.minute,
+            self.second,
+            self.pad1,
+            n[0],
+            n[1],
+            n[2],
+            n[3],
+            z[0],
+            z[1],
+            self.daylight,
+            self.pad2,
         ]
     }
 

@@ -23,10 +23,7 @@ use crate::wellknown::{MTC_NAME, MTC_VENDOR, NV_BS_RT};
 
 /// The current high count stored in `MTC` (0 if absent or malformed).
 pub fn current_high_count(nv: &Nv<'_>) -> u32 {
-    nv.find(&MTC_NAME, &MTC_VENDOR)
-        .and_then(|v| <[u8; 4]>::try_from(v.data).ok())
-        .map(u32::from_le_bytes)
-        .unwrap_or(0)
+    nv.find(&MTC_NAME, &MTC_VENDOR).and_then(|v| <[u8; 4]>::try_from(v.data).ok()).map(u32::from_le_bytes).unwrap_or(0)
 }
 
 /// GetNextHighMonotonicCount: pointer P0 HighCount. Replies `outs[0]`.

@@ -81,9 +81,7 @@ fn dispatch(call: &mut Call<'_>) -> Status {
     match service {
         Service::ResetSystem => return reset::reset_system(call.mailbox, call.data_in),
         Service::UpdateCapsule => return capsule::update_capsule(call.mailbox, call.data_in),
-        Service::QueryCapsuleCapabilities => {
-            return capsule::query_capsule_capabilities(call.mailbox, call.data_in)
-        }
+        Service::QueryCapsuleCapabilities => return capsule::query_capsule_capabilities(call.mailbox, call.data_in),
         Service::GetTime
         | Service::SetTime
         | Service::GetWakeupTime
@@ -107,9 +105,7 @@ fn dispatch(call: &mut Call<'_>) -> Status {
         Service::SetWakeupTime => time::set_wakeup_time(mb, &mut nv),
         Service::GetVariable => variables::get_variable(mb, call.name, call.data_out, &nv),
         Service::GetNextVariableName => variables::get_next_variable_name(mb, call.name, &nv),
-        Service::SetVariable => {
-            set_variable::set_variable(mb, call.name, call.data_in, call.data_out, &mut nv)
-        }
+        Service::SetVariable => set_variable::set_variable(mb, call.name, call.data_in, call.data_out, &mut nv),
         Service::QueryVariableInfo => variables::query_variable_info(mb, &nv),
         Service::GetNextHighMonotonicCount => counter::get_next_high_monotonic_count(mb, &mut nv),
         _ => Status::UNSUPPORTED,

@@ -81,22 +81,10 @@ mod entry {
                 // above. Nothing else aliases them during the call.
                 let mut call = unsafe {
                     Call {
-                        name: core::slice::from_raw_parts_mut(
-                            NAME_ADDR as *mut u8,
-                            NAME_SIZE as usize,
-                        ),
-                        data_in: core::slice::from_raw_parts(
-                            DATA_IN_ADDR as *const u8,
-                            DATA_SIZE as usize,
-                        ),
-                        data_out: core::slice::from_raw_parts_mut(
-                            DATA_OUT_ADDR as *mut u8,
-                            DATA_SIZE as usize,
-                        ),
-                        store: core::slice::from_raw_parts_mut(
-                            STORE_ADDR as *mut u8,
-                            mailbox.store_len as usize,
-                        ),
+                        name: core::slice::from_raw_parts_mut(NAME_ADDR as *mut u8, NAME_SIZE as usize),
+                        data_in: core::slice::from_raw_parts(DATA_IN_ADDR as *const u8, DATA_SIZE as usize),
+                        data_out: core::slice::from_raw_parts_mut(DATA_OUT_ADDR as *mut u8, DATA_SIZE as usize),
+                        store: core::slice::from_raw_parts_mut(STORE_ADDR as *mut u8, mailbox.store_len as usize),
                         mailbox,
                     }
                 };

@@ -63,9 +63,7 @@ impl<'a> Nv<'a> {
     /// Bytes the live variables occupy (records with header, name, data and
     /// alignment), as counted against the store's capacity.
     pub fn live_bytes(&self) -> usize {
-        self.store
-            .iter()
-            .fold(0usize, |acc, v| acc.saturating_add(Store::record_size(v.name.len(), v.data.len())))
+        self.store.iter().fold(0usize, |acc, v| acc.saturating_add(Store::record_size(v.name.len(), v.data.len())))
     }
 
     /// Writes `var`: replaces the live variable of the same name and GUID,
@@ -155,8 +153,12 @@ impl Limits {
     /// `PcdHwErrStorageSize` is 0 (hardware error records unsupported).
     pub fn of(layout: Layout) -> Limits {
         match layout {
-            Layout::Ovmf2M => Limits { max_variable_size: 0x2000, max_auth_variable_size: 0x2800, volatile_store_size: 0xe000 },
-            Layout::Ovmf4M => Limits { max_variable_size: 0x8400, max_auth_variable_size: 0x8400, volatile_store_size: 0x40000 },
+            Layout::Ovmf2M => {
+                Limits { max_variable_size: 0x2000, max_auth_variable_size: 0x2800, volatile_store_size: 0xe000 }
+            }
+            Layout::Ovmf4M => {
+                Limits { max_variable_size: 0x8400, max_auth_variable_size: 0x8400, volatile_store_size: 0x40000 }
+            }
         }
     }
 }

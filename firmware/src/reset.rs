@@ -29,11 +29,7 @@ pub fn reset_system(mb: &mut Mailbox, data_in: &[u8]) -> Status {
         Ok(k) => k,
         Err(_) => return Status::INVALID_PARAMETER,
     };
-    let data = if has_ptr(mb, 0) {
-        usize::try_from(mb.args[2]).ok().and_then(|n| data_in.get(..n))
-    } else {
-        None
-    };
+    let data = if has_ptr(mb, 0) { usize::try_from(mb.args[2]).ok().and_then(|n| data_in.get(..n)) } else { None };
     let data_size = match kind {
         RESET_COLD | RESET_WARM | RESET_SHUTDOWN => data.map_or(0, <[u8]>::len),
         RESET_PLATFORM_SPECIFIC => match data {

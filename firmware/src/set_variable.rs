@@ -213,8 +213,8 @@ fn process_authenticated(
 ) -> Result<(), Status> {
     let at = attributes & VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS != 0;
     let pk_or_kek = *guid == GLOBAL_VARIABLE && (name_is(name, "PK") || name_is(name, "KEK"));
-    let signature_db = *guid == IMAGE_SECURITY_DATABASE
-        && (name_is(name, "db") || name_is(name, "dbx") || name_is(name, "dbt"));
+    let signature_db =
+        *guid == IMAGE_SECURITY_DATABASE && (name_is(name, "db") || name_is(name, "dbx") || name_is(name, "dbt"));
     if pk_or_kek || signature_db {
         // ProcessVarWithPk / ProcessVarWithKek.
         if attributes & VARIABLE_NON_VOLATILE == 0 || !at {
@@ -257,11 +257,7 @@ fn merge_append<'s>(
 ) -> Result<&'s [u8], Status> {
     let limits = Limits::of(nv.layout());
     let existing = nv.find(name, guid).ok_or(Status::NOT_FOUND)?;
-    let max = if attributes & ATTRIBUTE_AT_AW != 0 {
-        limits.max_auth_variable_size
-    } else {
-        limits.max_variable_size
-    };
+    let max = if attributes & ATTRIBUTE_AT_AW != 0 { limits.max_auth_variable_size } else { limits.max_variable_size };
     // GetVariableDataOffset: header + NameSize (GET_PAD_SIZE is 0 on x64).
     let data_offset = AUTH_VARIABLE_HEADER_SIZE.saturating_add(name.len());
     let max_data = max.saturating_sub(data_offset);

@@ -76,7 +76,15 @@ const KEY_OPTION_SIZE: usize = 10;
 /// `sizeof (EFI_INPUT_KEY)`.
 const INPUT_KEY_SIZE: usize = 4;
 
-const fn p(name: &'static str, guid: Guid, read_only: bool, attributes: u32, min: usize, max: usize, check: Check) -> Property {
+const fn p(
+    name: &'static str,
+    guid: Guid,
+    read_only: bool,
+    attributes: u32,
+    min: usize,
+    max: usize,
+    check: Check,
+) -> Property {
     Property { name, hex4: false, guid, read_only, attributes, min, max, check }
 }
 
@@ -220,9 +228,7 @@ pub fn set_variable_check(name: &[u8], guid: &Guid, attributes: u32, payload: &[
         Some((Check::DevicePath, _)) => is_device_path_valid(payload),
         Some((Check::SizeArray, unit)) => unit != 0 && size % unit == 0,
         Some((Check::LoadOption, _)) => is_load_option_valid(payload),
-        Some((Check::KeyOption, _)) => {
-            size.checked_sub(KEY_OPTION_SIZE).is_some_and(|rest| rest % INPUT_KEY_SIZE == 0)
-        }
+        Some((Check::KeyOption, _)) => size.checked_sub(KEY_OPTION_SIZE).is_some_and(|rest| rest % INPUT_KEY_SIZE == 0),
     };
     if ok {
         Ok(())
@@ -271,7 +277,8 @@ pub fn is_device_path_valid(path: &[u8]) -> bool {
     }
     let mut at = 0usize;
     loop {
-        let (kind, sub, len) = match (path.get(at), path.get(at.saturating_add(1)), le_u16(path, at.saturating_add(2))) {
+        let (kind, sub, len) = match (path.get(at), path.get(at.saturating_add(1)), le_u16(path, at.saturating_add(2)))
+        {
             (Some(&k), Some(&s), Some(l)) => (k, s, usize::from(l)),
             _ => return false,
         };

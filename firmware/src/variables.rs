@@ -198,11 +198,8 @@ fn query_figures(attributes: u32, nv: &Nv<'_>) -> (u64, u64, u64) {
         } else {
             limits.volatile_store_size.saturating_sub(VARIABLE_STORE_HEADER_SIZE)
         };
-        let size = if attributes & ATTRIBUTE_AT_AW != 0 {
-            limits.max_auth_variable_size
-        } else {
-            limits.max_variable_size
-        };
+        let size =
+            if attributes & ATTRIBUTE_AT_AW != 0 { limits.max_auth_variable_size } else { limits.max_variable_size };
         (storage, size.saturating_sub(header))
     };
     let used = if hwerr {

@@ -23,8 +23,7 @@ pub const ATTRIBUTES_MASK: u32 = VARIABLE_NON_VOLATILE
     | VARIABLE_APPEND_WRITE;
 
 /// edk2's `VARIABLE_ATTRIBUTE_AT_AW`.
-pub const ATTRIBUTE_AT_AW: u32 =
-    VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS | VARIABLE_AUTHENTICATED_WRITE_ACCESS;
+pub const ATTRIBUTE_AT_AW: u32 = VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS | VARIABLE_AUTHENTICATED_WRITE_ACCESS;
 
 /// `NV|BS|RT`.
 pub const NV_BS_RT: u32 = VARIABLE_NON_VOLATILE | VARIABLE_BOOTSERVICE_ACCESS | VARIABLE_RUNTIME_ACCESS;
@@ -123,9 +122,8 @@ pub fn name_is_hex4(name: &[u8], prefix: &str) -> bool {
         _ => return false,
     }
     let prefix_ok = p.iter().enumerate().all(|(i, &c)| char_at(name, i) == Some(u16::from(c)));
-    let digits_ok = (p.len()..chars).all(|i| {
-        matches!(char_at(name, i), Some(c) if (0x30..=0x39).contains(&c) || (0x41..=0x46).contains(&c))
-    });
+    let digits_ok = (p.len()..chars)
+        .all(|i| matches!(char_at(name, i), Some(c) if (0x30..=0x39).contains(&c) || (0x41..=0x46).contains(&c)));
     prefix_ok && digits_ok && char_at(name, chars) == Some(0)
 }
 

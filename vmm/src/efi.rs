@@ -19,20 +19,52 @@ pub const EFI_DEVICE_ERROR: u64 = ERROR_BIT | 7;
 pub const EFI_NOT_FOUND: u64 = ERROR_BIT | 14;
 
 const ERRORS: &[&str] = &[
-    "", "EFI_LOAD_ERROR", "EFI_INVALID_PARAMETER", "EFI_UNSUPPORTED", "EFI_BAD_BUFFER_SIZE",
-    "EFI_BUFFER_TOO_SMALL", "EFI_NOT_READY", "EFI_DEVICE_ERROR", "EFI_WRITE_PROTECTED",
-    "EFI_OUT_OF_RESOURCES", "EFI_VOLUME_CORRUPTED", "EFI_VOLUME_FULL", "EFI_NO_MEDIA",
-    "EFI_MEDIA_CHANGED", "EFI_NOT_FOUND", "EFI_ACCESS_DENIED", "EFI_NO_RESPONSE",
-    "EFI_NO_MAPPING", "EFI_TIMEOUT", "EFI_NOT_STARTED", "EFI_ALREADY_STARTED", "EFI_ABORTED",
-    "EFI_ICMP_ERROR", "EFI_TFTP_ERROR", "EFI_PROTOCOL_ERROR", "EFI_INCOMPATIBLE_VERSION",
-    "EFI_SECURITY_VIOLATION", "EFI_CRC_ERROR", "EFI_END_OF_MEDIA", "", "",
-    "EFI_END_OF_FILE", "EFI_INVALID_LANGUAGE", "EFI_COMPROMISED_DATA",
-    "EFI_IP_ADDRESS_CONFLICT", "EFI_HTTP_ERROR",
+    "",
+    "EFI_LOAD_ERROR",
+    "EFI_INVALID_PARAMETER",
+    "EFI_UNSUPPORTED",
+    "EFI_BAD_BUFFER_SIZE",
+    "EFI_BUFFER_TOO_SMALL",
+    "EFI_NOT_READY",
+    "EFI_DEVICE_ERROR",
+    "EFI_WRITE_PROTECTED",
+    "EFI_OUT_OF_RESOURCES",
+    "EFI_VOLUME_CORRUPTED",
+    "EFI_VOLUME_FULL",
+    "EFI_NO_MEDIA",
+    "EFI_MEDIA_CHANGED",
+    "EFI_NOT_FOUND",
+    "EFI_ACCESS_DENIED",
+    "EFI_NO_RESPONSE",
+    "EFI_NO_MAPPING",
+    "EFI_TIMEOUT",
+    "EFI_NOT_STARTED",
+    "EFI_ALREADY_STARTED",
+    "EFI_ABORTED",
+    "EFI_ICMP_ERROR",
+    "EFI_TFTP_ERROR",
+    "EFI_PROTOCOL_ERROR",
+    "EFI_INCOMPATIBLE_VERSION",
+    "EFI_SECURITY_VIOLATION",
+    "EFI_CRC_ERROR",
+    "EFI_END_OF_MEDIA",
+    "",
+    "",
+    "EFI_END_OF_FILE",
+    "EFI_INVALID_LANGUAGE",
+    "EFI_COMPROMISED_DATA",
+    "EFI_IP_ADDRESS_CONFLICT",
+    "EFI_HTTP_ERROR",
 ];
 const WARNINGS: &[&str] = &[
-    "EFI_SUCCESS", "EFI_WARN_UNKNOWN_GLYPH", "EFI_WARN_DELETE_FAILURE",
-    "EFI_WARN_WRITE_FAILURE", "EFI_WARN_BUFFER_TOO_SMALL", "EFI_WARN_STALE_DATA",
-    "EFI_WARN_FILE_SYSTEM", "EFI_WARN_RESET_REQUIRED",
+    "EFI_SUCCESS",
+    "EFI_WARN_UNKNOWN_GLYPH",
+    "EFI_WARN_DELETE_FAILURE",
+    "EFI_WARN_WRITE_FAILURE",
+    "EFI_WARN_BUFFER_TOO_SMALL",
+    "EFI_WARN_STALE_DATA",
+    "EFI_WARN_FILE_SYSTEM",
+    "EFI_WARN_RESET_REQUIRED",
 ];
 
 /// The name of an `EFI_STATUS` (`EFI_NOT_FOUND`), or its hex value if unknown.
@@ -57,7 +89,8 @@ impl Guid {
     /// for `EFI_GLOBAL_VARIABLE`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = if text.eq_ignore_ascii_case("global") { GLOBAL_VARIABLE } else { text };
-        let bad = || format!("`{text}` is not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c, or `global`)");
+        let bad =
+            || format!("`{text}` is not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c, or `global`)");
         let parts: Vec<&str> = text.split('-').collect();
         let lens = [8, 4, 4, 4, 12];
         if parts.len() != 5 || parts.iter().zip(lens).any(|(p, l)| p.len() != l) {
@@ -76,10 +109,7 @@ impl Guid {
 
     /// The two little-endian halves, as the mailbox carries a GUID.
     pub fn halves(&self) -> [u64; 2] {
-        [
-            u64::from_le_bytes(self.0[0..8].try_into().unwrap()),
-            u64::from_le_bytes(self.0[8..16].try_into().unwrap()),
-        ]
+        [u64::from_le_bytes(self.0[0..8].try_into().unwrap()), u64::from_le_bytes(self.0[8..16].try_into().unwrap())]
     }
 
     /// The GUID from the mailbox's two halves.
@@ -131,11 +161,8 @@ pub fn name_to_utf16(name: &str) -> Vec<u8> {
 /// A UTF-16LE name (up to its first NUL) as text; unpaired surrogates
 /// become U+FFFD.
 pub fn name_from_utf16(bytes: &[u8]) -> String {
-    let units: Vec<u16> = bytes
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
+    let units: Vec<u16> =
+        bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
     String::from_utf16_lossy(&units)
 }
 
@@ -190,10 +217,7 @@ impl EfiTime {
     /// As two little-endian `u64` halves (the mailbox encoding).
     pub fn halves(&self) -> [u64; 2] {
         let b = self.to_bytes();
-        [
-            u64::from_le_bytes(b[0..8].try_into().unwrap()),
-            u64::from_le_bytes(b[8..16].try_into().unwrap()),
-        ]
+        [u64::from_le_bytes(b[0..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap())]
     }
 
     /// From the mailbox's two halves.
@@ -211,7 +235,13 @@ impl EfiTime {
     pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("`{text}` is not an RFC 3339 time ({why}); expected e.g. 2024-02-29T12:34:56Z");
         let b = text.as_bytes();
-        if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        if b.len() < 19
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || !matches!(b[10], b'T' | b't' | b' ')
+            || b[13] != b':'
+            || b[16] != b':'
+        {
             return Err(bad("layout"));
         }
         let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
@@ -262,7 +292,9 @@ impl EfiTime {
     pub fn to_rfc3339(&self) -> String {
         let zone = match self.timezone {
             UNSPECIFIED_TIMEZONE | 0 => "Z".to_string(),
-            tz => format!("{}{:02}:{:02}", if tz < 0 { '-' } else { '+' }, tz.unsigned_abs() / 60, tz.unsigned_abs() % 60),
+            tz => {
+                format!("{}{:02}:{:02}", if tz < 0 { '-' } else { '+' }, tz.unsigned_abs() / 60, tz.unsigned_abs() % 60)
+            }
         };
         format!(
             "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}{zone}",

@@ -113,10 +113,9 @@ impl VarsFile {
 
 /// Checks that `image` is a valid variable store.
 pub fn validate(path: &Path, image: &[u8]) -> Result<(), VarsFileError> {
-    varstore::check(image).map(|_| ()).map_err(|problem| VarsFileError::Corrupt {
-        path: path.to_path_buf(),
-        reason: problem.to_string(),
-    })
+    varstore::check(image)
+        .map(|_| ())
+        .map_err(|problem| VarsFileError::Corrupt { path: path.to_path_buf(), reason: problem.to_string() })
 }
 
 pub(crate) fn parent_dir(path: &Path) -> PathBuf {
@@ -186,13 +185,7 @@ pub(crate) fn lock_current(path: &Path) -> Result<File, VarsFileError> {
 /// `path` and syncs the directory. Returns the new file, locked.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<File> {
     let tmp = temp_path(path);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
     // The lock travels with the inode through the rename, so the file at
     // `path` is never unlocked while we own it.
     flock_exclusive(&file)?;

@@ -156,7 +156,13 @@ impl Machine {
     /// SetVariable with explicit name bytes, attributes and pointers.
     pub fn set_raw(&mut self, name: &[u8], guid: Guid, attributes: u64, data: &[u8], ptrs: u64) -> Reply {
         let (lo, hi) = guid_to_halves(&guid);
-        self.call(Service::SetVariable, [name.len() as u64, lo, hi, attributes, data.len() as u64, 0, 0], ptrs, name, data)
+        self.call(
+            Service::SetVariable,
+            [name.len() as u64, lo, hi, attributes, data.len() as u64, 0, 0],
+            ptrs,
+            name,
+            data,
+        )
     }
 
     /// Sets an `NV|BS|RT` variable and asserts success.
@@ -190,7 +196,13 @@ impl Machine {
     pub fn next(&mut self, prev: &[u8], size: u64, guid: Guid) -> (Reply, Vec<u8>, Guid) {
         let (lo, hi) = guid_to_halves(&guid);
         let copied = prev.len().min(size as usize) as u64;
-        let r = self.call(Service::GetNextVariableName, [size, lo, hi, copied, 0, 0, 0], ALL, &prev[..copied as usize], &[]);
+        let r = self.call(
+            Service::GetNextVariableName,
+            [size, lo, hi, copied, 0, 0, 0],
+            ALL,
+            &prev[..copied as usize],
+            &[],
+        );
         let name = if r.status == Status::SUCCESS { self.name[..r.outs[1] as usize].to_vec() } else { vec![] };
         let mut g = [0u8; 16];
         g[..8].copy_from_slice(&r.outs[2].to_le_bytes());

@@ -109,7 +109,13 @@ fn invalid_attribute_combinations() {
 fn null_output_pointers_are_invalid_parameter() {
     let mut m = Machine::new();
     for missing in 0..3 {
-        let r = m.call(Service::QueryVariableInfo, [u64::from(NV_BS_RT), 0, 0, 0, 0, 0, 0], ALL & !(1 << missing), &[], &[]);
+        let r = m.call(
+            Service::QueryVariableInfo,
+            [u64::from(NV_BS_RT), 0, 0, 0, 0, 0, 0],
+            ALL & !(1 << missing),
+            &[],
+            &[],
+        );
         assert_eq!(r.status, Status::INVALID_PARAMETER, "pointer {missing}");
     }
 }

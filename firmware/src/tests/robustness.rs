@@ -19,8 +19,7 @@ impl Rng {
     }
 
     fn pick(&mut self) -> u64 {
-        const INTERESTING: [u64; 12] =
-            [0, 1, 2, 3, 4, 7, 28, 0xff, 0xffff_ffff, 1 << 32, i64::MAX as u64, u64::MAX];
+        const INTERESTING: [u64; 12] = [0, 1, 2, 3, 4, 7, 28, 0xff, 0xffff_ffff, 1 << 32, i64::MAX as u64, u64::MAX];
         match self.next() % 4 {
             0 => INTERESTING[(self.next() % INTERESTING.len() as u64) as usize],
             1 => self.next() % 64,

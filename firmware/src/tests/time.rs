@@ -154,7 +154,10 @@ fn conversion_round_trips_across_leap_years_and_negative_host_times() {
         let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
         let expect = if leap { (2, 29) } else { (3, 1) };
         assert_eq!((next.month, next.day), expect, "{year}");
-        assert_eq!(days_from_civil(i64::from(year), 3, 1) - days_from_civil(i64::from(year), 2, 28), if leap { 2 } else { 1 });
+        assert_eq!(
+            days_from_civil(i64::from(year), 3, 1) - days_from_civil(i64::from(year), 2, 28),
+            if leap { 2 } else { 1 }
+        );
     }
 }
 

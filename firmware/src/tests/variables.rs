@@ -279,6 +279,12 @@ fn large_data_size_beyond_data_in_is_invalid_parameter() {
     let mut m = Machine::new();
     let (lo, hi) = guid_to_halves(&TEST_GUID);
     let name = u16z("V");
-    let r = m.call(Service::SetVariable, [name.len() as u64, lo, hi, u64::from(NV_BS_RT), DATA_SIZE + 1, 0, 0], ALL, &name, &[]);
+    let r = m.call(
+        Service::SetVariable,
+        [name.len() as u64, lo, hi, u64::from(NV_BS_RT), DATA_SIZE + 1, 0, 0],
+        ALL,
+        &name,
+        &[],
+    );
     assert_eq!(r.status, Status::INVALID_PARAMETER);
 }

@@ -125,7 +125,10 @@ fn puts(b: &[u8]) {
     outb(0x3f8, b'\n');
 }
 
+/// Stops: like Linux without working runtime services, it resets through
+/// the i8042 keyboard controller (efivmm ends the guest), then halts.
 fn halt() -> ! {
+    outb(0x64, 0xfe);
     loop {
         // SAFETY: interrupts are off; `hlt` just stops the vCPU.
         unsafe { asm!("cli; hlt", options(nomem, nostack)) };

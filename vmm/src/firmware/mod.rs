@@ -103,10 +103,7 @@ impl Firmware {
     }
 
     fn call_inner(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, String> {
-        let reply = self
-            .sandbox
-            .call(request, name, data_in)
-            .map_err(|f: CallFailure| f.to_string())?;
+        let reply = self.sandbox.call(request, name, data_in).map_err(|f: CallFailure| f.to_string())?;
         if reply.store_dirty != 0 {
             let image = self.sandbox.store();
             varsfile::validate(self.vars.path(), &image)

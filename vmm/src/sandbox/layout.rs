@@ -68,10 +68,8 @@ pub fn write_system_structures(mem: &GuestMemoryMmap) -> Result<(), vm_memory::G
     }
 
     // GDT: null, kernel code, kernel data, user code, user data, TSS (16 bytes).
-    let tss_lo = u64::from(TSS_LIMIT)
-        | ((TSS_ADDR & 0xff_ffff) << 16)
-        | (0x89u64 << 40)
-        | (((TSS_ADDR >> 24) & 0xff) << 56);
+    let tss_lo =
+        u64::from(TSS_LIMIT) | ((TSS_ADDR & 0xff_ffff) << 16) | (0x89u64 << 40) | (((TSS_ADDR >> 24) & 0xff) << 56);
     let gdt: [u64; 7] = [
         0,
         0x00af_9b00_0000_ffff,
@@ -167,12 +165,7 @@ pub fn firmware_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
 /// General registers for entering the firmware at `entry`: the stack as if
 /// called, IOPL=0 (the TSS bitmap allows the doorbell port only), interrupts off.
 pub fn firmware_regs(entry: u64) -> kvm_regs {
-    kvm_regs {
-        rip: entry,
-        rsp: STACK_TOP - 8,
-        rflags: 0x2,
-        ..Default::default()
-    }
+    kvm_regs { rip: entry, rsp: STACK_TOP - 8, rflags: 0x2, ..Default::default() }
 }
 
 #[cfg(test)]
@@ -224,8 +217,8 @@ mod tests {
         let mem = mem();
         let mut gate = [0u8; 16];
         mem.read_slice(&mut gate, GuestAddress(IDT_ADDR + 14 * 16)).unwrap();
-        let off = u64::from(u16::from_le_bytes([gate[0], gate[1]]))
-            | u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16;
+        let off =
+            u64::from(u16::from_le_bytes([gate[0], gate[1]])) | u64::from(u16::from_le_bytes([gate[6], gate[7]])) << 16;
         assert_eq!(off, EXCEPTION_STUBS_ADDR + 14 * STUB_SIZE);
         let mut code = [0u8; 10];
         mem.read_slice(&mut code, GuestAddress(off)).unwrap();

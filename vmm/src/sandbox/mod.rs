@@ -122,9 +122,7 @@ impl Sandbox {
 
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), SANDBOX_MEM_SIZE as usize)])
             .map_err(|e| SetupError::Memory(e.to_string()))?;
-        let host_addr = mem
-            .get_host_address(GuestAddress(0))
-            .map_err(|e| SetupError::Memory(e.to_string()))?;
+        let host_addr = mem.get_host_address(GuestAddress(0)).map_err(|e| SetupError::Memory(e.to_string()))?;
         let region = kvm_bindings::kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -148,13 +146,10 @@ impl Sandbox {
             )));
         }
         let mut pristine = vec![0u8; (FIRMWARE_END - FIRMWARE_ADDR) as usize];
-        mem.read_slice(&mut pristine, GuestAddress(FIRMWARE_ADDR))
-            .map_err(|e| SetupError::Memory(e.to_string()))?;
+        mem.read_slice(&mut pristine, GuestAddress(FIRMWARE_ADDR)).map_err(|e| SetupError::Memory(e.to_string()))?;
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the sandbox vCPU"))?;
-        let cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("report CPUID"))?;
+        let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         let sregs = layout::firmware_sregs(vcpu.get_sregs().map_err(kvm_err("get sregs"))?);
         vcpu.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
@@ -192,9 +187,7 @@ impl Sandbox {
     /// The vars file image as the firmware left it.
     pub fn store(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.store_len];
-        self.mem
-            .read_slice(&mut out, GuestAddress(STORE_ADDR))
-            .expect("the store region lies within sandbox memory");
+        self.mem.read_slice(&mut out, GuestAddress(STORE_ADDR)).expect("the store region lies within sandbox memory");
         out
     }
 
@@ -203,9 +196,7 @@ impl Sandbox {
     pub fn read_output(&self, addr: u64, len: u64) -> Vec<u8> {
         let cap = if addr == NAME_ADDR { NAME_SIZE } else { DATA_SIZE };
         let mut out = vec![0u8; len.min(cap) as usize];
-        self.mem
-            .read_slice(&mut out, GuestAddress(addr))
-            .expect("output buffers lie within sandbox memory");
+        self.mem.read_slice(&mut out, GuestAddress(addr)).expect("output buffers lie within sandbox memory");
         out
     }
 
@@ -222,9 +213,7 @@ impl Sandbox {
         header.magic = MAILBOX_MAGIC;
         header.store_len = self.store_len as u64;
         let write = |bytes: &[u8], addr| {
-            self.mem
-                .write_slice(bytes, GuestAddress(addr))
-                .expect("mailbox buffers lie within sandbox memory")
+            self.mem.write_slice(bytes, GuestAddress(addr)).expect("mailbox buffers lie within sandbox memory")
         };
         write(&header.to_bytes(), MAILBOX_ADDR);
         write(name, NAME_ADDR);
@@ -262,7 +251,9 @@ impl Sandbox {
             self.vcpu.set_regs(&layout::firmware_regs(self.entry)).map_err(|e| kvm_fail("set regs", e))?;
             self.vcpu_dirty = false;
         }
-        self.watchdog.arm(self.deadline).map_err(|e| CallFailure::UnexpectedExit(format!("cannot arm the deadline: {e}")))?;
+        self.watchdog
+            .arm(self.deadline)
+            .map_err(|e| CallFailure::UnexpectedExit(format!("cannot arm the deadline: {e}")))?;
         let outcome = loop {
             match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(DOORBELL_PORT, _)) => break Ok(()),
@@ -289,16 +280,8 @@ impl Sandbox {
     fn fault_report(&self, vector: u8) -> CallFailure {
         let regs = self.vcpu.get_regs().unwrap_or_default();
         let cr2 = self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
-        let word = |i: u64| -> u64 {
-            self.mem
-                .read_obj(GuestAddress(regs.rsp.wrapping_add(i * 8)))
-                .unwrap_or(0)
-        };
-        let (error_code, rip) = if layout::has_error_code(vector) {
-            (word(0), word(1))
-        } else {
-            (0, word(0))
-        };
+        let word = |i: u64| -> u64 { self.mem.read_obj(GuestAddress(regs.rsp.wrapping_add(i * 8))).unwrap_or(0) };
+        let (error_code, rip) = if layout::has_error_code(vector) { (word(0), word(1)) } else { (0, word(0)) };
         CallFailure::Fault { vector, error_code, rip, cr2 }
     }
 

@@ -361,7 +361,7 @@ fn efi_memory_map(e820: &[linux_loader::loader::bootparam::boot_e820_entry], shi
             attribute: WB,
         })
         .collect();
-    descs.extend(shim.regions().iter().map(|r| r.mem_desc()));
+    descs.extend(shim.regions().iter().map(|r| r.descriptor()));
     descs.sort_by_key(|d| d.phys);
     guest_shim::efi_memory_map(&descs)
 }

@@ -21,10 +21,13 @@ impl Vm {
         let sregs = self.vcpu.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
         let paging = GuestPaging { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
         self.stats.calls += 1;
-        let status = match Service::from_u64(service) {
+        // Only the 14 runtime services: the sandbox's diagnostic numbers are
+        // not reachable from a guest.
+        let status = match guest_shim::guest_service(service as u32) {
             Some(Service::SetVirtualAddressMap) => self.set_virtual_address_map(&regs, &paging),
             Some(Service::ConvertPointer) => self.convert_pointer(&regs, &paging),
-            _ => {
+            None => EFI_UNSUPPORTED,
+            Some(_) => {
                 let guest = GuestRegs { rcx: regs.rcx, rdx: regs.rdx, r8: regs.r8, r9: regs.r9, rsp: regs.rsp };
                 let forbidden = self.shim.base()..self.shim.base() + SHIM_RESERVE;
                 let result = call_service(service, &guest, &paging, &self.mem, forbidden, &mut self.firmware);
