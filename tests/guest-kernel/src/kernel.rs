@@ -227,6 +227,7 @@ fn calls(st: &mut State, map: &MemMap, rt_addr: u64, virt: bool) -> Result<(), (
     let mut t = Time::default();
     ok(st, get_time(&mut t, core::ptr::null_mut()), "gettime")?;
     st.year = t.year;
+    // SAFETY: as above: a checked runtime-region pointer to an efiapi entry.
     let get_var: GetVariableFn = unsafe { core::mem::transmute(ptr(rt::GET_VARIABLE, "getvariable_ptr")?) };
     let gen = st.opts.gen;
     let name = efi::var_name(gen);
@@ -236,6 +237,7 @@ fn calls(st: &mut State, map: &MemMap, rt_addr: u64, virt: bool) -> Result<(), (
         (s, attr, size, u32::from_le_bytes(data))
     };
     if !st.vars_done {
+        // SAFETY: as above: a checked runtime-region pointer to an efiapi entry.
         let set_var: SetVariableFn = unsafe { core::mem::transmute(ptr(rt::SET_VARIABLE, "setvariable_ptr")?) };
         let data = gen.to_le_bytes();
         ok(st, set_var(name.as_ptr(), &TEST_GUID, TEST_ATTRIBUTES, 4, data.as_ptr()), "setvariable")?;
@@ -258,6 +260,7 @@ fn calls(st: &mut State, map: &MemMap, rt_addr: u64, virt: bool) -> Result<(), (
         return Err(("getvariable_value", u64::from(v)));
     }
     if virt {
+        // SAFETY: as above: a checked runtime-region pointer to an efiapi entry.
         let mono: GetNextHighMonoCountFn =
             unsafe { core::mem::transmute(ptr(rt::GET_NEXT_HIGH_MONO_COUNT, "monocount_ptr")?) };
         let mut hi = 0u32;
