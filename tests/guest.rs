@@ -61,12 +61,98 @@ fn launch_errors_say_what_to_do() {
     let out = run(&["--kernel", "/nonexistent/vmlinux"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the kernel /nonexistent/vmlinux"));
-    let out = run(&["--kernel", "/bin/sh", "--cpus", "2"]);
+    let out = run(&["--kernel", "/bin/sh", "--cpus", "33"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only 1 vCPU"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give 1 to 32 vCPUs"));
     let out = run(&["--kernel", "/bin/sh", "--memory", "12Q"]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kernel"));
+}
+
+/// A minimal ELF kernel loaded at 2 MiB whose entry is `hlt; jmp $-1` with
+/// interrupts off: a guest that never stops by itself.
+fn halting_kernel(dir: &std::path::Path) -> std::path::PathBuf {
+    const LOAD: u64 = 0x20_0000;
+    let code = [0xfa, 0xf4, 0xeb, 0xfd]; // cli; hlt; jmp -3
+    let mut elf = Vec::new();
+    elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&(LOAD + 0x78).to_le_bytes()); // e_entry
+    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    // PT_LOAD, R+X, the whole file at LOAD.
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&5u32.to_le_bytes());
+    let size = 0x78 + code.len() as u64;
+    for v in [0u64, LOAD, LOAD, size, size, 0x1000] {
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    assert_eq!(elf.len(), 0x78);
+    elf.extend_from_slice(&code);
+    let path = dir.join("halt.elf");
+    std::fs::write(&path, elf).unwrap();
+    path
+}
+
+#[test]
+fn a_running_guest_stops_on_signals_timeout_and_the_console_escape() {
+    use std::io::Write;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = halting_kernel(dir.path());
+    let efivmm = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_efivmm"));
+        c.arg("--kernel").arg(&kernel).args(["--cpus", "2"]).stdout(Stdio::null());
+        c
+    };
+    let wait = |child: &mut std::process::Child| {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("efivmm did not stop");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // It really keeps running on its own.
+    let mut child = efivmm().stdin(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(child.try_wait().unwrap(), None, "the halting guest must still be running");
+    // SIGTERM and SIGINT: 128 + the signal number.
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        if signal != libc::SIGTERM {
+            child = efivmm().stdin(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        assert_eq!(wait(&mut child), Some(code));
+    }
+    // --timeout: exit code 5.
+    let mut child = efivmm().args(["--timeout", "1"]).stdin(Stdio::null()).spawn().unwrap();
+    assert_eq!(wait(&mut child), Some(5));
+    // Console input from a pipe; Ctrl-A x stops the guest (exit 0).
+    let mut child = efivmm().stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"typed into the guest\r").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(child.try_wait().unwrap(), None);
+    stdin.write_all(b"\x01x").unwrap();
+    assert_eq!(wait(&mut child), Some(0));
 }

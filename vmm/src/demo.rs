@@ -127,6 +127,7 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
         initrd: Some(TEST_KERNEL.to_vec()),
         cmdline: format!("efivmm.gen=0 efivmm.generations={} efivmm.shape={}", args.generations, args.first_shape),
         memory: 64 << 20,
+        cpus: 1,
         svam_policy: args.svam_policy,
         serial: SerialOut::Off,
         serial_sink: Some(Box::new(log.clone())),
@@ -134,7 +135,7 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
     };
     eprintln!("efivmm demo: {} generations, --svam-policy {:?}", args.generations, args.svam_policy);
     let started = Instant::now();
-    let mut vm = Vm::build(config, firmware).map_err(|e| ExitError::Usage(e.to_string()))?;
+    let mut vm = Vm::build(config, firmware)?;
     let exit = vm.run();
     let total = started.elapsed();
 

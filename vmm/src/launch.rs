@@ -29,8 +29,9 @@ pub struct LaunchArgs {
     /// 32 MiB to 3 GiB).
     #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
     pub memory: u64,
-    /// Number of vCPUs. Only 1 so far: efivmm does not yet describe more
-    /// vCPUs to the guest (no MP/ACPI tables).
+    /// Number of vCPUs, 1 to 32. They are described to the guest in an MP
+    /// table (APIC IDs 0..N); the guest starts the others with INIT/SIPI.
+    /// Runtime-service calls from several vCPUs are served one at a time.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
     /// Firmware that serves the runtime services (`builtin` only so far).
@@ -66,18 +67,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
 }
 
-/// Boots the guest; returns the process exit code (0 power-off or reset,
-/// 5 timeout, 1 crash).
+/// Boots the guest; returns the process exit code (0 power-off or reset, or
+/// stopped with `Ctrl-A x`; 5 timeout; 1 crash; 128+N stopped by signal N).
 pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
     let Some(kernel_path) = args.kernel else {
         return Err(ExitError::Usage("give a kernel with --kernel PATH (or see `efivmm --help`)".into()));
     };
-    if args.cpus != 1 {
-        return Err(ExitError::Usage(format!(
-            "--cpus {}: only 1 vCPU is supported so far (efivmm does not yet describe more vCPUs to the guest)",
-            args.cpus
-        )));
-    }
+    let max = crate::boot::mptable::MAX_CPUS;
+    let cpus = match u8::try_from(args.cpus) {
+        Ok(n) if (1..=max).contains(&n) => n,
+        _ => return Err(ExitError::Usage(format!("--cpus {}: give 1 to {max} vCPUs", args.cpus))),
+    };
     let read = |what: &str, p: &PathBuf| {
         std::fs::read(p).map_err(|e| ExitError::Usage(format!("cannot read the {what} {}: {e}", p.display())))
     };
@@ -98,12 +98,13 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         initrd,
         cmdline: args.cmdline,
         memory: args.memory,
+        cpus,
         svam_policy: args.svam_policy.unwrap_or(SvamPolicy::Accept),
         serial: args.serial.unwrap_or(SerialOut::Stdio),
         serial_sink: None,
         timeout: args.timeout.map(Duration::from_secs),
     };
-    let mut vm = Vm::build(config, firmware).map_err(|e| ExitError::Usage(e.to_string()))?;
+    let mut vm = Vm::build(config, firmware)?;
     let exit = vm.run();
     let stats = vm.stats();
     tracing::info!(?exit, calls = stats.calls, svam_calls = stats.svam_calls, "guest stopped");
@@ -116,6 +117,11 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         Exit::Crashed(why) => {
             eprintln!("efivmm: the guest stopped: {why}");
             1
+        }
+        Exit::Signal(0) => 0,
+        Exit::Signal(n) => {
+            eprintln!("efivmm: stopped the guest on signal {n}");
+            128 + n
         }
     })
 }

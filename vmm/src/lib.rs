@@ -35,6 +35,9 @@ pub enum ExitError {
     /// The sandbox could not be built (KVM, memory, firmware image).
     #[error(transparent)]
     Setup(#[from] sandbox::SetupError),
+    /// KVM refused to build the guest VM.
+    #[error("{0}")]
+    Kvm(String),
     /// `efivmm vars`: the store cannot take the change (no room even after
     /// compaction); the file is unchanged.
     #[error("{0}")]
@@ -50,9 +53,18 @@ impl ExitError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitError::Usage(_) => 2,
-            ExitError::Setup(_) => 3,
+            ExitError::Setup(_) | ExitError::Kvm(_) => 3,
             ExitError::Vars(_) | ExitError::Store(_) => 4,
             ExitError::NotFound(_) => 1,
+        }
+    }
+}
+
+impl From<vm::VmError> for ExitError {
+    fn from(e: vm::VmError) -> Self {
+        match e {
+            vm::VmError::Kvm(..) | vm::VmError::Event(_) => ExitError::Kvm(e.to_string()),
+            _ => ExitError::Usage(e.to_string()),
         }
     }
 }

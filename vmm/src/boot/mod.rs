@@ -8,6 +8,7 @@
 //! (`BzImage`/`Elf`); this module takes its `setup_header`.
 
 pub mod entry;
+pub mod mptable;
 
 use std::ops::Range;
 

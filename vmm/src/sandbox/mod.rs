@@ -16,6 +16,7 @@ mod watchdog;
 
 /// A per-thread deadline that interrupts `KVM_RUN` (also used for the guest's timeout).
 pub use watchdog::Watchdog as Deadline;
+pub(crate) use watchdog::{install_handler as install_kick_handler, kick_signal};
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};

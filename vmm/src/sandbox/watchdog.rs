@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 /// How often an expired deadline re-sends its signal.
 const RESEND: Duration = Duration::from_millis(5);
 
-fn kick_signal() -> libc::c_int {
+/// The real-time signal that interrupts `KVM_RUN` (its handler does nothing).
+pub(crate) fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
 }
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Installs the (empty) handler of the kick signal, once per process.
-fn install_handler() -> io::Result<()> {
+pub(crate) fn install_handler() -> io::Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {

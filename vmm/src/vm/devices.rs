@@ -1,7 +1,11 @@
 //! The guest's legacy devices, on port I/O: a 16550 UART (COM1, through
 //! `vm-superio`), the i8042 reset line, and a CMOS real-time clock that Linux
 //! can read. Everything else on the port bus reads as all-ones.
+//!
+//! Console input (efivmm's stdin) waits in a bounded queue and moves into the
+//! UART's 64-byte receive FIFO as the guest drains it.
 
+use std::collections::VecDeque;
 use std::io::Write;
 
 use vm_superio::{Serial, Trigger};
@@ -36,16 +40,45 @@ pub enum PortEffect {
     Reset,
 }
 
+/// Most console input bytes held back while the UART's FIFO is full.
+pub const INPUT_QUEUE_MAX: usize = 64 * 1024;
+
 /// The port-I/O devices of a guest.
 pub struct LegacyDevices {
     serial: Serial<IrqLine, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
     cmos_index: u8,
+    input: VecDeque<u8>,
 }
 
 impl LegacyDevices {
     /// Devices with the serial port writing to `out` and raising `irq`.
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
-        LegacyDevices { serial: Serial::new(IrqLine(irq), out), cmos_index: 0 }
+        LegacyDevices { serial: Serial::new(IrqLine(irq), out), cmos_index: 0, input: VecDeque::new() }
+    }
+
+    /// Console input for the guest; returns how many bytes were dropped
+    /// because the queue was full.
+    pub fn queue_input(&mut self, bytes: &[u8]) -> usize {
+        let room = INPUT_QUEUE_MAX - self.input.len();
+        let taken = bytes.len().min(room);
+        self.input.extend(&bytes[..taken]);
+        self.feed_fifo();
+        bytes.len() - taken
+    }
+
+    /// Moves queued input into the UART's receive FIFO (raising its interrupt).
+    fn feed_fifo(&mut self) {
+        while !self.input.is_empty() && self.serial.fifo_capacity() > 0 {
+            let (front, _) = self.input.as_slices();
+            let chunk = front.len().min(self.serial.fifo_capacity());
+            match self.serial.enqueue_raw_bytes(&front[..chunk]) {
+                Ok(n) => drop(self.input.drain(..n)),
+                Err(e) => {
+                    tracing::warn!("serial input: {e:?}");
+                    break;
+                }
+            }
+        }
     }
 
     /// A guest write of `data` to `port`.
@@ -68,7 +101,11 @@ impl LegacyDevices {
     /// A guest read from `port` into `data`.
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
         let value = match port {
-            COM1..=0x3ff => self.serial.read((port - COM1) as u8),
+            COM1..=0x3ff => {
+                let value = self.serial.read((port - COM1) as u8);
+                self.feed_fifo();
+                value
+            }
             I8042_COMMAND => 0, // output buffer empty, input buffer empty
             CMOS_DATA => cmos_register(self.cmos_index, crate::firmware::host_time_ns()),
             _ => 0xff,
@@ -154,5 +191,26 @@ mod tests {
         let regs: Vec<u8> = [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32].iter().map(|&i| cmos_register(i, t)).collect();
         assert_eq!(regs, [0x15, 0x14, 0x13, 0x29, 0x02, 0x24, 0x20]);
         assert_eq!(cmos_register(0x06, t), 5, "a Thursday");
+    }
+
+    #[test]
+    fn console_input_waits_for_the_fifo_and_is_bounded() {
+        let mut d = LegacyDevices::new(EventFd::new(0).unwrap(), Box::new(Sink::default()));
+        let text: Vec<u8> = (0..200u8).collect();
+        assert_eq!(d.queue_input(&text), 0);
+        // The guest reads the receive buffer register until LSR says empty.
+        let mut got = Vec::new();
+        loop {
+            let mut lsr = [0u8];
+            d.read(COM1 + 5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                break;
+            }
+            let mut b = [0u8];
+            d.read(COM1, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, text, "every byte, in order, across FIFO refills");
+        assert_eq!(d.queue_input(&vec![b'x'; INPUT_QUEUE_MAX + 10]), 10);
     }
 }

@@ -1,26 +1,36 @@
-//! The guest VM: memory, a vCPU, legacy devices, the Linux boot, and the run
-//! loop that hands runtime-service exits to the shim (SetVirtualAddressMap,
-//! ConvertPointer) or the proxy (everything else, served by the sandbox).
+//! The guest VM: memory, vCPUs, legacy devices, the Linux boot, and the
+//! vCPU threads that hand runtime-service exits to the shim
+//! (SetVirtualAddressMap, ConvertPointer) or the proxy (everything else,
+//! served by the sandbox). Runtime calls from several vCPUs are serialized by
+//! one lock around the shim and the firmware (the UEFI runtime is not
+//! reentrant).
 //!
-//! One place to read how a guest is put together: [`Vm::build`].
+//! One place to read how a guest is put together: [`Vm::build`]. Threads:
+//! one per vCPU ([`vcpu`]), and the main thread's event loop
+//! ([`event_loop`]: console input, signals, stop requests, the timeout).
 
 pub mod devices;
+mod event_loop;
 mod runtime_exit;
+mod vcpu;
 
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use guest_shim::Shim;
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader, KernelLoaderResult};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, EfiHandover};
 use crate::firmware::Firmware;
-use devices::{LegacyDevices, PortEffect};
+use devices::LegacyDevices;
 
 /// Bytes reserved at the top of guest memory for the shim.
 pub const SHIM_RESERVE: u64 = 0x1_0000;
@@ -72,6 +82,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Guest memory in bytes (at most 3 GiB: everything lives below 4 GiB).
     pub memory: u64,
+    /// Number of vCPUs (1 to [`boot::mptable::MAX_CPUS`]).
+    pub cpus: u8,
     /// SVAM policy.
     pub svam_policy: SvamPolicy,
     /// Serial output.
@@ -104,6 +116,9 @@ pub enum VmError {
     /// The serial output file.
     #[error("serial output: {0}")]
     Serial(std::io::Error),
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    Event(std::io::Error),
 }
 
 /// How the guest ended.
@@ -117,6 +132,9 @@ pub enum Exit {
     Timeout,
     /// The vCPU stopped in a way efivmm cannot continue from.
     Crashed(String),
+    /// efivmm was asked to stop the guest: by a signal (its number), or
+    /// (0) by the console escape `Ctrl-A x`.
+    Signal(i32),
 }
 
 /// What the run loop counted.
@@ -130,15 +148,61 @@ pub struct Stats {
 
 /// A built guest, ready to run.
 pub struct Vm {
-    vcpu: VcpuFd,
+    // Field order is drop order: the vCPUs and the VM close before the guest
+    // memory they map (held by `shared`) is unmapped.
+    vcpus: Vec<VcpuFd>,
     _vm: VmFd,
+    shared: Arc<Shared>,
+    console_input: bool,
+    timeout: Option<Duration>,
+}
+
+/// What the vCPU threads and the event loop share.
+pub(crate) struct Shared {
     mem: GuestMemoryMmap,
-    devices: LegacyDevices,
+    devices: Mutex<LegacyDevices>,
+    /// The shim model and the firmware: one runtime call at a time.
+    runtime: Mutex<Runtime>,
+    stop: Stop,
+    calls: AtomicU64,
+    svam_calls: AtomicU64,
+}
+
+/// The state behind the runtime-services lock.
+struct Runtime {
     shim: Shim,
     firmware: Firmware,
     svam_policy: SvamPolicy,
-    timeout: Option<Duration>,
-    stats: Stats,
+}
+
+/// The first reason to stop, and an event that wakes the event loop.
+pub(crate) struct Stop {
+    exit: Mutex<Option<Exit>>,
+    evt: EventFd,
+}
+
+impl Stop {
+    /// Records `exit` unless a stop was already requested; wakes the loop.
+    fn request(&self, exit: Exit) {
+        let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(exit);
+            let _ = self.evt.write(1);
+        }
+    }
+
+    /// Whether a stop was requested.
+    fn requested(&self) -> bool {
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+impl Shared {
+    /// The legacy devices (a poisoned lock is taken over: device state is
+    /// plain registers, always consistent between accesses).
+    fn devices(&self) -> MutexGuard<'_, LegacyDevices> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
@@ -147,9 +211,12 @@ fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> VmError {
 
 impl Vm {
     /// Builds a guest: memory, the kernel and initrd, the shim, the EFI
-    /// memory map and zero page, one vCPU at the 64-bit entry, devices.
+    /// memory map and zero page, the MP table, the vCPUs, devices.
     pub fn build(config: VmConfig, firmware: Firmware) -> Result<Self, VmError> {
         let mem_size = config.memory;
+        if !(1..=boot::mptable::MAX_CPUS).contains(&config.cpus) {
+            return Err(VmError::Config(format!("--cpus {}: use 1 to {} vCPUs", config.cpus, boot::mptable::MAX_CPUS)));
+        }
         if !(32 << 20..=3 << 30).contains(&mem_size) || mem_size % 0x20_0000 != 0 {
             return Err(VmError::Config(format!(
                 "--memory {mem_size} bytes: use a multiple of 2 MiB between 32 MiB and 3 GiB"
@@ -226,17 +293,22 @@ impl Vm {
         boot::write_boot_params(&mem, &params)?;
         boot::entry::write_page_tables_and_gdt(&mem).map_err(|e| VmError::Memory(e.to_string()))?;
 
-        // The vCPU at the 64-bit entry.
-        let vcpu = vm.create_vcpu(0).map_err(kvm("create a vCPU"))?;
+        boot::mptable::write(&mem, config.cpus)?;
+
+        // The vCPUs: the bootstrap processor at the 64-bit entry, the others
+        // waiting for the guest's INIT/SIPI.
         let cpuid = kvm_fd.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm("report CPUID"))?;
-        vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
-        let sregs = boot::entry::boot_sregs(vcpu.get_sregs().map_err(kvm("get sregs"))?);
-        vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
-        vcpu.set_regs(&boot::entry::boot_regs(entry)).map_err(kvm("set regs"))?;
+        let mut vcpus = Vec::new();
+        for index in 0..config.cpus {
+            let vcpu = vm.create_vcpu(u64::from(index)).map_err(kvm("create a vCPU"))?;
+            vcpu::configure(&vcpu, &cpuid, index, config.cpus, entry)?;
+            vcpus.push(vcpu);
+        }
 
         // Devices.
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Memory(e.to_string()))?;
         vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm("connect the serial interrupt"))?;
+        let has_sink = config.serial_sink.is_some();
         let out: Box<dyn Write + Send> = match (config.serial_sink, &config.serial) {
             (Some(sink), _) => sink,
             (None, SerialOut::Stdio) => Box::new(std::io::stdout()),
@@ -249,82 +321,71 @@ impl Vm {
             memory = mem_size,
             "guest built"
         );
-        Ok(Vm {
-            vcpu,
-            _vm: vm,
+        let console_input = config.serial == SerialOut::Stdio && !has_sink;
+        let shared = Shared {
             mem,
-            devices: LegacyDevices::new(irq, out),
-            shim,
-            firmware,
-            svam_policy: config.svam_policy,
-            timeout: config.timeout,
-            stats: Stats::default(),
-        })
+            devices: Mutex::new(LegacyDevices::new(irq, out)),
+            runtime: Mutex::new(Runtime { shim, firmware, svam_policy: config.svam_policy }),
+            stop: Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Event)? },
+            calls: AtomicU64::new(0),
+            svam_calls: AtomicU64::new(0),
+        };
+        Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout })
     }
 
     /// What the run loop counted so far.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            calls: self.shared.calls.load(Ordering::Relaxed),
+            svam_calls: self.shared.svam_calls.load(Ordering::Relaxed),
+        }
     }
 
-    /// Runs the guest until it powers off, resets, crashes or times out.
+    /// Runs the guest until it powers off, resets, crashes, times out or
+    /// efivmm is told to stop it. A guest runs once.
     pub fn run(&mut self) -> Exit {
-        let mut deadline = match self.timeout.map(|t| (crate::sandbox::Deadline::new(), t)) {
-            Some((Ok(mut d), t)) => {
-                if let Err(e) = d.arm(t) {
-                    return Exit::Crashed(format!("cannot arm the guest timeout: {e}"));
-                }
-                Some(d)
-            }
-            Some((Err(e), _)) => return Exit::Crashed(format!("cannot create the guest timeout: {e}")),
-            None => None,
-        };
-        let exit = loop {
-            let outcome = match self.vcpu.run() {
-                Ok(VcpuExit::IoOut(port, data)) if port == guest_shim::CALL_PORT => {
-                    let service = data.iter().take(4).enumerate().fold(0u64, |a, (i, b)| a | u64::from(*b) << (8 * i));
-                    Some(service)
-                }
-                Ok(VcpuExit::IoOut(port, data)) => match self.devices.write(port, data) {
-                    PortEffect::Reset => break Exit::Reset("i8042 reset"),
-                    PortEffect::None => None,
-                },
-                Ok(VcpuExit::IoIn(port, data)) => {
-                    self.devices.read(port, data);
-                    None
-                }
-                Ok(VcpuExit::MmioRead(_, data)) => {
-                    data.iter_mut().for_each(|b| *b = 0xff);
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(..)) => None,
-                Ok(VcpuExit::Hlt) => break Exit::Crashed("the vCPU halted with interrupts off".into()),
-                Ok(VcpuExit::Shutdown) => break Exit::Reset("triple fault"),
-                Ok(other) => break Exit::Crashed(format!("unexpected exit {other:?}")),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    if deadline.as_ref().is_some_and(|d| d.expired()) {
-                        break Exit::Timeout;
-                    }
-                    None
-                }
-                Err(e) => break Exit::Crashed(format!("KVM_RUN: {e}")),
-            };
-            if let Some(service) = outcome {
-                match self.runtime_call(service) {
-                    Ok(None) => {}
-                    Ok(Some(exit)) => break exit,
-                    Err(why) => break Exit::Crashed(why),
+        let vcpus = std::mem::take(&mut self.vcpus);
+        if vcpus.is_empty() {
+            return Exit::Crashed("the guest already ran".into());
+        }
+        if let Err(e) = crate::sandbox::install_kick_handler() {
+            return Exit::Crashed(format!("cannot install the vCPU kick signal: {e}"));
+        }
+        let mut threads = Vec::new();
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu::run(index as u8, vcpu, shared));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.shared.stop.request(Exit::Crashed(format!("cannot start a vCPU thread: {e}")));
+                    break;
                 }
             }
-        };
-        if let Some(d) = deadline.as_mut() {
-            let _ = d.disarm();
         }
-        if let Exit::Crashed(why) = &exit {
-            let regs = self.vcpu.get_regs().map(|r| format!("RIP {:#x} RSP {:#x}", r.rip, r.rsp));
-            tracing::error!("guest stopped: {why} ({})", regs.unwrap_or_default());
+        event_loop::run(&self.shared, self.console_input, self.timeout);
+        // Every vCPU thread leaves KVM_RUN on the kick signal and sees the
+        // stop; a kick that lands just before KVM_RUN is lost, so repeat.
+        while threads.iter().any(|t| !t.is_finished()) {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(crate::sandbox::kick_signal());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        exit
+        for t in threads {
+            // The VcpuFd comes back to be closed here; a panicked thread
+            // has already requested a stop through its guard.
+            let _ = t.join();
+        }
+        self.shared
+            .stop
+            .exit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or(Exit::Crashed("no stop reason".into()))
     }
 }
 
