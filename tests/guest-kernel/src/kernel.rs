@@ -107,18 +107,18 @@ extern "C" {
 }
 
 type GetTimeFn = extern "efiapi" fn(*mut Time, *mut u8) -> u64;
-type GetVariableFn = extern "efiapi" fn(*const u16, *const Guid, *mut u32, *mut usize, *mut u8) -> u64;
-type SetVariableFn = extern "efiapi" fn(*const u16, *const Guid, u32, usize, *const u8) -> u64;
+pub(crate) type GetVariableFn = extern "efiapi" fn(*const u16, *const Guid, *mut u32, *mut usize, *mut u8) -> u64;
+pub(crate) type SetVariableFn = extern "efiapi" fn(*const u16, *const Guid, u32, usize, *const u8) -> u64;
 type GetNextHighMonoCountFn = extern "efiapi" fn(*mut u32) -> u64;
 type SvamFn = extern "efiapi" fn(usize, usize, u32, *mut u8) -> u64;
-type ResetSystemFn = extern "efiapi" fn(u32, u64, usize, *const u8);
+pub(crate) type ResetSystemFn = extern "efiapi" fn(u32, u64, usize, *const u8);
 
 fn outb(port: u16, v: u8) {
     // SAFETY: port I/O to COM1 has no memory effects.
     unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack, preserves_flags)) };
 }
 
-fn puts(b: &[u8]) {
+pub(crate) fn puts(b: &[u8]) {
     for &c in b {
         outb(0x3f8, c);
     }
@@ -127,7 +127,7 @@ fn puts(b: &[u8]) {
 
 /// Stops: like Linux without working runtime services, it resets through
 /// the i8042 keyboard controller (efivmm ends the guest), then halts.
-fn halt() -> ! {
+pub(crate) fn halt() -> ! {
     outb(0x64, 0xfe);
     loop {
         // SAFETY: interrupts are off; `hlt` just stops the vCPU.
@@ -170,7 +170,7 @@ unsafe fn write_cr3(v: u64) {
 }
 
 /// Reads a u64 from a mapped address (the shim's tables change under us).
-fn peek(addr: u64) -> u64 {
+pub(crate) fn peek(addr: u64) -> u64 {
     // SAFETY: callers pass addresses of the shim's tables or boot data,
     // mapped by the current page tables.
     unsafe { read_volatile(addr as *const u64) }
@@ -319,6 +319,12 @@ extern "C" fn kmain(zp_addr: u64) -> ! {
     let rt_addr = efi::check_systab(unsafe { bytes(bp.efi.systab, efi::SYSTAB_SIZE) }).unwrap_or_else(|e| fail(e));
     // SAFETY: as above for the runtime-services table.
     efi::check_rt(unsafe { bytes(rt_addr, efi::RT_SIZE) }).unwrap_or_else(|e| fail(e));
+    if bp.cmd_line_ptr != 0 {
+        // SAFETY: as above for the command line.
+        if let Some(iters) = crate::smp::requested(unsafe { bytes(bp.cmd_line_ptr, cmd_len) }) {
+            crate::smp::run(rt_addr, iters, read_cr3());
+        }
+    }
     // SAFETY: the scratch map is ours alone; the source map is 1:1 mapped.
     let map_buf: &mut [u8] = unsafe { &mut (&mut (*addr_of_mut!(SCRATCH)).map)[..map_size] };
     // SAFETY: the memory map is 1:1 mapped; copied once (rep movsb via memcpy).

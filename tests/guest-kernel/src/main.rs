@@ -15,3 +15,6 @@ fn main() {}
 
 #[cfg(target_os = "none")]
 mod kernel;
+
+#[cfg(target_os = "none")]
+mod smp;
