@@ -22,7 +22,10 @@ use efivmm::ExitError;
 /// completed, whatever its EFI status); 1 guest crashed, a `demo` generation
 /// failed, or (`vars`) variable not found; 2 bad arguments; 3 KVM or sandbox
 /// unavailable; 4 vars file unusable (corrupt, locked, unreadable, full);
-/// 5 guest stopped at --timeout.
+/// 5 guest stopped at --timeout; 128+N guest stopped by signal N.
+///
+/// With --serial stdio, stdin is the guest's console; Ctrl-A x stops the
+/// guest (Ctrl-A Ctrl-A sends Ctrl-A).
 #[derive(Parser, Debug)]
 #[command(name = "efivmm", version, about, long_about, args_conflicts_with_subcommands = true)]
 struct Cli {
