@@ -19,9 +19,9 @@ pub const RT: usize = 0x1080;
 /// The `EFI_CONFIGURATION_TABLE` array.
 pub const CONFIG: usize = 0x1110;
 /// `EFI_RT_PROPERTIES_TABLE`.
-pub const RT_PROPERTIES: usize = 0x1130;
+pub const RT_PROPERTIES: usize = 0x1140;
 /// `FirmwareVendor` string (UTF-16LE, NUL-terminated).
-pub const VENDOR: usize = 0x1140;
+pub const VENDOR: usize = 0x1150;
 
 /// `EFI_TABLE_HEADER.Signature`.
 pub const HDR_SIGNATURE: usize = 0;
@@ -73,8 +73,9 @@ pub const RT_SIZE: usize = RT_FUNCTIONS + 8 * SERVICES;
 pub const CT_VENDOR_TABLE: usize = 16;
 /// Size of one `EFI_CONFIGURATION_TABLE` entry.
 pub const CT_SIZE: usize = 24;
-/// Number of configuration tables the shim publishes.
-pub const CONFIG_ENTRIES: usize = 1;
+/// Most configuration tables the shim publishes (RT properties; ACPI 2.0
+/// when the VM has ACPI tables).
+pub const CONFIG_ENTRIES: usize = 2;
 
 /// Size of `EFI_RT_PROPERTIES_TABLE` (Version u16, Length u16,
 /// RuntimeServicesSupported u32).

@@ -16,9 +16,9 @@
 //! | `0x0000` | runtime code  | 14 trampolines of 16 bytes, rest of the page `int3` |
 //! | `0x1000` | runtime data  | `EFI_SYSTEM_TABLE` (120 bytes)                      |
 //! | `0x1080` | runtime data  | `EFI_RUNTIME_SERVICES` (136 bytes)                  |
-//! | `0x1110` | runtime data  | the configuration table array (1 entry)             |
-//! | `0x1130` | runtime data  | `EFI_RT_PROPERTIES_TABLE`                           |
-//! | `0x1140` | runtime data  | `FirmwareVendor`, UTF-16 `"efivmm\0"`               |
+//! | `0x1110` | runtime data  | the configuration tables: RT properties, then ACPI 2.0 (if the VM has ACPI tables) |
+//! | `0x1140` | runtime data  | `EFI_RT_PROPERTIES_TABLE`                           |
+//! | `0x1150` | runtime data  | `FirmwareVendor`, UTF-16 `"efivmm\0"`               |
 //!
 //! # Trampolines
 //!
@@ -157,6 +157,10 @@ pub const RUNTIME_SERVICES_SIGNATURE: u64 = 0x5652_4553_544e_5552;
 /// its in-memory (mixed-endian) byte order.
 pub const RT_PROPERTIES_TABLE_GUID: [u8; 16] =
     [0x8a, 0x91, 0x66, 0xeb, 0xef, 0x7e, 0x2a, 0x40, 0x84, 0x2e, 0x93, 0x1d, 0x21, 0xc3, 0x8a, 0xe9];
+/// `EFI_ACPI_20_TABLE_GUID` 8868e871-e4f1-11d3-bc22-0080c73c8881, in
+/// memory order.
+pub const ACPI_20_TABLE_GUID: [u8; 16] =
+    [0x71, 0xe8, 0x68, 0x88, 0xf1, 0xe4, 0xd3, 0x11, 0xbc, 0x22, 0x00, 0x80, 0xc7, 0x3c, 0x88, 0x81];
 /// `EFI_RT_PROPERTIES_TABLE_VERSION`.
 pub const RT_PROPERTIES_TABLE_VERSION: u16 = 1;
 /// The firmware vendor string.
@@ -322,6 +326,8 @@ pub fn table_crc32(table: &[u8], header_size: usize) -> u32 {
 pub struct Shim {
     base: u64,
     bytes: Vec<u8>,
+    /// Guest-physical address of the ACPI RSDP, published as a configuration table.
+    acpi_rsdp: Option<u64>,
     svam_count: u64,
     /// The `EFI_MEMORY_RUNTIME` descriptors of the last successful SVAM.
     map: Option<Vec<MemDesc>>,
@@ -332,6 +338,14 @@ impl Shim {
     /// or if the pages would wrap around the address space): physical
     /// pointers everywhere, as before any SVAM.
     pub fn build(base: u64) -> Shim {
+        Shim::build_with_acpi(base, None)
+    }
+
+    /// Like [`Shim::build`], with `acpi_rsdp` (the guest-physical address of
+    /// the VM's ACPI RSDP) published as the `EFI_ACPI_20_TABLE_GUID`
+    /// configuration table, where an EFI-booted Linux (and kexec-tools,
+    /// through `/sys/firmware/efi/systab`) looks for ACPI.
+    pub fn build_with_acpi(base: u64, acpi_rsdp: Option<u64>) -> Shim {
         assert_eq!(base % EFI_PAGE_SIZE, 0, "shim base {base:#x} not page aligned");
         assert!(base.checked_add((layout::PAGES as u64) * EFI_PAGE_SIZE).is_some(), "shim base {base:#x} too high");
         let mut bytes = vec![0u8; layout::PAGES * EFI_PAGE_SIZE as usize];
@@ -350,7 +364,12 @@ impl Shim {
         let c = layout::CONFIG;
         bytes[c..c + 16].copy_from_slice(&RT_PROPERTIES_TABLE_GUID);
         wr64(&mut bytes, c + layout::CT_VENDOR_TABLE, base + layout::RT_PROPERTIES as u64);
-        let mut shim = Shim { base, bytes, svam_count: 0, map: None };
+        if let Some(rsdp) = acpi_rsdp {
+            let c = layout::CONFIG + layout::CT_SIZE;
+            bytes[c..c + 16].copy_from_slice(&ACPI_20_TABLE_GUID);
+            wr64(&mut bytes, c + layout::CT_VENDOR_TABLE, rsdp);
+        }
+        let mut shim = Shim { base, bytes, acpi_rsdp, svam_count: 0, map: None };
         shim.write_system_table();
         shim.write_rt_table(|phys| phys);
         shim
@@ -405,7 +424,7 @@ impl Shim {
     /// Back to the state of [`Shim::build`] (guest reboot): physical
     /// pointers, no map, count 0.
     pub fn reset(&mut self) {
-        *self = Shim::build(self.base);
+        *self = Shim::build_with_acpi(self.base, self.acpi_rsdp);
     }
 
     fn phys(&self, off: usize) -> u64 {
@@ -415,6 +434,7 @@ impl Shim {
     /// Writes the system table; every pointer in it is physical.
     fn write_system_table(&mut self) {
         let (vendor, rt, config) = (self.phys(layout::VENDOR), self.phys(layout::RT), self.phys(layout::CONFIG));
+        let acpi = self.acpi_rsdp;
         let b = &mut self.bytes[layout::SYSTAB..layout::SYSTAB + layout::ST_SIZE];
         b.fill(0);
         wr64(b, layout::HDR_SIGNATURE, SYSTEM_TABLE_SIGNATURE);
@@ -423,7 +443,8 @@ impl Shim {
         wr64(b, layout::ST_FIRMWARE_VENDOR, vendor);
         wr32(b, layout::ST_FIRMWARE_REVISION, FIRMWARE_REVISION);
         wr64(b, layout::ST_RUNTIME_SERVICES, rt);
-        wr64(b, layout::ST_NUMBER_OF_TABLE_ENTRIES, layout::CONFIG_ENTRIES as u64);
+        let entries = if acpi.is_some() { layout::CONFIG_ENTRIES } else { 1 };
+        wr64(b, layout::ST_NUMBER_OF_TABLE_ENTRIES, entries as u64);
         wr64(b, layout::ST_CONFIGURATION_TABLE, config);
         let crc = table_crc32(b, layout::ST_SIZE);
         wr32(b, layout::HDR_CRC32, crc);

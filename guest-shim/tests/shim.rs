@@ -601,3 +601,31 @@ fn kexec_shapes() {
     }
     assert_eq!(shim.svam_count(), 3);
 }
+
+#[test]
+fn acpi_rsdp_is_a_second_configuration_table_and_survives_svam_and_reset() {
+    let rsdp = 0xe_0000;
+    let mut shim = Shim::build_with_acpi(BASE, Some(rsdp));
+    let check = |shim: &Shim| {
+        let b = shim.bytes();
+        let st = at(shim, shim.systab_addr());
+        check_header(b, st, 0x5453_5953_2049_4249, 120);
+        assert_eq!(rd64(b, st + 104), 2);
+        let ct = at(shim, rd64(b, st + 112));
+        assert_eq!(&b[ct..ct + 16], efi::RT_PROPERTIES_TABLE_GUID.as_bytes());
+        assert_eq!(&b[ct + 24..ct + 40], efi::ACPI_20_TABLE_GUID.as_bytes());
+        assert_eq!(rd64(b, ct + 40), rsdp);
+        // The RT properties table still says what it said.
+        assert_eq!(rd32(b, at(shim, rd64(b, ct + 16)) + 4), 0x27FF);
+    };
+    check(&shim);
+    let map = svam_map(&shim, 0xffff_ffef_0000_0000, 0xffff_ffef_0000_1000);
+    let n = map.len() as u64;
+    shim.set_virtual_address_map(n, DESC_SIZE as u64, 1, &map).unwrap();
+    check(&shim);
+    shim.reset();
+    check(&shim);
+    // Without ACPI there is one table.
+    let plain = Shim::build(BASE);
+    assert_eq!(rd64(plain.bytes(), at(&plain, plain.systab_addr()) + 104), 1);
+}

@@ -7,6 +7,7 @@
 //! [`entry`]. Loading the kernel image itself is linux-loader's job
 //! (`BzImage`/`Elf`); this module takes its `setup_header`.
 
+pub mod acpi;
 pub mod entry;
 pub mod mptable;
 

@@ -251,7 +251,11 @@ impl Vm {
 
         // The shim at the top of memory, then the initrd below it.
         let shim_base = mem_size - SHIM_RESERVE;
-        let shim = Shim::build(shim_base);
+        // ACPI tables (hardware-reduced: Linux powers off through EFI
+        // ResetSystem) and the MP table, both in the reserved BIOS area.
+        let rsdp = boot::acpi::write(&mem, config.cpus)?;
+        boot::mptable::write(&mem, config.cpus)?;
+        let shim = Shim::build_with_acpi(shim_base, Some(rsdp));
         if shim.bytes().len() as u64 > SHIM_RESERVE {
             return Err(VmError::Config("the shim outgrew its reservation".into()));
         }
@@ -289,11 +293,10 @@ impl Vm {
             desc_size: guest_shim::DESC_SIZE as u32,
             desc_version: 1,
         };
-        let params = boot::boot_params(header, cmdline.len() - 1, initrd, &e820, Some(efi))?;
+        let mut params = boot::boot_params(header, cmdline.len() - 1, initrd, &e820, Some(efi))?;
+        params.acpi_rsdp_addr = rsdp;
         boot::write_boot_params(&mem, &params)?;
         boot::entry::write_page_tables_and_gdt(&mem).map_err(|e| VmError::Memory(e.to_string()))?;
-
-        boot::mptable::write(&mem, config.cpus)?;
 
         // The vCPUs: the bootstrap processor at the 64-bit entry, the others
         // waiting for the guest's INIT/SIPI.

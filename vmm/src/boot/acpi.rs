@@ -1,0 +1,186 @@
+//! The guest's ACPI tables: RSDP, XSDT, a hardware-reduced FADT, an empty
+//! DSDT and a MADT with one local APIC per vCPU and the I/O APIC.
+//!
+//! Why ACPI at all (the MP table already lists the vCPUs): an x86 Linux
+//! powers off through the EFI ResetSystem only when `efi_poweroff_required()`
+//! (`arch/x86/platform/efi/quirks.c`), i.e. on a hardware-reduced ACPI
+//! platform or one without an `_S5` sleep state. Without ACPI, `poweroff`
+//! ends in a halt that never reaches efivmm. With these tables `poweroff`
+//! becomes `ResetSystem(EfiResetShutdown)`, served by efivmm.
+//!
+//! Hardware-reduced also means: no PM timer, no SCI, no legacy PIC (Linux
+//! routes ISA interrupts through the I/O APIC, identity-mapped: no interrupt
+//! source overrides, matching KVM's default GSI routing). The tables live in
+//! the reserved BIOS area below 1 MiB; the RSDP's address goes to
+//! `boot_params.acpi_rsdp_addr` and into the shim's EFI configuration table.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::mptable::{IOAPIC_ADDR, LAPIC_ADDR};
+use super::BootError;
+
+/// Where the RSDP goes (the other tables follow it).
+pub const RSDP_ADDR: u64 = 0xe_0000;
+/// End of the area the tables may use.
+const TABLES_END: u64 = 0xf_0000;
+
+const OEM_ID: &[u8; 6] = b"EFIVMM";
+const OEM_TABLE_ID: &[u8; 8] = b"MICROVM ";
+const CREATOR_ID: &[u8; 4] = b"EVMM";
+
+/// FADT flags: HW_REDUCED_ACPI (bit 20).
+const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// FADT IA-PC boot architecture flags: VGA not present (bit 2), MSI not
+/// supported (bit 3): there is no PCI.
+const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3);
+/// Size of an ACPI 6.x FADT.
+const FADT_SIZE: usize = 276;
+
+fn checksum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+}
+
+/// A system description table: the 36-byte header, then `body`.
+fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(36 + body.len());
+    t.extend_from_slice(signature);
+    t.extend_from_slice(&((36 + body.len()) as u32).to_le_bytes());
+    t.push(revision);
+    t.push(0); // checksum, below
+    t.extend_from_slice(OEM_ID);
+    t.extend_from_slice(OEM_TABLE_ID);
+    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+    t.extend_from_slice(CREATOR_ID);
+    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+    t.extend_from_slice(body);
+    t[9] = checksum(&t);
+    t
+}
+
+fn fadt(dsdt: u64) -> Vec<u8> {
+    let mut body = vec![0u8; FADT_SIZE - 36];
+    let at = |off: usize| off - 36;
+    body[at(40)..at(44)].copy_from_slice(&(dsdt as u32).to_le_bytes());
+    body[at(109)..at(111)].copy_from_slice(&IAPC_BOOT_ARCH.to_le_bytes());
+    body[at(112)..at(116)].copy_from_slice(&FADT_HW_REDUCED_ACPI.to_le_bytes());
+    body[at(131)] = 5; // FADT minor version (6.5)
+    body[at(140)..at(148)].copy_from_slice(&dsdt.to_le_bytes()); // X_DSDT
+    body[at(268)..at(276)].copy_from_slice(b"EFIVMM  "); // hypervisor vendor identity
+    sdt(b"FACP", 6, &body)
+}
+
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes()); // flags: no PC-AT 8259 pair in use
+    for id in 0..cpus {
+        // Processor local APIC: UID, APIC ID, enabled.
+        body.extend_from_slice(&[0, 8, id, id]);
+        body.extend_from_slice(&1u32.to_le_bytes());
+    }
+    // I/O APIC: ID (after the vCPUs', as in the MP table), address, GSI base 0.
+    body.extend_from_slice(&[1, 12, cpus, 0]);
+    body.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+    body.extend_from_slice(&0u32.to_le_bytes());
+    sdt(b"APIC", 5, &body)
+}
+
+fn rsdp(xsdt: u64) -> Vec<u8> {
+    let mut r = Vec::with_capacity(36);
+    r.extend_from_slice(b"RSD PTR ");
+    r.push(0); // checksum of the first 20 bytes, below
+    r.extend_from_slice(OEM_ID);
+    r.push(2); // revision: ACPI 2.0+
+    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
+    r.extend_from_slice(&36u32.to_le_bytes());
+    r.extend_from_slice(&xsdt.to_le_bytes());
+    r.push(0); // extended checksum, below
+    r.extend_from_slice(&[0; 3]);
+    r[8] = checksum(&r[..20]);
+    r[32] = checksum(&r);
+    r
+}
+
+/// The tables for `cpus` vCPUs as (guest address, bytes) pieces; the first
+/// is the RSDP at [`RSDP_ADDR`].
+pub fn build(cpus: u8) -> Vec<(u64, Vec<u8>)> {
+    let align = |a: u64| (a + 15) & !15;
+    let xsdt_addr = align(RSDP_ADDR + 36);
+    // The XSDT has two entries (FADT, MADT): 36 + 16 bytes.
+    let dsdt_addr = align(xsdt_addr + 52);
+    let dsdt = sdt(b"DSDT", 2, &[]);
+    let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
+    let fadt = fadt(dsdt_addr);
+    let madt_addr = align(fadt_addr + fadt.len() as u64);
+    let madt = madt(cpus);
+    let mut entries = Vec::new();
+    entries.extend_from_slice(&fadt_addr.to_le_bytes());
+    entries.extend_from_slice(&madt_addr.to_le_bytes());
+    let xsdt = sdt(b"XSDT", 1, &entries);
+    assert!(madt_addr + madt.len() as u64 <= TABLES_END);
+    vec![(RSDP_ADDR, rsdp(xsdt_addr)), (xsdt_addr, xsdt), (dsdt_addr, dsdt), (fadt_addr, fadt), (madt_addr, madt)]
+}
+
+/// Writes the tables into guest memory; returns the RSDP's address.
+pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, BootError> {
+    for (addr, bytes) in build(cpus) {
+        mem.write_slice(&bytes, GuestAddress(addr)).map_err(|e| BootError::Memory(e.to_string()))?;
+    }
+    Ok(RSDP_ADDR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    /// Follows the pointers like an OS: RSDP -> XSDT -> FADT -> DSDT, MADT.
+    #[test]
+    fn tables_chain_with_valid_checksums() {
+        let pieces = build(3);
+        let find = |addr: u64| -> &[u8] {
+            &pieces.iter().find(|(a, _)| *a == addr).unwrap_or_else(|| panic!("nothing at {addr:#x}")).1
+        };
+        let r = find(RSDP_ADDR);
+        assert_eq!(&r[..8], b"RSD PTR ");
+        assert_eq!(sum(&r[..20]), 0);
+        assert_eq!(sum(r), 0);
+        assert_eq!(r[15], 2);
+        let xsdt = find(u64::from_le_bytes(r[24..32].try_into().unwrap()));
+        assert_eq!(&xsdt[..4], b"XSDT");
+        assert_eq!(sum(xsdt), 0);
+        assert_eq!(u32::from_le_bytes(xsdt[4..8].try_into().unwrap()) as usize, xsdt.len());
+        let entry = |i: usize| u64::from_le_bytes(xsdt[36 + 8 * i..44 + 8 * i].try_into().unwrap());
+        let fadt = find(entry(0));
+        assert_eq!((&fadt[..4], fadt.len(), sum(fadt)), (&b"FACP"[..], FADT_SIZE, 0));
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & FADT_HW_REDUCED_ACPI, 0);
+        let dsdt = find(u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
+        assert_eq!((&dsdt[..4], sum(dsdt)), (&b"DSDT"[..], 0));
+        let madt = find(entry(1));
+        assert_eq!((&madt[..4], sum(madt)), (&b"APIC"[..], 0));
+        // Walk the MADT: three enabled local APICs with IDs 0..3, one I/O APIC.
+        let (mut at, mut lapics, mut ioapics) = (44, Vec::new(), 0);
+        while at < madt.len() {
+            match madt[at] {
+                0 => lapics.push((madt[at + 3], madt[at + 4] & 1)),
+                1 => {
+                    ioapics += 1;
+                    assert_eq!(u32::from_le_bytes(madt[at + 4..at + 8].try_into().unwrap()), IOAPIC_ADDR);
+                }
+                t => panic!("unexpected MADT entry {t}"),
+            }
+            at += madt[at + 1] as usize;
+        }
+        assert_eq!(at, madt.len());
+        assert_eq!(lapics, vec![(0, 1), (1, 1), (2, 1)]);
+        assert_eq!(ioapics, 1);
+        // No piece overlaps the next.
+        for w in pieces.windows(2) {
+            assert!(w[0].0 + w[0].1.len() as u64 <= w[1].0);
+        }
+    }
+}
