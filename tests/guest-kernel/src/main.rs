@@ -18,3 +18,6 @@ mod kernel;
 
 #[cfg(target_os = "none")]
 mod smp;
+
+#[cfg(target_os = "none")]
+mod modes;
