@@ -107,7 +107,14 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
     let mut vm = Vm::build(config, firmware)?;
     let exit = vm.run();
     let stats = vm.stats();
-    tracing::info!(?exit, calls = stats.calls, svam_calls = stats.svam_calls, "guest stopped");
+    let per_call_us = stats.call_time.as_secs_f64() * 1e6 / stats.calls.max(1) as f64;
+    tracing::info!(
+        ?exit,
+        calls = stats.calls,
+        svam_calls = stats.svam_calls,
+        per_call_us = format_args!("{per_call_us:.1}"),
+        "guest stopped"
+    );
     Ok(match exit {
         Exit::PowerOff | Exit::Reset(_) => 0,
         Exit::Timeout => {

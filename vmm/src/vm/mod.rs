@@ -144,6 +144,9 @@ pub struct Stats {
     pub calls: u64,
     /// SetVirtualAddressMap calls (accepted or not).
     pub svam_calls: u64,
+    /// Host time spent serving the calls, from the trampoline's exit to the
+    /// guest's registers set (waiting for the runtime lock included).
+    pub call_time: Duration,
 }
 
 /// A built guest, ready to run.
@@ -166,6 +169,7 @@ pub(crate) struct Shared {
     stop: Stop,
     calls: AtomicU64,
     svam_calls: AtomicU64,
+    call_ns: AtomicU64,
 }
 
 /// The state behind the runtime-services lock.
@@ -332,6 +336,7 @@ impl Vm {
             stop: Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Event)? },
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
+            call_ns: AtomicU64::new(0),
         };
         Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout })
     }
@@ -341,6 +346,7 @@ impl Vm {
         Stats {
             calls: self.shared.calls.load(Ordering::Relaxed),
             svam_calls: self.shared.svam_calls.load(Ordering::Relaxed),
+            call_time: Duration::from_nanos(self.shared.call_ns.load(Ordering::Relaxed)),
         }
     }
 

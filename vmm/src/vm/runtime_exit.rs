@@ -26,6 +26,13 @@ impl Shared {
     /// Serves one call from `vcpu`; `Some(exit)` when the guest asked to
     /// reset or power off.
     pub(super) fn runtime_call(&self, vcpu: &VcpuFd, service: u64) -> Result<Option<Exit>, String> {
+        let started = std::time::Instant::now();
+        let result = self.serve(vcpu, service);
+        self.call_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        result
+    }
+
+    fn serve(&self, vcpu: &VcpuFd, service: u64) -> Result<Option<Exit>, String> {
         let mut regs = vcpu.get_regs().map_err(|e| format!("get regs: {e}"))?;
         let sregs = vcpu.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
         let paging = GuestPaging { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
