@@ -148,7 +148,7 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     halt()
 }
 
-pub(crate) fn rdtsc() -> u64 {
+fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc only reads the time-stamp counter.
     unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
@@ -164,7 +164,7 @@ pub(crate) fn read_cr3() -> u64 {
 
 /// # Safety
 /// `v` must be a PML4 that maps this kernel, its stack and data 1:1.
-pub(crate) unsafe fn write_cr3(v: u64) {
+unsafe fn write_cr3(v: u64) {
     // SAFETY: per the contract.
     unsafe { asm!("mov cr3, {}", in(reg) v, options(nostack)) };
 }
@@ -331,12 +331,6 @@ extern "C" fn kmain(zp_addr: u64) -> ! {
     map_buf.copy_from_slice(unsafe { bytes(bp.efi.memmap, map_size) });
     if let Err(e) = MemMap::new(map_buf, desc_size) {
         fail(e);
-    }
-    if bp.cmd_line_ptr != 0 {
-        // SAFETY: as above for the command line. The modes run in physical
-        // mode: the RT pointers are physical on a fresh boot.
-        let cmdline = unsafe { bytes(bp.cmd_line_ptr, cmd_len) };
-        crate::modes::dispatch(cmdline, rt_addr, &MemMap::new(map_buf, desc_size).unwrap());
     }
     let mut st = State { opts, calls: 0, prev: Prev::NotApplicable, vars_done: false, year: 0 };
     let mut pass = true;

@@ -18,6 +18,3 @@ mod kernel;
 
 #[cfg(target_os = "none")]
 mod smp;
-
-#[cfg(target_os = "none")]
-mod modes;
