@@ -155,7 +155,7 @@ fn rdtsc() -> u64 {
     u64::from(hi) << 32 | u64::from(lo)
 }
 
-pub(crate) fn read_cr3() -> u64 {
+fn read_cr3() -> u64 {
     let v: u64;
     // SAFETY: reading CR3 has no side effects.
     unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack)) };
