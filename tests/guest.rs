@@ -70,3 +70,21 @@ fn launch_errors_say_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kernel"));
 }
+
+#[test]
+fn bench_mode_times_both_loops_in_one_guest() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_efivmm")).args(["demo", "--mode", "bench", "--iters", "50"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let tsc = |prefix: &str| -> u64 {
+        let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {all}"));
+        assert!(line.contains(" iters=50 "), "{line}");
+        line.split(' ').find_map(|kv| kv.strip_prefix("tsc=")).unwrap().parse().unwrap()
+    };
+    let (bare, get) = (tsc("BENCH bare_out "), tsc("BENCH get_variable "));
+    assert!(bare > 0 && get > bare, "a proxied GetVariable costs more than a bare exit: {all}");
+    assert!(stdout.contains("fails=0 ok") && stdout.contains("BENCH-DONE"), "{all}");
+    assert!(stdout.contains("ratio get_variable/bare_out"), "{all}");
+}
