@@ -51,7 +51,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "normal", value_parser = ["normal", "hostile", "bench"])]
     pub mode: String,
     /// Iterations of each timed loop in `--mode bench`.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=999_999_999))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
     pub iters: u32,
 }
 
