@@ -193,3 +193,21 @@ fn two_vcpus_calling_at_once_get_correct_serialized_results() {
     let (_, out) = boot_test_kernel(1, "efivmm.smp=10");
     assert!(out.contains("SMP ap=timeout result=FAIL"), "{out}");
 }
+
+#[test]
+fn bench_mode_times_both_loops_in_one_guest() {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_efivmm")).args(["demo", "--mode", "bench", "--iters", "50"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let tsc = |prefix: &str| -> u64 {
+        let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix}: {all}"));
+        assert!(line.contains(" iters=50 "), "{line}");
+        line.split(' ').find_map(|kv| kv.strip_prefix("tsc=")).unwrap().parse().unwrap()
+    };
+    let (bare, get) = (tsc("BENCH bare_out "), tsc("BENCH get_variable "));
+    assert!(bare > 0 && get > bare, "a proxied GetVariable costs more than a bare exit: {all}");
+    assert!(stdout.contains("fails=0 ok") && stdout.contains("BENCH-DONE"), "{all}");
+    assert!(stdout.contains("ratio get_variable/bare_out"), "{all}");
+}

@@ -4,6 +4,12 @@
 //! calls through the new virtual addresses, a variable per generation) and
 //! kexecs into the next generation with kexec shapes A, B and C in turn.
 //! One table row per generation; exit 0 only if every generation passed.
+//!
+//! `--mode hostile` and `--mode bench` boot one generation of the same
+//! kernel with `efivmm.mode=hostile|bench` (see
+//! `tests/guest-kernel/README.md`) and print the guest's serial lines on
+//! standard output: hostile runtime calls from inside the real guest, or
+//! timed bare exits against proxied GetVariable calls.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -38,6 +44,15 @@ pub struct DemoArgs {
     /// Also print the guest's serial output.
     #[arg(long)]
     pub verbose: bool,
+    /// What the test kernel does: `normal` (the kexec generations above),
+    /// `hostile` (runtime calls with hostile arguments, one line per case,
+    /// exit 0 only if every case got its expected status) or `bench`
+    /// (`--iters` bare `out` exits and GetVariable calls timed in the guest).
+    #[arg(long, default_value = "normal", value_parser = ["normal", "hostile", "bench"])]
+    pub mode: String,
+    /// Iterations of each timed loop in `--mode bench`.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
+    pub iters: u32,
 }
 
 /// The serial lines, each with the time it completed.
@@ -109,6 +124,11 @@ pub fn parse_result(line: &str) -> Option<(u32, String, String, String, u32, Str
 
 /// Runs the demo; returns the exit code.
 pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
+    match args.mode.as_str() {
+        "hostile" => return run_hostile(args.verbose),
+        "bench" => return run_bench(args.iters),
+        _ => {}
+    }
     let dir = std::env::temp_dir().join(format!("efivmm-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| ExitError::Usage(format!("cannot create {}: {e}", dir.display())))?;
     let result = run_in(&args, &dir.join("vars.fd"));
@@ -194,9 +214,221 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
     Ok(if passed { 0 } else { 1 })
 }
 
+/// One boot of the test kernel (one generation, no kexec).
+pub struct GuestRun {
+    /// How the guest ended.
+    pub exit: Exit,
+    /// Its serial lines, each with the time it completed.
+    pub lines: Vec<(Instant, String)>,
+}
+
+impl GuestRun {
+    /// The lines' text.
+    pub fn text(&self) -> impl Iterator<Item = &str> {
+        self.lines.iter().map(|(_, l)| l.as_str())
+    }
+}
+
+/// Boots the embedded test kernel once with `extra` appended to its command
+/// line (`efivmm.gen=0 efivmm.generations=1 ...`), the built-in firmware and
+/// a temporary vars file; returns its exit and serial lines.
+pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<GuestRun, ExitError> {
+    let dir = std::env::temp_dir().join(format!(
+        "efivmm-guest-{}-{}",
+        std::process::id(),
+        RUN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| ExitError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let result = (|| {
+        let vars = VarsFile::open_or_create(&dir.join("vars.fd"), Layout::Ovmf2M)?;
+        let firmware = Firmware::start(&FirmwareSource::Builtin, vars)?;
+        let log = LineLog { echo, ..Default::default() };
+        let config = VmConfig {
+            kernel: TEST_KERNEL.to_vec(),
+            initrd: None,
+            cmdline: format!("efivmm.gen=0 efivmm.generations=1 {extra}"),
+            memory: 64 << 20,
+            cpus: 1,
+            svam_policy: SvamPolicy::Accept,
+            serial: SerialOut::Off,
+            serial_sink: Some(Box::new(log.clone())),
+            timeout: Some(timeout),
+        };
+        let mut vm = Vm::build(config, firmware)?;
+        let exit = vm.run();
+        let lines = log.lines.lock().unwrap().clone();
+        Ok(GuestRun { exit, lines })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+static RUN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// `efivmm demo --mode hostile`: the guest's lines on stdout; exit 0 only if
+/// it reported `HOSTILE-DONE ... bad=0` and powered off.
+fn run_hostile(verbose: bool) -> Result<i32, ExitError> {
+    eprintln!("efivmm demo: hostile runtime calls from the test kernel");
+    let run = run_test_kernel("efivmm.mode=hostile", Duration::from_secs(60), verbose)?;
+    for line in run.text() {
+        println!("{line}");
+    }
+    let done = run.text().find_map(|l| l.strip_prefix("HOSTILE-DONE ")).map(str::to_string);
+    let passed = run.exit == Exit::PowerOff && done.as_deref().is_some_and(|d| d.ends_with(" bad=0"));
+    eprintln!(
+        "efivmm demo: guest exit {:?}, {}: {}",
+        run.exit,
+        done.as_deref().unwrap_or("no HOSTILE-DONE line"),
+        if passed { "PASS" } else { "FAIL" }
+    );
+    Ok(if passed { 0 } else { 1 })
+}
+
+/// The two timed loops of one `efivmm.mode=bench` guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BenchRun {
+    /// Iterations of the bare `out` loop.
+    pub bare_iters: u64,
+    /// Guest TSC ticks for them.
+    pub bare_tsc: u64,
+    /// Iterations of the GetVariable loop.
+    pub get_iters: u64,
+    /// Guest TSC ticks for them.
+    pub get_tsc: u64,
+    /// Guest TSC ticks per second, calibrated against the host's clock
+    /// between the two `BENCH mark` lines (`None` if they are missing or
+    /// too close together to be meaningful).
+    pub tsc_hz_calibrated: Option<f64>,
+}
+
+/// `key=value` from a line of space-separated words.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split(' ').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Parses a bench guest's lines: `BENCH bare_out iters=N tsc=T`, `BENCH
+/// get_variable iters=N tsc=T fails=0 ok`, the two `BENCH mark=I tsc=T`
+/// lines and `BENCH-DONE`.
+pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
+    let mut b = BenchRun::default();
+    let mut marks = Vec::new();
+    let num = |l: &str, k: &str| field(l, k).and_then(|v| v.parse::<u64>().ok()).ok_or(format!("bad line `{l}`"));
+    let mut done = false;
+    for (at, l) in lines {
+        if let Some(rest) = l.strip_prefix("BENCH bare_out ") {
+            (b.bare_iters, b.bare_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
+        } else if let Some(rest) = l.strip_prefix("BENCH get_variable ") {
+            if !rest.ends_with(" ok") {
+                return Err(format!("GetVariable failed in the guest: `{l}`"));
+            }
+            (b.get_iters, b.get_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
+        } else if let Some(rest) = l.strip_prefix("BENCH mark=") {
+            marks.push((*at, num(l, "tsc")?, rest.to_string()));
+        } else if l == "BENCH-DONE" {
+            done = true;
+        } else if l.starts_with("BENCH FAIL") || l.starts_with("RESULT FAIL") || l == "PANIC" {
+            return Err(format!("the guest failed: `{l}`"));
+        }
+    }
+    if !done {
+        return Err("no BENCH-DONE line".into());
+    }
+    if let [(t0, c0, _), (t1, c1, _)] = marks[..] {
+        let secs = (t1 - t0).as_secs_f64();
+        // Below ~20 ms the serial lines' own exits dominate the error.
+        if secs > 0.02 && c1 > c0 {
+            b.tsc_hz_calibrated = Some((c1 - c0) as f64 / secs);
+        }
+    }
+    Ok(b)
+}
+
+/// The guest TSC frequency KVM reports for a vCPU (`KVM_GET_TSC_KHZ`), in Hz.
+pub fn kvm_tsc_hz() -> Option<f64> {
+    let kvm = kvm_ioctls::Kvm::new().ok()?;
+    let vm = kvm.create_vm().ok()?;
+    let vcpu = vm.create_vcpu(0).ok()?;
+    vcpu.get_tsc_khz().ok().filter(|&k| k > 0).map(|k| f64::from(k) * 1e3)
+}
+
+/// Boots a bench guest: `iters` iterations of the loops `which` selects
+/// (`all`, `bare_out` or `get_variable`).
+pub fn bench_guest(iters: u64, which: &str) -> Result<BenchRun, String> {
+    let extra = format!("efivmm.mode=bench efivmm.iters={iters} efivmm.bench={which}");
+    let run = run_test_kernel(&extra, Duration::from_secs(120 + iters / 1000), false).map_err(|e| e.to_string())?;
+    if run.exit != Exit::PowerOff {
+        return Err(format!("the bench guest ended with {:?}", run.exit));
+    }
+    parse_bench(&run.lines)
+}
+
+/// `efivmm demo --mode bench`: both loops in one guest, per-call times and
+/// their ratio.
+fn run_bench(iters: u32) -> Result<i32, ExitError> {
+    eprintln!("efivmm demo: {iters} bare exits and {iters} GetVariable calls timed in the guest");
+    let run = run_test_kernel(
+        &format!("efivmm.mode=bench efivmm.iters={iters}"),
+        Duration::from_secs(120 + u64::from(iters) / 1000),
+        false,
+    )?;
+    for line in run.text() {
+        println!("{line}");
+    }
+    let b = match parse_bench(&run.lines) {
+        Ok(b) if run.exit == Exit::PowerOff => b,
+        Ok(_) => {
+            eprintln!("efivmm demo: the guest ended with {:?}", run.exit);
+            return Ok(1);
+        }
+        Err(e) => {
+            eprintln!("efivmm demo: {e}");
+            return Ok(1);
+        }
+    };
+    let kvm_hz = kvm_tsc_hz();
+    if let Some(hz) = kvm_hz.or(b.tsc_hz_calibrated) {
+        let per = |tsc: u64, n: u64| if n == 0 { f64::NAN } else { tsc as f64 / n as f64 / hz * 1e6 };
+        println!(
+            "bare_out {:.2} us/iter, get_variable {:.2} us/iter, ratio get_variable/bare_out {:.2}",
+            per(b.bare_tsc, b.bare_iters),
+            per(b.get_tsc, b.get_iters),
+            per(b.get_tsc, b.get_iters) / per(b.bare_tsc, b.bare_iters)
+        );
+    }
+    println!(
+        "guest TSC: KVM_GET_TSC_KHZ {} MHz, calibrated against the host clock {} MHz",
+        kvm_hz.map_or("n/a".into(), |h| format!("{:.1}", h / 1e6)),
+        b.tsc_hz_calibrated.map_or("n/a".into(), |h| format!("{:.1}", h / 1e6))
+    );
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_lines_parse() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let lines: Vec<(Instant, String)> = [
+            (0, "BENCH mark=0 tsc=1000"),
+            (1, "BENCH bare_out iters=10 tsc=500"),
+            (2, "BENCH get_variable iters=10 tsc=5000 fails=0 ok"),
+            (100, "BENCH mark=1 tsc=100001000"),
+            (101, "BENCH-DONE"),
+        ]
+        .iter()
+        .map(|&(ms, l)| (at(ms), l.to_string()))
+        .collect();
+        let b = parse_bench(&lines).unwrap();
+        assert_eq!((b.bare_iters, b.bare_tsc, b.get_iters, b.get_tsc), (10, 500, 10, 5000));
+        assert!((b.tsc_hz_calibrated.unwrap() - 1e9).abs() < 1.0);
+        let mut bad = lines.clone();
+        bad[2].1 = "BENCH get_variable iters=10 tsc=5000 fails=3 BAD".into();
+        assert!(parse_bench(&bad).is_err());
+        assert!(parse_bench(&lines[..4]).is_err(), "no BENCH-DONE");
+    }
 
     #[test]
     fn result_lines_parse() {

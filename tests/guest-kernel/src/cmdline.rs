@@ -1,4 +1,6 @@
-//! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`.
+//! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`,
+//! and the extra modes `efivmm.mode=normal|hostile|bench` with
+//! `efivmm.iters=N efivmm.bench=all|bare_out|get_variable` for the bench.
 
 use crate::line::Line;
 
@@ -35,6 +37,52 @@ impl Shape {
     }
 }
 
+/// What the kernel does after its normal pass (generation 0 only: the
+/// extra modes never kexec).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The kexec test (default).
+    Normal,
+    /// Runtime calls with hostile arguments, then a normal round trip.
+    Hostile,
+    /// Timed loops: bare `out` exits and proxied GetVariable calls.
+    Bench,
+}
+
+impl Mode {
+    /// The word on the command line.
+    pub fn word(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Hostile => "hostile",
+            Mode::Bench => "bench",
+        }
+    }
+}
+
+/// Which timed loops bench mode runs (`efivmm.bench=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchSel {
+    /// Both loops, same guest, same vCPU.
+    All,
+    /// Only the bare `out` loop.
+    BareOut,
+    /// Only the GetVariable loop.
+    GetVariable,
+}
+
+impl BenchSel {
+    /// Whether the bare `out` loop runs.
+    pub fn bare_out(self) -> bool {
+        self != BenchSel::GetVariable
+    }
+
+    /// Whether the GetVariable loop runs.
+    pub fn get_variable(self) -> bool {
+        self != BenchSel::BareOut
+    }
+}
+
 /// The options the kernel takes from its command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -44,11 +92,17 @@ pub struct Options {
     pub generations: u32,
     /// This generation's shape (for gen 0: the shape of generation 1).
     pub shape: Shape,
+    /// What to do after the normal pass.
+    pub mode: Mode,
+    /// Iterations of each bench loop.
+    pub iters: u32,
+    /// Which bench loops run.
+    pub bench: BenchSel,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { gen: 0, generations: 1, shape: Shape::A }
+        Options { gen: 0, generations: 1, shape: Shape::A, mode: Mode::Normal, iters: 1000, bench: BenchSel::All }
     }
 }
 
@@ -75,6 +129,22 @@ pub fn parse(cmdline: &[u8]) -> Options {
                 b"C" | b"c" => Shape::C,
                 _ => o.shape,
             };
+        } else if let Some(v) = word.strip_prefix(b"efivmm.mode=") {
+            o.mode = match v {
+                b"normal" => Mode::Normal,
+                b"hostile" => Mode::Hostile,
+                b"bench" => Mode::Bench,
+                _ => o.mode,
+            };
+        } else if let Some(v) = word.strip_prefix(b"efivmm.iters=") {
+            o.iters = parse_u32(v).unwrap_or(o.iters);
+        } else if let Some(v) = word.strip_prefix(b"efivmm.bench=") {
+            o.bench = match v {
+                b"all" => BenchSel::All,
+                b"bare_out" => BenchSel::BareOut,
+                b"get_variable" => BenchSel::GetVariable,
+                _ => o.bench,
+            };
         }
     }
     o
@@ -94,24 +164,32 @@ mod tests {
     #[test]
     fn parses_options() {
         let o = parse(b"console=ttyS0 efivmm.gen=2 efivmm.generations=3 efivmm.shape=C\0garbage efivmm.gen=9");
-        assert_eq!(o, Options { gen: 2, generations: 3, shape: Shape::C });
+        assert_eq!(o, Options { gen: 2, generations: 3, shape: Shape::C, ..Options::default() });
         assert_eq!(parse(b""), Options::default());
         assert_eq!(
             parse(b"efivmm.gen=x efivmm.shape=Q efivmm.generations=12"),
             Options { generations: 12, ..Options::default() }
         );
         assert_eq!(parse(b"efivmm.gen=99999999999").gen, 0);
+        assert_eq!(parse(b"").mode, Mode::Normal);
+        let o = parse(b"efivmm.mode=hostile");
+        assert_eq!((o.mode, o.iters, o.bench), (Mode::Hostile, 1000, BenchSel::All));
+        let o = parse(b"efivmm.mode=bench efivmm.iters=250 efivmm.bench=bare_out");
+        assert_eq!((o.mode, o.iters, o.bench), (Mode::Bench, 250, BenchSel::BareOut));
+        assert!(o.bench.bare_out() && !o.bench.get_variable());
+        assert_eq!(parse(b"efivmm.mode=x efivmm.bench=y").mode, Mode::Normal);
+        assert_eq!(Mode::Hostile.word(), "hostile");
     }
 
     #[test]
     fn next_generation_cmdline() {
         let mut l = Line::new();
-        next_cmdline(&Options { gen: 0, generations: 4, shape: Shape::A }, &mut l);
+        next_cmdline(&Options { gen: 0, generations: 4, shape: Shape::A, ..Options::default() }, &mut l);
         assert_eq!(l.as_bytes(), b"efivmm.gen=1 efivmm.generations=4 efivmm.shape=A");
         let mut l = Line::new();
-        next_cmdline(&Options { gen: 1, generations: 4, shape: Shape::A }, &mut l);
+        next_cmdline(&Options { gen: 1, generations: 4, shape: Shape::A, ..Options::default() }, &mut l);
         assert_eq!(l.as_bytes(), b"efivmm.gen=2 efivmm.generations=4 efivmm.shape=B");
-        assert_eq!(parse(l.as_bytes()), Options { gen: 2, generations: 4, shape: Shape::B });
+        assert_eq!(parse(l.as_bytes()), Options { gen: 2, generations: 4, shape: Shape::B, ..Options::default() });
         assert_eq!(Shape::C.next(), Shape::A);
     }
 }

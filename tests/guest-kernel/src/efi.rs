@@ -222,6 +222,24 @@ pub fn var_name(gen: u32) -> [u16; 24] {
     out
 }
 
+/// `EFI_SUCCESS`.
+pub const SUCCESS: u64 = 0;
+/// `EFI_INVALID_PARAMETER`.
+pub const INVALID_PARAMETER: u64 = 0x8000_0000_0000_0002;
+/// `EFI_BUFFER_TOO_SMALL`.
+pub const BUFFER_TOO_SMALL: u64 = 0x8000_0000_0000_0005;
+
+/// Writes `s` (ASCII) as UTF-16LE with its NUL at `out[..2 * s.len() + 2]`
+/// (byte-wise, so `out` may start at an odd address); returns the bytes written.
+pub fn put_name(out: &mut [u8], s: &str) -> usize {
+    let n = 2 * s.len() + 2;
+    for (i, &c) in s.as_bytes().iter().chain(&[0]).enumerate() {
+        out[2 * i] = c;
+        out[2 * i + 1] = 0;
+    }
+    n
+}
+
 /// `EFI_TIME`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -330,6 +348,13 @@ pub(crate) mod tests {
         assert!(mm.in_runtime(base + 0x3ff8, true));
         assert!(!mm.in_runtime(base - 8, true));
         assert_eq!(mm.handover_base(), Some(base));
+    }
+
+    #[test]
+    fn put_names() {
+        let mut b = [0xffu8; 9];
+        assert_eq!(put_name(&mut b[1..], "AB"), 6);
+        assert_eq!(b, [0xff, b'A', 0, b'B', 0, 0, 0, 0xff, 0xff]);
     }
 
     #[test]

@@ -4,12 +4,14 @@ use core::arch::{asm, global_asm};
 use core::ptr::{addr_of, addr_of_mut, read_volatile};
 
 use test_kernel::bootparams::{self, BootParams, ZERO_PAGE_SIZE};
-use test_kernel::cmdline::{self, Options, Shape};
+use test_kernel::cmdline::{self, Mode, Options, Shape};
 use test_kernel::efi::{self, rt, Guid, MemMap, Time, TEST_ATTRIBUTES, TEST_GUID};
 use test_kernel::elf::Elf;
 use test_kernel::line::{format_result, Line, Prev, Report};
 use test_kernel::paging::{Builder, Table, ADDR_MASK};
 use test_kernel::{layout_base, layout_base_not, Prng};
+
+mod modes;
 
 /// Pages of page tables: PML4, PDPT, PD and PTs for the runtime regions.
 const PT_PAGES: usize = 8;
@@ -301,6 +303,9 @@ extern "C" fn kmain(zp_addr: u64) -> ! {
     let mut l = Line::new();
     l.s("EFIVMM-TEST-KERNEL gen=").dec(u64::from(opts.gen)).s(" generations=").dec(u64::from(opts.generations));
     l.s(" shape=").s(opts.shape.letter());
+    if opts.mode != Mode::Normal {
+        l.s(" mode=").s(opts.mode.word());
+    }
     puts(l.as_bytes());
 
     // 1. The EFI handover.
@@ -372,6 +377,11 @@ extern "C" fn kmain(zp_addr: u64) -> ! {
             fail(e.word());
         }
     }
+    if opts.mode == Mode::Hostile {
+        if let Err(e) = modes::map_window(&mut b) {
+            fail(e.word());
+        }
+    }
     // SAFETY: PML4[0] is the boot tables' 1:1 map of the first 4 GiB, which
     // holds this kernel, its stack, the zero page and the shim.
     unsafe { write_cr3(b.cr3()) };
@@ -413,8 +423,11 @@ extern "C" fn kmain(zp_addr: u64) -> ! {
     format_result(&report, &mut l);
     puts(l.as_bytes());
 
-    if pass && opts.gen + 1 < opts.generations {
-        kexec(zp, &bp, &opts, map_buf, boot_cr3);
+    match opts.mode {
+        Mode::Normal if pass && opts.gen + 1 < opts.generations => kexec(zp, &bp, &opts, map_buf, boot_cr3),
+        Mode::Normal => {}
+        Mode::Hostile => modes::hostile(&map, rt_now),
+        Mode::Bench => modes::bench(&map, rt_now, &opts),
     }
     let p = peek(rt_now + rt::RESET_SYSTEM as u64);
     if map.in_runtime(p, true) || map.in_runtime(p, false) {

@@ -127,9 +127,34 @@ pub fn format_result(r: &Report, l: &mut Line) {
     l.s(" result=").s(if r.pass { "PASS" } else { "FAIL" });
 }
 
+/// `HOSTILE case=<name> status=0x<hex> expect=0x<hex> ok|BAD`: `ok` when
+/// the status is the expected one and `check` (any extra check of the case,
+/// e.g. the data read back) holds. Returns whether it was `ok`.
+pub fn format_case(name: &str, status: u64, expect: u64, check: bool, l: &mut Line) -> bool {
+    let ok = status == expect && check;
+    l.s("HOSTILE case=").s(name).s(" status=").hex(status).s(" expect=").hex(expect);
+    l.s(if ok { " ok" } else { " BAD" });
+    ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_lines() {
+        let mut l = Line::new();
+        assert!(format_case("get_name_unmapped", 0x8000_0000_0000_0002, 0x8000_0000_0000_0002, true, &mut l));
+        assert_eq!(
+            l.as_bytes(),
+            b"HOSTILE case=get_name_unmapped status=0x8000000000000002 expect=0x8000000000000002 ok"
+        );
+        let mut l = Line::new();
+        assert!(!format_case("odd", 0, 0, false, &mut l));
+        assert!(l.as_bytes().ends_with(b"status=0x0 expect=0x0 BAD"));
+        let mut l = Line::new();
+        assert!(!format_case("x", 0, 0x8000_0000_0000_000e, true, &mut l));
+    }
 
     #[test]
     fn numbers() {

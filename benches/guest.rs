@@ -1,0 +1,93 @@
+//! Guest-side benchmarks: what a runtime call costs the guest, next to the
+//! floor measured by the same vCPU in the same kind of run. The embedded test
+//! kernel boots with `efivmm.mode=bench efivmm.iters=N` (see
+//! tests/guest-kernel/README.md) and times with `rdtsc`:
+//!
+//! - `guest/bare_out`: N `out 0x80, al` exits (efivmm ignores port 0x80:
+//!   a round trip through KVM and efivmm's run loop, nothing else);
+//! - `guest/get_variable`: N GetVariable calls of an 8-byte variable
+//!   through the shim's trampoline, the proxy's page walk and copies, and
+//!   the sandboxed firmware.
+//!
+//! Criterion's `iter_custom` boots one guest per sample with `iters`
+//! iterations and gets back the guest-measured loop time only (boot,
+//! set-up and serial output are excluded).
+//!
+//! The guest TSC ticks are converted with the frequency KVM gives the
+//! guest's TSC (`KVM_GET_TSC_KHZ` on a vCPU): it is exact and does not
+//! depend on how long a sample runs, whereas calibrating against the host
+//! clock needs a long run (criterion's first samples are a few
+//! iterations). The calibration is still done once, on the ratio run
+//! below (host time between the guest's two `BENCH mark` lines), printed
+//! next to KVM's figure as a cross-check, and used if KVM reports nothing.
+//!
+//! Run: `cargo bench -p efivmm --bench guest`. This machine's KVM is PVM:
+//! guest CPL0 instructions are emulated (~2.4 µs each), so both loops carry
+//! a few emulated instructions per iteration; compare the ratio, not the
+//! absolute times.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use efivmm::demo::{bench_guest, kvm_tsc_hz, BenchRun};
+
+/// Iterations of each loop in the ratio run.
+const RATIO_ITERS: u64 = 2000;
+
+fn per_call_us(tsc: u64, iters: u64, hz: f64) -> f64 {
+    tsc as f64 / iters as f64 / hz * 1e6
+}
+
+fn benches(c: &mut Criterion) {
+    // One run with both loops in the same guest, on the same vCPU: the ratio,
+    // and the host-clock calibration of the guest TSC.
+    let both: BenchRun = bench_guest(RATIO_ITERS, "all").expect("bench guest");
+    let kvm_hz = kvm_tsc_hz();
+    let hz =
+        kvm_hz.or(both.tsc_hz_calibrated).expect("no guest TSC frequency: neither KVM_GET_TSC_KHZ nor a calibration");
+    let mhz = |h: Option<f64>| h.map_or("n/a".to_string(), |h| format!("{:.1} MHz", h / 1e6));
+    println!(
+        "guest TSC: KVM_GET_TSC_KHZ {}, calibrated against the host clock {}",
+        mhz(kvm_hz),
+        mhz(both.tsc_hz_calibrated)
+    );
+    if let (Some(k), Some(c)) = (kvm_hz, both.tsc_hz_calibrated) {
+        if (k - c).abs() / k > 0.02 {
+            println!("warning: the two TSC frequencies differ by more than 2%");
+        }
+    }
+    let bare = per_call_us(both.bare_tsc, both.bare_iters, hz);
+    let get = per_call_us(both.get_tsc, both.get_iters, hz);
+    println!(
+        "same guest, {RATIO_ITERS} iterations each: bare_out {bare:.2} us, get_variable {get:.2} us, \
+         ratio get_variable/bare_out {:.2}",
+        get / bare
+    );
+
+    let mut g = c.benchmark_group("guest");
+    g.bench_function("bare_out", |b| {
+        b.iter_custom(|iters| {
+            let r = bench_guest(iters, "bare_out").expect("bench guest");
+            assert_eq!(r.bare_iters, iters);
+            Duration::from_secs_f64(r.bare_tsc as f64 / hz)
+        })
+    });
+    g.bench_function("get_variable", |b| {
+        b.iter_custom(|iters| {
+            let r = bench_guest(iters, "get_variable").expect("bench guest");
+            assert_eq!(r.get_iters, iters);
+            Duration::from_secs_f64(r.get_tsc as f64 / hz)
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = guest;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = benches
+}
+criterion_main!(guest);
