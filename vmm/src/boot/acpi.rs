@@ -16,7 +16,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::mptable::{IOAPIC_ADDR, LAPIC_ADDR};
+use super::mptable::{checksum, IOAPIC_ADDR, LAPIC_ADDR};
 use super::BootError;
 
 /// Where the RSDP goes (the other tables follow it).
@@ -35,10 +35,6 @@ const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3);
 /// Size of an ACPI 6.x FADT.
 const FADT_SIZE: usize = 276;
-
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
-}
 
 /// A system description table: the 36-byte header, then `body`.
 fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
