@@ -423,15 +423,57 @@ fn efi_memory_map(e820: &[linux_loader::loader::bootparam::boot_e820_entry], shi
     let mut descs: Vec<MemDesc> = e820
         .iter()
         .filter(|e| !shim_range.contains(&{ e.addr }))
-        .map(|e| MemDesc {
-            kind: if e.r#type == boot::E820_RAM { CONVENTIONAL } else { RESERVED },
-            phys: e.addr & !0xfff,
-            virt: 0,
-            pages: e.size.div_ceil(0x1000),
-            attribute: WB,
+        .filter_map(|e| {
+            // Pages: RAM rounded inwards, reservations outwards, so that a
+            // partial page (RAM ends at 0x9fc00) is never listed twice.
+            let ram = e.r#type == boot::E820_RAM;
+            let (start, end) = if ram {
+                ((e.addr + 0xfff) & !0xfff, (e.addr + e.size) & !0xfff)
+            } else {
+                (e.addr & !0xfff, (e.addr + e.size + 0xfff) & !0xfff)
+            };
+            (start < end).then(|| MemDesc {
+                kind: if ram { CONVENTIONAL } else { RESERVED },
+                phys: start,
+                virt: 0,
+                pages: (end - start) / 0x1000,
+                attribute: WB,
+            })
         })
         .collect();
     descs.extend(shim.regions().iter().map(|r| r.descriptor()));
     descs.sort_by_key(|d| d.phys);
     guest_shim::efi_memory_map(&descs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The EFI memory map has whole pages that never overlap (e820's RAM
+    /// ends at 0x9fc00, inside a page), and lists the shim as runtime.
+    #[test]
+    fn efi_memory_map_pages_do_not_overlap() {
+        let mem = 256u64 << 20;
+        let shim = Shim::build(mem - SHIM_RESERVE);
+        let e820 = boot::e820_map(mem, &[shim.base()..mem]);
+        let map = efi_memory_map(&e820, &shim);
+        let descs: Vec<(u32, u64, u64, u64)> = map
+            .chunks(guest_shim::DESC_SIZE)
+            .map(|d| {
+                let u64_at = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap());
+                (u32::from_le_bytes(d[0..4].try_into().unwrap()), u64_at(8), u64_at(24), u64_at(32))
+            })
+            .collect();
+        for w in descs.windows(2) {
+            assert!(w[0].1 + w[0].2 * 4096 <= w[1].1, "{:x?} overlaps {:x?}", w[0], w[1]);
+        }
+        assert!(descs.iter().all(|d| d.1 % 4096 == 0 && d.2 > 0));
+        // RAM below the EBDA stops at 0x9f000; the reservation takes the partial page.
+        assert!(descs.contains(&(7, 0, 0x9f, 0x8)));
+        assert!(descs.iter().any(|d| d.0 == 0 && d.1 == 0x9f000));
+        let runtime: Vec<_> = descs.iter().filter(|d| d.3 & (1 << 63) != 0).collect();
+        assert_eq!(runtime.len(), 2);
+        assert_eq!(runtime[0].1, shim.base());
+    }
 }
