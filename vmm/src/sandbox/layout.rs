@@ -32,6 +32,7 @@ const PAGE_TABLES_END: u64 = PT_ADDR + PT_PAGES * 0x1000;
 
 /// GDT selectors.
 const KERNEL_CS: u16 = 0x08;
+const KERNEL_DS: u16 = 0x10;
 const USER_CS: u16 = 0x18 | 3;
 const USER_DS: u16 = 0x20 | 3;
 const TSS_SEL: u16 = 0x28;
@@ -108,7 +109,78 @@ pub fn write_system_structures(mem: &GuestMemoryMmap) -> Result<(), vm_memory::G
         gate[8..12].copy_from_slice(&((stub >> 32) as u32).to_le_bytes());
         mem.write_slice(&gate, GuestAddress(IDT_ADDR + v * 16))?;
     }
+
     Ok(())
+}
+
+/// The CPL0 entry stub, after the exception stubs (see [`write_entry_stub`]).
+pub const ENTRY_STUB_ADDR: u64 = EXCEPTION_STUBS_ADDR + VECTORS * STUB_SIZE;
+const _: () = assert!(ENTRY_STUB_ADDR + 64 <= KERNEL_STACK_TOP - 0x1000);
+
+/// Writes the CPL0 stub through which the firmware is (re)entered: it marks
+/// the TSS descriptor available, loads TR with `ltr`, loads the user data
+/// segments and `iretq`s to `entry` at CPL3 with the state of
+/// [`firmware_regs`] (RSP = `STACK_TOP - 8`, RFLAGS = 0x2, RAX = 0).
+///
+/// Why the CPU must load TR itself: setting TR through KVM_SET_SREGS alone
+/// (type "busy", as hardware `ltr` leaves it and as Intel VM entry requires
+/// in long mode) is not honoured everywhere. QEMU's TCG, which emulates the
+/// lab's nested SVM, checks the TSS I/O permission bitmap only when TR's
+/// cached type is "available" (9), which is what its own `ltr` caches; with
+/// the KVM-set busy TR every doorbell `out` raised #GP. (KVM's SVM
+/// `get_sregs` reports TR busy whatever the CPU holds, so reading TR back
+/// after an `ltr` and setting it again does not help either.)
+pub fn write_entry_stub(mem: &GuestMemoryMmap, entry: u64) -> Result<(), vm_memory::GuestMemoryError> {
+    let mut code = Vec::with_capacity(64);
+    // and byte [GDT_ADDR + TSS_SEL + 5], ~2 (clear the busy bit): 80 24 25 disp32 imm8
+    code.extend_from_slice(&[0x80, 0x24, 0x25]);
+    code.extend_from_slice(&((GDT_ADDR + u64::from(TSS_SEL) + 5) as u32).to_le_bytes());
+    code.push(0xfd);
+    code.extend_from_slice(&[0x66, 0xb8]); // mov ax, TSS_SEL
+    code.extend_from_slice(&TSS_SEL.to_le_bytes());
+    code.extend_from_slice(&[0x0f, 0x00, 0xd8]); // ltr ax
+    code.extend_from_slice(&[0x66, 0xb8]); // mov ax, USER_DS
+    code.extend_from_slice(&USER_DS.to_le_bytes());
+    code.extend_from_slice(&[0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xe0, 0x8e, 0xe8]); // mov ds/es/fs/gs, ax
+    code.extend_from_slice(&[0x6a, USER_DS as u8]); // push ss
+    code.extend_from_slice(&[0x48, 0xb8]); // mov rax, STACK_TOP - 8
+    code.extend_from_slice(&(STACK_TOP - 8).to_le_bytes());
+    code.push(0x50); // push rax (rsp)
+    code.extend_from_slice(&[0x6a, 0x02]); // push rflags
+    code.extend_from_slice(&[0x6a, USER_CS as u8]); // push cs
+    code.extend_from_slice(&[0x48, 0xb8]); // mov rax, entry
+    code.extend_from_slice(&entry.to_le_bytes());
+    code.push(0x50); // push rax (rip)
+    code.extend_from_slice(&[0x31, 0xc0]); // xor eax, eax
+    code.extend_from_slice(&[0x48, 0xcf]); // iretq
+    assert!(code.len() <= 64);
+    mem.write_slice(&code, GuestAddress(ENTRY_STUB_ADDR))
+}
+
+/// The vCPU state that runs the entry stub: [`firmware_sregs`] with CPL0
+/// code and stack segments, on the CPL0 stack.
+pub fn entry_stub_state(firmware: &kvm_sregs) -> (kvm_sregs, kvm_regs) {
+    let mut sregs = *firmware;
+    let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db,
+        s: 1,
+        l,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    sregs.cs = seg(KERNEL_CS, 0xb, 1, 0);
+    let ds = seg(KERNEL_DS, 0x3, 0, 1);
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (ds, ds, ds, ds, ds);
+    let regs = kvm_regs { rip: ENTRY_STUB_ADDR, rsp: KERNEL_STACK_TOP, rflags: 0x2, ..Default::default() };
+    (sregs, regs)
 }
 
 /// Whether an exception vector pushes an error code.

@@ -96,7 +96,6 @@ pub struct Sandbox {
     vcpu: VcpuFd,
     _vm: VmFd,
     mem: GuestMemoryMmap,
-    entry: u64,
     /// The firmware region as loaded, for restoring after a failed call.
     pristine: Vec<u8>,
     sregs: kvm_sregs,
@@ -154,12 +153,12 @@ impl Sandbox {
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
         let sregs = layout::firmware_sregs(vcpu.get_sregs().map_err(kvm_err("get sregs"))?);
         vcpu.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+        layout::write_entry_stub(&mem, entry).map_err(|e| SetupError::Memory(e.to_string()))?;
 
         let mut sandbox = Sandbox {
             vcpu,
             _vm: vm,
             mem,
-            entry,
             pristine,
             sregs,
             vcpu_dirty: true,
@@ -248,8 +247,11 @@ impl Sandbox {
         // After a completed call the firmware waits at its entry on a fresh
         // stack (it jumps there after the doorbell): resuming it is enough.
         if self.vcpu_dirty {
-            self.vcpu.set_sregs(&self.sregs).map_err(|e| kvm_fail("set sregs", e))?;
-            self.vcpu.set_regs(&layout::firmware_regs(self.entry)).map_err(|e| kvm_fail("set regs", e))?;
+            // Enter through the CPL0 stub, which loads TR and drops to the
+            // firmware's entry at CPL3 (layout::write_entry_stub).
+            let (sregs, regs) = layout::entry_stub_state(&self.sregs);
+            self.vcpu.set_sregs(&sregs).map_err(|e| kvm_fail("set sregs", e))?;
+            self.vcpu.set_regs(&regs).map_err(|e| kvm_fail("set regs", e))?;
             self.vcpu_dirty = false;
         }
         self.watchdog
@@ -295,3 +297,4 @@ impl Sandbox {
         self.vcpu_dirty = true;
     }
 }
+
