@@ -1,5 +1,5 @@
 //! The guest's ACPI tables: RSDP, XSDT, a hardware-reduced FADT, an empty
-//! DSDT and a MADT with one local APIC per vCPU and the I/O APIC.
+//! DSDT describing COM1 and a MADT with one local APIC per vCPU and the I/O APIC.
 //!
 //! Why ACPI at all (the MP table already lists the vCPUs): an x86 Linux
 //! powers off through the EFI ResetSystem only when `efi_poweroff_required()`
@@ -53,6 +53,39 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
+/// The DSDT's body (AML): COM1 as an ACPI device.
+///
+/// ```text
+/// Scope (\_SB) {
+///   Device (COM1) {
+///     Name (_HID, EisaId ("PNP0501"))
+///     Name (_UID, 0)
+///     Name (_CRS, ResourceTemplate () {
+///       IO (Decode16, 0x3F8, 0x3F8, 0x01, 0x08)
+///       IRQNoFlags () {4}
+///     })
+///   }
+/// }
+/// ```
+///
+/// On a hardware-reduced platform Linux has no legacy PIC, so no ISA IRQ
+/// is premapped ("preallocated irqs: 0"): the 8250 driver's legacy port
+/// (0x3F8, IRQ 4) cannot get IRQ 4, its startup fails, and the tty never
+/// transmits (console messages, written by polling, still appear; user
+/// space output does not). Described here, the port is taken over by
+/// 8250_pnp with GSI 4 mapped through the I/O APIC (edge, active high: the
+/// serial irqfd's pulse).
+const DSDT_AML: [u8; 52] = [
+    0x10, 0x33, b'\\', b'_', b'S', b'B', b'_', // Scope (\_SB), PkgLength 51
+    0x5b, 0x82, 0x2b, b'C', b'O', b'M', b'1', // Device (COM1), PkgLength 43
+    0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x05, 0x01, // Name (_HID, EisaId ("PNP0501"))
+    0x08, b'_', b'U', b'I', b'D', 0x00, // Name (_UID, Zero)
+    0x08, b'_', b'C', b'R', b'S', 0x11, 0x10, 0x0a, 0x0d, // Name (_CRS, Buffer (13) {
+    0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08, //   IO (Decode16, 0x3F8, 0x3F8, 1, 8)
+    0x22, 0x10, 0x00, //   IRQNoFlags () {4}
+    0x79, 0x00, //   EndTag })
+];
+
 fn fadt(dsdt: u64) -> Vec<u8> {
     let mut body = vec![0u8; FADT_SIZE - 36];
     let at = |off: usize| off - 36;
@@ -104,7 +137,7 @@ pub fn build(cpus: u8) -> Vec<(u64, Vec<u8>)> {
     let xsdt_addr = align(RSDP_ADDR + 36);
     // The XSDT has two entries (FADT, MADT): 36 + 16 bytes.
     let dsdt_addr = align(xsdt_addr + 52);
-    let dsdt = sdt(b"DSDT", 2, &[]);
+    let dsdt = sdt(b"DSDT", 2, &DSDT_AML);
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align(fadt_addr + fadt.len() as u64);
