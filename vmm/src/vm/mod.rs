@@ -228,7 +228,13 @@ impl Vm {
 
         // The vCPU at the 64-bit entry.
         let vcpu = vm.create_vcpu(0).map_err(kvm("create a vCPU"))?;
-        let cpuid = kvm_fd.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm("report CPUID"))?;
+        let mut cpuid = kvm_fd.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm("report CPUID"))?;
+        // CPUID.1:ECX[31], "running on a hypervisor": KVM does not report it,
+        // and without it Linux never looks at the KVM leaves (no kvm-clock,
+        // TSC calibration against the PIT fails under nested virtualization).
+        for e in cpuid.as_mut_slice().iter_mut().filter(|e| e.function == 1) {
+            e.ecx |= 1 << 31;
+        }
         vcpu.set_cpuid2(&cpuid).map_err(kvm("set CPUID"))?;
         let sregs = boot::entry::boot_sregs(vcpu.get_sregs().map_err(kvm("get sregs"))?);
         vcpu.set_sregs(&sregs).map_err(kvm("set sregs"))?;
