@@ -359,12 +359,22 @@ fn efi_memory_map(e820: &[linux_loader::loader::bootparam::boot_e820_entry], shi
     let mut descs: Vec<MemDesc> = e820
         .iter()
         .filter(|e| !shim_range.contains(&{ e.addr }))
-        .map(|e| MemDesc {
-            kind: if e.r#type == boot::E820_RAM { CONVENTIONAL } else { RESERVED },
-            phys: e.addr & !0xfff,
-            virt: 0,
-            pages: e.size.div_ceil(0x1000),
-            attribute: WB,
+        .filter_map(|e| {
+            // Pages: RAM rounded inwards, reservations outwards, so that a
+            // partial page (RAM ends at 0x9fc00) is never listed twice.
+            let ram = e.r#type == boot::E820_RAM;
+            let (start, end) = if ram {
+                ((e.addr + 0xfff) & !0xfff, (e.addr + e.size) & !0xfff)
+            } else {
+                (e.addr & !0xfff, (e.addr + e.size + 0xfff) & !0xfff)
+            };
+            (start < end).then(|| MemDesc {
+                kind: if ram { CONVENTIONAL } else { RESERVED },
+                phys: start,
+                virt: 0,
+                pages: (end - start) / 0x1000,
+                attribute: WB,
+            })
         })
         .collect();
     descs.extend(shim.regions().iter().map(|r| r.descriptor()));
