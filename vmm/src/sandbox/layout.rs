@@ -116,6 +116,24 @@ pub fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
+/// The TR type the sandbox is entered with. A loaded TR is a busy 64-bit TSS
+/// (11), and VMX's VM entry insists on it. AMD SVM does not check, and QEMU's
+/// emulation of SVM (the lab's L1) takes the VMCB's TR as it is and then
+/// refuses the I/O-bitmap check of an `out` at CPL3 unless the type is 9
+/// (`check_io` in QEMU's `seg_helper.c`), so the firmware's doorbell would
+/// #GP there. On AMD, 9 (available 64-bit TSS) works for both.
+fn tss_type() -> u8 {
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
+    let leaf0 = unsafe { std::arch::x86_64::__cpuid(0) };
+    let amd = [leaf0.ebx, leaf0.edx, leaf0.ecx] == [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
+    if amd {
+        0x9
+    } else {
+        0xb
+    }
+}
+
 /// Special registers for running the firmware: long mode, paging with the
 /// sandbox page tables, CPL3 code and data segments, the TSS loaded.
 pub fn firmware_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
@@ -145,7 +163,7 @@ pub fn firmware_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
         base: TSS_ADDR,
         limit: TSS_LIMIT,
         selector: TSS_SEL,
-        type_: 0xb,
+        type_: tss_type(),
         present: 1,
         dpl: 0,
         s: 0,
