@@ -20,7 +20,7 @@ mount_efivarfs() {
 # EFI errors in the kernel log (efi=debug makes "efi:" lines chatty, so only
 # count lines that say something went wrong).
 efi_errors() {
-  dmesg | grep -i 'efi' | grep -iE 'error|fail|unable|disabl|invalid|bug|warn' | grep -v 'efi=debug' || true
+  dmesg | grep -i 'efi' | grep -iE "error|fail|unable|disabl|invalid|bug|warn|couldn" | grep -v 'efi=debug' || true
 }
 
 # write_var NAME VALUE: a non-volatile, BS+RT variable through efivarfs.
@@ -50,4 +50,45 @@ make_disk() {
   printf '\000\000\002\000\357\376\377\377\000\010\000\000\000\030\000\000' | dd of=$img bs=1 seek=446 conv=notrunc 2>/dev/null
   printf '\125\252' | dd of=$img bs=1 seek=510 conv=notrunc 2>/dev/null
   dev=$(losetup -f) && losetup "$dev" $img && echo "$dev"
+}
+
+# cmdline_arg KEY: the value of KEY=... on the kernel command line.
+cmdline_arg() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^$1=//p" | tail -1; }
+
+# The kexec chain (S2, S3): generation N verifies the variable of N-1,
+# writes its own, and kexecs into N+1 with the same kernel and an initramfs
+# rebuilt from its own root (the initramfs cannot hold itself).
+GEN=$(cmdline_arg lab.gen); GEN=${GEN:-1}
+
+# gen_step SCENARIO: returns non-zero (after printing the FAIL) if this
+# generation's runtime services do not work.
+gen_step() {
+  s=$1
+  [ -d $EFI ] || { lab_result "$s" FAIL "gen $GEN: no $EFI"; return 1; }
+  errs=$(efi_errors)
+  [ -z "$errs" ] || { lab_result "$s" FAIL "gen $GEN: EFI errors: $(echo "$errs" | head -5 | tr '\n' '|')"; return 1; }
+  mount_efivarfs || { lab_result "$s" FAIL "gen $GEN: efivarfs does not mount"; return 1; }
+  if [ "$GEN" -gt 1 ]; then
+    prev=$(read_var "Lab$s-Gen$((GEN - 1))")
+    [ "$prev" = "00000007 $s-gen$((GEN - 1))" ] \
+      || { lab_result "$s" FAIL "gen $GEN: Lab$s-Gen$((GEN - 1)) reads as '$prev'"; return 1; }
+  fi
+  write_var "Lab$s-Gen$GEN" "$s-gen$GEN" || { lab_result "$s" FAIL "gen $GEN: writing Lab$s-Gen$GEN failed"; return 1; }
+  got=$(read_var "Lab$s-Gen$GEN")
+  [ "$got" = "00000007 $s-gen$GEN" ] || { lab_result "$s" FAIL "gen $GEN: Lab$s-Gen$GEN reads back as '$got'"; return 1; }
+  note "$s gen $GEN ok: previous='${prev:-none}' own='$got' $(dmesg | grep -c 'efi') efi log lines"
+}
+
+# kexec_next LOAD-FLAG: loads this kernel with generation GEN+1 and executes it.
+kexec_next() {
+  mkdir -p /run/next && mount -t tmpfs next /run/next
+  (cd / && find . -xdev | grep -v '^./run/next' | cpio -o -H newc 2>/dev/null) > /run/next/initrd.cpio
+  cmdline=$(sed 's/ *lab\.gen=[0-9]*//' /proc/cmdline)
+  note "kexec $1 into gen $((GEN + 1)) ($(wc -c < /run/next/initrd.cpio) byte initramfs)"
+  out=$(kexec "$1" /vmlinuz --initrd=/run/next/initrd.cpio --append="$cmdline lab.gen=$((GEN + 1))" 2>&1) \
+    || { echo "$out"; return 1; }
+  sync
+  kexec -e
+  echo "kexec -e returned"
+  return 1
 }

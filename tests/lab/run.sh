@@ -85,6 +85,7 @@ copy_with_libs "$l2" "$(command -v kexec)" "$(command -v efibootmgr)"
 for m in fs/efivarfs/efivarfs.ko drivers/block/loop.ko; do
   [ -e "$mods/$m" ] && cp "$mods/$m" "$l2/lib/modules/"
 done
+cp "$vmlinuz" "$l2/vmlinuz" # the kexec chains boot it again
 cp "$here"/l2-init "$l2/init"
 cp "$here"/lib.sh "$here"/S*.sh "$l2/lab/"
 chmod +x "$l2/init"
