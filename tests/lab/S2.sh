@@ -9,6 +9,6 @@ s2() {
     lab_result S2 PASS "$GEN generations of kexec -s; gen $GEN read LabS2-Gen$((GEN - 1)) and wrote LabS2-Gen$GEN"
     return
   fi
-  out=$(kexec_next -s 2>&1) || lab_result S2 FAIL "gen $GEN: kexec -s: $(echo "$out" | tail -3 | tr '\n' '|')"
+  out=$(kexec_next "-s -l" 2>&1) || lab_result S2 FAIL "gen $GEN: kexec -s: $(echo "$out" | tail -3 | tr '\n' '|')"
 }
 s2

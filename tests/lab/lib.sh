@@ -79,13 +79,14 @@ gen_step() {
   note "$s gen $GEN ok: previous='${prev:-none}' own='$got' $(dmesg | grep -c 'efi') efi log lines"
 }
 
-# kexec_next LOAD-FLAG: loads this kernel with generation GEN+1 and executes it.
+# kexec_next LOAD-FLAGS: loads this kernel with generation GEN+1 (`-l`:
+# kexec_load, `-s -l`: kexec_file_load) and executes it.
 kexec_next() {
   mkdir -p /run/next && mount -t tmpfs next /run/next
   (cd / && find . -xdev | grep -v '^./run/next' | cpio -o -H newc 2>/dev/null) > /run/next/initrd.cpio
   cmdline=$(sed 's/ *lab\.gen=[0-9]*//' /proc/cmdline)
   note "kexec $1 into gen $((GEN + 1)) ($(wc -c < /run/next/initrd.cpio) byte initramfs)"
-  out=$(kexec "$1" /vmlinuz --initrd=/run/next/initrd.cpio --append="$cmdline lab.gen=$((GEN + 1))" 2>&1) \
+  out=$(kexec $1 /vmlinuz --initrd=/run/next/initrd.cpio --append="$cmdline lab.gen=$((GEN + 1))" 2>&1) \
     || { echo "$out"; return 1; }
   sync
   kexec -e

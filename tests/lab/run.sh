@@ -9,7 +9,7 @@
 # `LAB-RESULT <scenario> PASS|FAIL <evidence>` lines, which this script
 # collects.
 #
-# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1)
+# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3L S4; also S3)
 # Output: target/lab/ (l1.log: the whole console; report.md). The Debian
 # kernel package is cached in target/lab/cache/.
 # Environment: LAB_TIMEOUT (seconds for the whole L1 run, default 900),
@@ -24,7 +24,7 @@ mkdir -p "$cache"
 say() { echo "lab: $*"; }
 t_start=$(date +%s)
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3L S4)
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
