@@ -80,14 +80,21 @@ gen_step() {
 }
 
 # kexec_next LOAD-FLAGS: loads this kernel with generation GEN+1 (`-l`:
-# kexec_load, `-s -l`: kexec_file_load) and executes it.
+# kexec_load, `-s -l`: kexec_file_load, `efi-reload`: tests/lab/efi-reload.c)
+# and executes it.
 kexec_next() {
   mkdir -p /run/next && mount -t tmpfs next /run/next
   (cd / && find . -xdev | grep -v '^./run/next' | cpio -o -H newc 2>/dev/null) > /run/next/initrd.cpio
   cmdline=$(sed 's/ *lab\.gen=[0-9]*//' /proc/cmdline)
   note "kexec $1 into gen $((GEN + 1)) ($(wc -c < /run/next/initrd.cpio) byte initramfs)"
-  out=$(kexec $1 /vmlinuz --initrd=/run/next/initrd.cpio --append="$cmdline lab.gen=$((GEN + 1))" 2>&1) \
-    || { echo "$out"; return 1; }
+  if [ "$1" = efi-reload ]; then
+    out=$(efi-reload /vmlinuz /run/next/initrd.cpio "$cmdline lab.gen=$((GEN + 1)) nokaslr" 2>&1) \
+      || { echo "$out"; return 1; }
+    note "$out"
+  else
+    out=$(kexec $1 /vmlinuz --initrd=/run/next/initrd.cpio --append="$cmdline lab.gen=$((GEN + 1))" 2>&1) \
+      || { echo "$out"; return 1; }
+  fi
   sync
   kexec -e
   echo "kexec -e returned"

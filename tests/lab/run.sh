@@ -9,7 +9,7 @@
 # `LAB-RESULT <scenario> PASS|FAIL <evidence>` lines, which this script
 # collects.
 #
-# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3L S4; also S3)
+# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4; also S3H)
 # Output: target/lab/ (l1.log: the whole console; report.md). The Debian
 # kernel package is cached in target/lab/cache/.
 # Environment: LAB_TIMEOUT (seconds for the whole L1 run, default 900),
@@ -24,12 +24,12 @@ mkdir -p "$cache"
 say() { echo "lab: $*"; }
 t_start=$(date +%s)
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3L S4)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4)
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
-pkgs=(qemu-system-x86 ovmf busybox-static kexec-tools cpio efibootmgr)
+pkgs=(qemu-system-x86 ovmf busybox-static kexec-tools cpio efibootmgr gcc libc6-dev file)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -86,6 +86,7 @@ for m in fs/efivarfs/efivarfs.ko drivers/block/loop.ko; do
   [ -e "$mods/$m" ] && cp "$mods/$m" "$l2/lib/modules/"
 done
 cp "$vmlinuz" "$l2/vmlinuz" # the kexec chains boot it again
+gcc -O2 -Wall -static -o "$l2/bin/efi-reload" "$here/efi-reload.c"
 cp "$here"/l2-init "$l2/init"
 cp "$here"/lib.sh "$here"/S*.sh "$l2/lab/"
 chmod +x "$l2/init"
@@ -133,6 +134,9 @@ for s in "${scenarios[@]}"; do
   line=$(grep -a "^LAB-RESULT $s " "$out/l1.log" | tail -1 || true)
   if [ -z "$line" ]; then
     results+=("| $s | FAIL | no result (timeout or crash) |")
+    fail=1
+  elif [ "$s" = S3 ] && ! grep -aq 'SetVirtualAddressMap absorbed count=2' "$out/l1.log"; then
+    results+=("| $s | FAIL | the guest passed, but efivmm saw no second SetVirtualAddressMap |")
     fail=1
   elif echo "$line" | grep -q "^LAB-RESULT $s PASS"; then
     results+=("| $s | PASS | ${line#LAB-RESULT $s PASS } |")
