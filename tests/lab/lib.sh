@@ -4,8 +4,11 @@ LAB_GUID=4c61622d-6566-6976-6d6d-000000000001
 EFI=/sys/firmware/efi
 VARS=$EFI/efivars
 
+# Results are tagged with lab.tag= of the command line (`ovmf` under
+# QEMU+OVMF, S5) so that both runs can share one console.
 lab_result() { # scenario PASS|FAIL evidence...
-  echo "LAB-RESULT $*"
+  tag=$(cmdline_arg lab.tag)
+  echo "LAB-RESULT ${tag:+$tag:}$*"
 }
 note() { echo "LAB-NOTE $*"; }
 
