@@ -23,7 +23,7 @@ mount_efivarfs() {
 # EFI errors in the kernel log (efi=debug makes "efi:" lines chatty, so only
 # count lines that say something went wrong).
 efi_errors() {
-  dmesg | grep -i 'efi' | grep -iE "error|fail|unable|disabl|invalid|bug|warn|couldn" | grep -v 'efi=debug' || true
+  dmesg | grep -i 'efi' | grep -iE "error|fail|unable|disabl|invalid|bug|warn|couldn" | grep -v 'efi=debug\|debugfs' || true
 }
 
 # write_var NAME VALUE: a non-volatile, BS+RT variable through efivarfs.

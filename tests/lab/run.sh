@@ -110,7 +110,7 @@ if [[ " ${scenarios[*]} " == *" S5 "* ]]; then
   for f in kvmvapic.bin linuxboot_dma.bin linuxboot.bin; do
     [ -e "/usr/share/qemu/$f" ] && cp -L "/usr/share/qemu/$f" "$l1/qemu-data/"
   done
-  cp /usr/share/OVMF/OVMF_CODE.fd /usr/share/OVMF/OVMF_VARS.fd "$l1/ovmf/"
+  cp /usr/share/ovmf/OVMF.fd "$l1/ovmf/"
 fi
 cp "$here/l1-init" "$l1/init"
 chmod +x "$l1/init"
@@ -126,7 +126,7 @@ timeout_s=${LAB_TIMEOUT:-900}
 say "booting L1 (QEMU TCG, emulated SVM; at most ${timeout_s}s): scenarios ${scenarios[*]}"
 t_l1=$(date +%s)
 set +e
-timeout "$timeout_s" qemu-system-x86_64 -accel tcg -smp 1 -cpu qemu64,+svm,+npt \
+timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -smp 1 -cpu qemu64,+svm,+npt \
   -m 2048 -nographic -nodefaults -serial stdio -net none -no-reboot \
   -kernel "$vmlinuz" -initrd "$out/l1.cpio.gz" \
   -append "console=ttyS0 panic=-1 quiet" </dev/null 2>&1 | tr -d '\r' > "$out/l1.log"
@@ -150,17 +150,23 @@ fail=0
 rows=()
 ovmf=0
 [[ " ${scenarios[*]} " == *" S5 "* ]] && ovmf=1
-for s in "${scenarios[@]}"; do
-  [ "$s" = S5 ] && continue
+rows_of=()
+for s in "${scenarios[@]}"; do [ "$s" = S5 ] || rows_of+=("$s"); done
+if [ $ovmf = 1 ]; then
+  for s in S1 S2 S3; do [[ " ${rows_of[*]} " == *" $s "* ]] || rows_of+=("$s"); done
+fi
+for s in "${rows_of[@]}"; do
   r=$(result_of "$s")
+  if [[ " ${scenarios[*]} " != *" $s "* ]]; then r="- not run under efivmm"; fi
   case $s in S4) t=$(secs "S4a efivmm-start" "S4b efivmm-end") ;; *) t=$(secs "$s efivmm-start" "$s efivmm-end") ;; esac
   verdict=${r%% *}
   evidence=${r#* }
   if [ -z "$r" ]; then verdict=FAIL evidence="no result (timeout or crash)"; fi
+  [ "$verdict" = - ] && t=-
   if [ "$s" = S3 ] && [ "$verdict" = PASS ] && ! grep -aq 'SetVirtualAddressMap absorbed count=2' "$log"; then
     verdict=FAIL evidence="the guest passed, but efivmm saw no second SetVirtualAddressMap"
   fi
-  [ "$verdict" = PASS ] || fail=1
+  [ "$verdict" = PASS ] || [ "$verdict" = - ] || fail=1
   o="-" ot="-"
   if [ $ovmf = 1 ] && [[ $s =~ ^S[123]$ ]]; then
     orr=$(result_of "ovmf:$s")
