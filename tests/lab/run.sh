@@ -171,7 +171,7 @@ for s in "${rows_of[@]}"; do
   if [ $ovmf = 1 ] && [[ $s =~ ^S[123]$ ]]; then
     orr=$(result_of "ovmf:$s")
     o=${orr%% *}
-    [ -n "$orr" ] || o="none"
+    [ -n "$orr" ] || o="none" orr="- no result (L0 QEMU crash or timeout)"
     ot=$(secs "ovmf-$s qemu-start" "ovmf-$s qemu-end")
     # What OVMF is expected to do (issue 4): S1 and S2 pass; S3's second
     # SetVirtualAddressMap is refused and Linux loses runtime services.
@@ -193,7 +193,7 @@ l2boot_ovmf=$(secs "ovmf-S1 qemu-start" "ovmf-S1 l2-init")
   echo "# efivmm lab report"
   echo
   echo "Kernel: $kver (L1 and L2). Host: $(nproc) cores. Total: $((t_end - t_start))s, L1 run: $((t_end - t_l1))s."
-  echo "L1 up (init's first line): $(awk '/^LAB-TIME l1-init /{print $3 "s"}' "$log")."
+  echo "L1 up (init's first line): $(awk '/LAB-TIME l1-init /{print $NF "s"}' "$log")."
   echo "L2 boot, start to the L2 init's first line: efivmm $l2boot, QEMU+OVMF $l2boot_ovmf."
   echo
   echo "| scenario | efivmm | time | QEMU+OVMF | time | evidence (efivmm) |"
@@ -202,7 +202,11 @@ l2boot_ovmf=$(secs "ovmf-S1 qemu-start" "ovmf-S1 l2-init")
   echo
   echo "Timings (L1's /proc/uptime, seconds):"
   echo
-  grep -a '^LAB-TIME' "$log" | sed 's/^LAB-TIME /- /' || echo "- none recorded"
+  grep -a 'LAB-TIME' "$log" | sed 's/^.*LAB-TIME /- /' || echo "- none recorded"
+  if grep -aq '^Bail out!' "$log"; then
+    echo
+    echo "The L0 QEMU (TCG) crashed: $(grep -a '^Bail out!' "$log" | head -1)"
+  fi
 } > "$out/report.md"
 cat "$out/report.md"
 if [ $fail -ne 0 ]; then
