@@ -126,7 +126,7 @@ timeout_s=${LAB_TIMEOUT:-900}
 say "booting L1 (QEMU TCG, emulated SVM; at most ${timeout_s}s): scenarios ${scenarios[*]}"
 t_l1=$(date +%s)
 set +e
-timeout "$timeout_s" qemu-system-x86_64 -accel tcg,thread=single -smp 1 -cpu qemu64,+svm,+npt \
+timeout "$timeout_s" qemu-system-x86_64 -accel tcg -smp 1 -cpu qemu64,+svm,+npt \
   -m 2048 -nographic -nodefaults -serial stdio -net none -no-reboot \
   -kernel "$vmlinuz" -initrd "$out/l1.cpio.gz" \
   -append "console=ttyS0 panic=-1 quiet" </dev/null 2>&1 | tr -d '\r' > "$out/l1.log"
