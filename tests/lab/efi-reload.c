@@ -91,8 +91,9 @@ int main(int argc, char **argv) {
 	uint64_t pref = U64(kernel, 0x258);
 	size_t pm_off = (setup_sects + 1) * 512, pm_size = ksize - pm_off;
 
-	/* The EFI memory map: every runtime region, not yet virtually mapped. */
-	static uint8_t memmap[PAGE];
+	/* The EFI memory map: every runtime region, not yet virtually mapped
+	 * (OVMF has more than a page's worth of descriptors). */
+	static uint8_t memmap[4 * PAGE];
 	uint32_t desc_size = U32(bp, 0x1c8);
 	if (desc_size < 40 || desc_size > 256) fail("odd efi_memdesc_size");
 	size_t n = 0;
@@ -152,7 +153,7 @@ int main(int argc, char **argv) {
 		{ bp, PAGE, 0x7000, PAGE },
 		{ stub, PAGE, 0x8000, PAGE },
 		{ cmdline, clen, 0x20000, PAGE },
-		{ memmap, PAGE, 0x30000, PAGE },
+		{ memmap, sizeof memmap, 0x30000, sizeof memmap },
 		{ kernel + pm_off, pm_size, pref, ROUND_UP(pm_size) },
 		{ initrd, isize, initrd_at, ROUND_UP(isize) },
 	};
