@@ -297,4 +297,3 @@ impl Sandbox {
         self.vcpu_dirty = true;
     }
 }
-
