@@ -15,7 +15,6 @@ pub mod layout;
 mod watchdog;
 
 /// A per-thread deadline that interrupts `KVM_RUN` (also used for the guest's timeout).
-pub use watchdog::Watchdog as Deadline;
 pub(crate) use watchdog::{install_handler as install_kick_handler, kick_signal};
 
 use std::io::Cursor;
