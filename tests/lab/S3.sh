@@ -3,6 +3,9 @@
 # memory map, no SETUP_EFI), so generation 2 calls SetVirtualAddressMap
 # again, as on a first boot; its runtime services must still work. (The
 # harness also checks efivmm's "SetVirtualAddressMap absorbed count=2".)
+# Under QEMU+OVMF (S5) generation 2 reaches the same call, and OVMF refuses
+# it: "Unable to switch EFI into virtual mode (status=8000000000000003)",
+# EFI_UNSUPPORTED, and Linux runs without runtime services.
 s3() {
   gen_step S3 || return
   if [ "$GEN" -ge 2 ]; then

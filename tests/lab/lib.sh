@@ -11,6 +11,9 @@ lab_result() { # scenario PASS|FAIL evidence...
   echo "LAB-RESULT ${tag:+$tag:}$*"
 }
 note() { echo "LAB-NOTE $*"; }
+# fd 3: the console, also from inside $(...) (kexec_next's output is
+# captured for the FAIL line, but its notes belong in the log).
+exec 3>&1
 
 mount_efivarfs() {
   [ -d $EFI ] || return 1
@@ -89,11 +92,11 @@ kexec_next() {
   mkdir -p /run/next && mount -t tmpfs next /run/next
   (cd / && find . -xdev | grep -v '^./run/next' | cpio -o -H newc 2>/dev/null) > /run/next/initrd.cpio
   cmdline=$(sed 's/ *lab\.gen=[0-9]*//' /proc/cmdline)
-  note "kexec $1 into gen $((GEN + 1)) ($(wc -c < /run/next/initrd.cpio) byte initramfs)"
+  note "kexec $1 into gen $((GEN + 1)) ($(wc -c < /run/next/initrd.cpio) byte initramfs)" >&3
   if [ "$1" = efi-reload ]; then
     out=$(efi-reload /vmlinuz /run/next/initrd.cpio "$cmdline lab.gen=$((GEN + 1)) nokaslr" 2>&1) \
       || { echo "$out"; return 1; }
-    note "$out"
+    note "$out" >&3
   else
     out=$(kexec $1 /vmlinuz --initrd=/run/next/initrd.cpio --append="$cmdline lab.gen=$((GEN + 1))" 2>&1) \
       || { echo "$out"; return 1; }
