@@ -8,6 +8,9 @@
 //! ends in a halt that never reaches efivmm. With these tables `poweroff`
 //! becomes `ResetSystem(EfiResetShutdown)`, served by efivmm.
 //!
+//! The FADT's reset register is the i8042 command port (value 0xFE); for
+//! the "BIOS reboot" a non-EFI guest ends up making see [`super::reset_vector`].
+//!
 //! Hardware-reduced also means: no PM timer, no SCI, no legacy PIC (Linux
 //! routes ISA interrupts through the I/O APIC, identity-mapped: no interrupt
 //! source overrides, matching KVM's default GSI routing). The tables live in
@@ -30,6 +33,14 @@ const CREATOR_ID: &[u8; 4] = b"EVMM";
 
 /// FADT flags: HW_REDUCED_ACPI (bit 20).
 const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
+/// FADT flags: RESET_REG_SUP (bit 10), the reset register is valid.
+const FADT_RESET_REG_SUP: u32 = 1 << 10;
+/// The reset register: the i8042's command port, value 0xFE ("pulse the
+/// reset line"), which efivmm turns into a guest reset. Linux's default
+/// `reboot=acpi` (a guest without EFI runtime services booted with `noefi`)
+/// writes it first.
+const RESET_PORT: u64 = 0x64;
+const RESET_VALUE: u8 = 0xfe;
 /// FADT IA-PC boot architecture flags: VGA not present (bit 2), MSI not
 /// supported (bit 3): there is no PCI.
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3);
@@ -91,7 +102,12 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     let at = |off: usize| off - 36;
     body[at(40)..at(44)].copy_from_slice(&(dsdt as u32).to_le_bytes());
     body[at(109)..at(111)].copy_from_slice(&IAPC_BOOT_ARCH.to_le_bytes());
-    body[at(112)..at(116)].copy_from_slice(&FADT_HW_REDUCED_ACPI.to_le_bytes());
+    body[at(112)..at(116)].copy_from_slice(&(FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP).to_le_bytes());
+    // RESET_REG, a Generic Address Structure: system I/O, 8 bits at bit 0,
+    // byte access, the port; then RESET_VALUE.
+    body[at(116)..at(120)].copy_from_slice(&[1, 8, 0, 1]);
+    body[at(120)..at(128)].copy_from_slice(&RESET_PORT.to_le_bytes());
+    body[at(128)] = RESET_VALUE;
     body[at(131)] = 5; // FADT minor version (6.5)
     body[at(140)..at(148)].copy_from_slice(&dsdt.to_le_bytes()); // X_DSDT
     body[at(268)..at(276)].copy_from_slice(b"EFIVMM  "); // hypervisor vendor identity
@@ -187,6 +203,11 @@ mod tests {
         assert_eq!((&fadt[..4], fadt.len(), sum(fadt)), (&b"FACP"[..], FADT_SIZE, 0));
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & FADT_HW_REDUCED_ACPI, 0);
+        // The reset register is the i8042 command port (what efivmm resets on).
+        assert_ne!(flags & FADT_RESET_REG_SUP, 0);
+        assert_eq!(&fadt[116..120], &[1, 8, 0, 1]);
+        assert_eq!(u64::from_le_bytes(fadt[120..128].try_into().unwrap()), crate::vm::devices::I8042_COMMAND as u64);
+        assert_eq!(fadt[128], 0xfe);
         let dsdt = find(u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
         assert_eq!((&dsdt[..4], sum(dsdt)), (&b"DSDT"[..], 0));
         let madt = find(entry(1));

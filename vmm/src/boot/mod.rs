@@ -10,6 +10,7 @@
 pub mod acpi;
 pub mod entry;
 pub mod mptable;
+pub mod reset_vector;
 
 use std::ops::Range;
 

@@ -259,6 +259,8 @@ impl Vm {
         // ResetSystem) and the MP table, both in the reserved BIOS area.
         let rsdp = boot::acpi::write(&mem, config.cpus)?;
         boot::mptable::write(&mem, config.cpus)?;
+        // And where a "BIOS reboot" lands: a stub that pulses the i8042 reset.
+        boot::reset_vector::write(&mem)?;
         let shim = Shim::build_with_acpi(shim_base, Some(rsdp));
         if shim.bytes().len() as u64 > SHIM_RESERVE {
             return Err(VmError::Config("the shim outgrew its reservation".into()));

@@ -113,6 +113,11 @@ pub(super) fn configure(vcpu: &VcpuFd, base_cpuid: &CpuId, index: u8, count: u8,
     Ok(())
 }
 
+/// The serial port's ports (too chatty to trace).
+fn is_com1(port: u16) -> bool {
+    (super::devices::COM1..super::devices::COM1 + 8).contains(&port)
+}
+
 /// Requests a stop if the vCPU thread ends without one (e.g. it panicked),
 /// so the rest of efivmm does not wait for it forever.
 struct StopGuard<'a>(&'a Shared, u8);
@@ -138,19 +143,31 @@ pub(super) fn run(index: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
                     Err(why) => Some(Exit::Crashed(why)),
                 }
             }
-            Ok(VcpuExit::IoOut(port, data)) => match shared.devices().write(port, data) {
-                PortEffect::Reset => Some(Exit::Reset("i8042 reset")),
-                PortEffect::None => None,
-            },
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if !is_com1(port) {
+                    tracing::trace!(vcpu = index, "port write {port:#x} = {data:02x?}");
+                }
+                match shared.devices().write(port, data) {
+                    PortEffect::Reset => Some(Exit::Reset("i8042 reset")),
+                    PortEffect::None => None,
+                }
+            }
             Ok(VcpuExit::IoIn(port, data)) => {
                 shared.devices().read(port, data);
+                if !is_com1(port) {
+                    tracing::trace!(vcpu = index, "port read {port:#x} -> {data:02x?}");
+                }
                 None
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(addr, data)) => {
                 data.iter_mut().for_each(|b| *b = 0xff);
+                tracing::trace!(vcpu = index, "unbacked MMIO read {addr:#x} ({} bytes)", data.len());
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) => None,
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                tracing::trace!(vcpu = index, "unbacked MMIO write {addr:#x} = {data:02x?}");
+                None
+            }
             Ok(VcpuExit::Hlt) => Some(Exit::Crashed(format!("vCPU {index} halted with interrupts off"))),
             Ok(VcpuExit::Shutdown) => Some(Exit::Reset("triple fault")),
             Ok(other) => Some(Exit::Crashed(format!("vCPU {index}: unexpected exit {other:?}"))),
