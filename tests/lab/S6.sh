@@ -1,0 +1,22 @@
+# S6 kexec into a kernel that is not EFI-booted: generation 1 hides
+# /sys/firmware/efi/runtime-map (kexec-tools 2.0.25 then zeroes efi_info)
+# and kexecs with `kexec -l`. Generation 2 has no EFI at all; it must boot
+# to init and its `reboot -f` must reach efivmm. On efivmm's
+# hardware-reduced ACPI platform such a Linux reboots "through the BIOS"
+# (BOOT_EFI without EFI falls back to BOOT_BIOS: a real-mode jump to
+# F000:FFF0), so this also checks efivmm's reset-vector stub; the harness
+# checks that efivmm ended with the guest's reset and exit code 0.
+s6() {
+  if [ "$GEN" -ge 2 ]; then
+    if [ -d $EFI ]; then
+      lab_result S6 FAIL "gen $GEN is EFI-booted: kexec-tools passed efi_info although runtime-map was hidden"
+      return
+    fi
+    lab_result S6 PASS "gen $GEN (kexec -l, runtime-map hidden) boots without EFI; rebooting"
+    return
+  fi
+  gen_step S6 || return
+  mount -t tmpfs hide $EFI/runtime-map || { lab_result S6 FAIL "cannot hide $EFI/runtime-map"; return; }
+  out=$(kexec_next -l 2>&1) || lab_result S6 FAIL "gen $GEN: kexec -l: $(echo "$out" | tail -3 | tr '\n' '|')"
+}
+s6
