@@ -1,4 +1,4 @@
-//! `EFI_TIME`: its byte layout, its validation (edk2 PcRtc's
+//! `EFI_TIME` (layout: `sandbox_abi::time`): its validation (edk2 PcRtc's
 //! `RtcTimeFieldsValid`, `DayValid`, `IsLeapYear`), and conversions between
 //! calendar fields and seconds since the Unix epoch (the proleptic Gregorian
 //! `days_from_civil`/`civil_from_days` algorithms; integer arithmetic only).
@@ -9,8 +9,6 @@
 
 use r_efi::efi::{TIME_ADJUST_DAYLIGHT, TIME_IN_DAYLIGHT, UNSPECIFIED_TIMEZONE};
 
-use crate::abi::{le_u16, le_u32};
-
 /// Smallest valid `Year`.
 pub const MIN_YEAR: u16 = 1900;
 /// Largest valid `Year`.
@@ -20,80 +18,24 @@ pub const SECS_PER_DAY: i64 = 86_400;
 /// Nanoseconds per second.
 pub const NANOS_PER_SEC: i64 = 1_000_000_000;
 
-/// An `EFI_TIME`, field by field.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EfiTime {
-    /// 1900..=9999.
-    pub year: u16,
-    /// 1..=12.
-    pub month: u8,
-    /// 1..=31.
-    pub day: u8,
-    /// 0..=23.
-    pub hour: u8,
-    /// 0..=59.
-    pub minute: u8,
-    /// 0..=59.
-    pub second: u8,
-    /// Padding.
-    pub pad1: u8,
-    /// 0..=999_999_999.
-    pub nanosecond: u32,
-    /// Minutes from UTC (-1440..=1440), or `EFI_UNSPECIFIED_TIMEZONE`.
-    pub time_zone: i16,
-    /// `EFI_TIME_ADJUST_DAYLIGHT | EFI_TIME_IN_DAYLIGHT` bits.
-    pub daylight: u8,
-    /// Padding.
-    pub pad2: u8,
+pub use sandbox_abi::time::EfiTime;
+
+/// The firmware's calendar view of an [`EfiTime`] (the layout itself is
+/// `sandbox_abi::time`, shared with efivmm).
+pub trait Calendar: Sized {
+    /// `RtcTimeFieldsValid`, see the implementation.
+    fn is_valid(&self) -> bool;
+    /// Seconds since the Unix epoch of the calendar fields, read as UTC.
+    fn to_unix_seconds(&self) -> i64;
+    /// The calendar fields of `secs` seconds since the Unix epoch.
+    fn from_unix_seconds(secs: i64, nanosecond: u32, time_zone: i16, daylight: u8) -> Option<Self>;
 }
 
-impl EfiTime {
-    /// Parses the 16 bytes of an `EFI_TIME`.
-    pub fn from_bytes(b: &[u8; 16]) -> EfiTime {
-        EfiTime {
-            year: le_u16(b, 0).unwrap_or(0),
-            month: b[2],
-            day: b[3],
-            hour: b[4],
-            minute: b[5],
-            second: b[6],
-            pad1: b[7],
-            nanosecond: le_u32(b, 8).unwrap_or(0),
-            time_zone: le_u16(b, 12).unwrap_or(0) as i16,
-            daylight: b[14],
-            pad2: b[15],
-        }
-    }
-
-    /// The 16 bytes of this `EFI_TIME`.
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let y = self.year.to_le_bytes();
-        let n = self.nanosecond.to_le_bytes();
-        let z = self.time_zone.to_le_bytes();
-        [
-            y[0],
-            y[1],
-            self.month,
-            self.day,
-            self.hour,
-            self.minute,
-            self.second,
-            self.pad1,
-            n[0],
-            n[1],
-            n[2],
-            n[3],
-            z[0],
-            z[1],
-            self.daylight,
-            self.pad2,
-        ]
-    }
-
+impl Calendar for EfiTime {
     /// `RtcTimeFieldsValid` (with UEFI's year range): every field in range,
     /// the day within its month (Gregorian leap years), the time zone
     /// -1440..=1440 or unspecified, only the two daylight bits.
-    pub fn is_valid(&self) -> bool {
+    fn is_valid(&self) -> bool {
         (MIN_YEAR..=MAX_YEAR).contains(&self.year)
             && (1..=12).contains(&self.month)
             && self.day >= 1
@@ -108,7 +50,7 @@ impl EfiTime {
 
     /// Seconds since 1970-01-01T00:00:00 of the calendar fields, read as
     /// UTC (time zone and daylight are not applied; nanoseconds ignored).
-    pub fn to_unix_seconds(&self) -> i64 {
+    fn to_unix_seconds(&self) -> i64 {
         let days = days_from_civil(i64::from(self.year), i64::from(self.month), i64::from(self.day));
         days * SECS_PER_DAY + i64::from(self.hour) * 3600 + i64::from(self.minute) * 60 + i64::from(self.second)
     }
@@ -116,7 +58,7 @@ impl EfiTime {
     /// The calendar fields of `secs` seconds since the Unix epoch, with the
     /// given nanosecond, time zone and daylight; `None` outside years
     /// 1900..=9999.
-    pub fn from_unix_seconds(secs: i64, nanosecond: u32, time_zone: i16, daylight: u8) -> Option<EfiTime> {
+    fn from_unix_seconds(secs: i64, nanosecond: u32, time_zone: i16, daylight: u8) -> Option<EfiTime> {
         let days = secs.div_euclid(SECS_PER_DAY);
         let rem = secs.rem_euclid(SECS_PER_DAY);
         let (y, m, d) = civil_from_days(days)?;

@@ -37,8 +37,8 @@
 use r_efi::efi::{Status, UNSPECIFIED_TIMEZONE};
 use sandbox_abi::Mailbox;
 
-use crate::abi::{bytes16_from_halves, halves_from_bytes16, has_ptr, le_u16, le_u32, le_u64};
-use crate::calendar::{is_within_one_day, EfiTime, NANOS_PER_SEC};
+use crate::abi::{has_ptr, le_u16, le_u32, le_u64};
+use crate::calendar::{is_within_one_day, Calendar, EfiTime, NANOS_PER_SEC};
 use crate::nvstore::Nv;
 use crate::wellknown::{utf16z, EFIVMM_PRIVATE, NV_BS};
 
@@ -128,13 +128,11 @@ impl ClockState {
 }
 
 fn time_to_outs(mb: &mut Mailbox, first: usize, time: &EfiTime) {
-    let (lo, hi) = halves_from_bytes16(&time.to_bytes());
-    mb.outs[first] = lo;
-    mb.outs[first + 1] = hi;
+    [mb.outs[first], mb.outs[first + 1]] = time.halves();
 }
 
 fn time_from_args(mb: &Mailbox, first: usize) -> EfiTime {
-    EfiTime::from_bytes(&bytes16_from_halves(mb.args[first], mb.args[first + 1]))
+    EfiTime::from_halves(mb.args[first], mb.args[first + 1])
 }
 
 /// GetTime: pointers P0 Time, P1 Capabilities (optional). Replies the time

@@ -48,6 +48,8 @@
 //! rejects the name).
 #![no_std]
 
+pub mod time;
+
 /// Bytes of memory of the sandbox VM (guest-physical `0..SANDBOX_MEM_SIZE`).
 pub const SANDBOX_MEM_SIZE: u64 = 16 << 20;
 

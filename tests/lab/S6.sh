@@ -15,8 +15,6 @@ s6() {
     lab_result S6 PASS "gen $GEN (kexec -l, runtime-map hidden) boots without EFI; rebooting"
     return
   fi
-  gen_step S6 || return
-  mount -t tmpfs hide $EFI/runtime-map || { lab_result S6 FAIL "cannot hide $EFI/runtime-map"; return; }
-  out=$(kexec_next -l 2>&1) || lab_result S6 FAIL "gen $GEN: kexec -l: $(echo "$out" | tail -3 | tr '\n' '|')"
+  kexec_without_runtime_map S6
 }
 s6

@@ -106,3 +106,13 @@ kexec_next() {
   echo "kexec -e returned"
   return 1
 }
+
+# kexec_without_runtime_map SCENARIO (S3H, S6): generation 1 hides
+# /sys/firmware/efi/runtime-map under a tmpfs and kexecs with `kexec -l`
+# (kexec-tools 2.0.25 then zeroes efi_info: the next kernel is not
+# EFI-booted).
+kexec_without_runtime_map() {
+  gen_step "$1" || return
+  mount -t tmpfs hide $EFI/runtime-map || { lab_result "$1" FAIL "cannot hide $EFI/runtime-map"; return; }
+  out=$(kexec_next -l 2>&1) || lab_result "$1" FAIL "gen $GEN: kexec -l: $(echo "$out" | tail -3 | tr '\n' '|')"
+}

@@ -166,73 +166,23 @@ pub fn name_from_utf16(bytes: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
-/// `EFI_UNSPECIFIED_TIMEZONE`.
-pub const UNSPECIFIED_TIMEZONE: i16 = 2047;
+pub use sandbox_abi::time::{EfiTime, UNSPECIFIED_TIMEZONE};
 
-/// An `EFI_TIME`, field by field (not validated: the firmware does that).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EfiTime {
-    pub year: u16,
-    pub month: u8,
-    pub day: u8,
-    pub hour: u8,
-    pub minute: u8,
-    pub second: u8,
-    pub nanosecond: u32,
-    pub timezone: i16,
-    pub daylight: u8,
+/// The text form of an [`EfiTime`] (whose layout is `sandbox_abi::time`,
+/// shared with the firmware).
+pub trait Rfc3339: Sized {
+    /// Parses RFC 3339 text; see the implementation.
+    fn parse_rfc3339(text: &str) -> Result<Self, String>;
+    /// RFC 3339 text of the wall-clock fields.
+    fn to_rfc3339(&self) -> String;
 }
 
-impl EfiTime {
-    /// The 16 bytes of the C struct.
-    pub fn to_bytes(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[0..2].copy_from_slice(&self.year.to_le_bytes());
-        b[2] = self.month;
-        b[3] = self.day;
-        b[4] = self.hour;
-        b[5] = self.minute;
-        b[6] = self.second;
-        b[8..12].copy_from_slice(&self.nanosecond.to_le_bytes());
-        b[12..14].copy_from_slice(&self.timezone.to_le_bytes());
-        b[14] = self.daylight;
-        b
-    }
-
-    /// From the 16 bytes of the C struct.
-    pub fn from_bytes(b: &[u8; 16]) -> Self {
-        EfiTime {
-            year: u16::from_le_bytes([b[0], b[1]]),
-            month: b[2],
-            day: b[3],
-            hour: b[4],
-            minute: b[5],
-            second: b[6],
-            nanosecond: u32::from_le_bytes(b[8..12].try_into().unwrap()),
-            timezone: i16::from_le_bytes([b[12], b[13]]),
-            daylight: b[14],
-        }
-    }
-
-    /// As two little-endian `u64` halves (the mailbox encoding).
-    pub fn halves(&self) -> [u64; 2] {
-        let b = self.to_bytes();
-        [u64::from_le_bytes(b[0..8].try_into().unwrap()), u64::from_le_bytes(b[8..16].try_into().unwrap())]
-    }
-
-    /// From the mailbox's two halves.
-    pub fn from_halves(lo: u64, hi: u64) -> Self {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&lo.to_le_bytes());
-        b[8..16].copy_from_slice(&hi.to_le_bytes());
-        Self::from_bytes(&b)
-    }
-
+impl Rfc3339 for EfiTime {
     /// Parses RFC 3339 text (`2024-02-29T12:34:56[.fraction][Z|±hh:mm]`)
     /// syntactically only, so that out-of-range fields reach the firmware's
     /// validation. The time zone is taken from a numeric offset; `Z` or no
     /// offset leave it unspecified (2047).
-    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+    fn parse_rfc3339(text: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("`{text}` is not an RFC 3339 time ({why}); expected e.g. 2024-02-29T12:34:56Z");
         let b = text.as_bytes();
         if b.len() < 19
@@ -258,7 +208,7 @@ impl EfiTime {
             hour: num(11..13)? as u8,
             minute: num(14..16)? as u8,
             second: num(17..19)? as u8,
-            timezone: UNSPECIFIED_TIMEZONE,
+            time_zone: UNSPECIFIED_TIMEZONE,
             ..Default::default()
         };
         let mut rest = &text[19..];
@@ -280,7 +230,7 @@ impl EfiTime {
                 let h = i16::from((h1 - b'0') * 10 + (h2 - b'0'));
                 let m = i16::from((m1 - b'0') * 10 + (m2 - b'0'));
                 let minutes = h * 60 + m;
-                t.timezone = if *sign == b'-' { -minutes } else { minutes };
+                t.time_zone = if *sign == b'-' { -minutes } else { minutes };
             }
             _ => return Err(bad("offset")),
         }
@@ -289,8 +239,8 @@ impl EfiTime {
 
     /// RFC 3339 text of the wall-clock fields, with the time zone as an
     /// offset (`Z` when unspecified: efivmm's clock is UTC).
-    pub fn to_rfc3339(&self) -> String {
-        let zone = match self.timezone {
+    fn to_rfc3339(&self) -> String {
+        let zone = match self.time_zone {
             UNSPECIFIED_TIMEZONE | 0 => "Z".to_string(),
             tz => {
                 format!("{}{:02}:{:02}", if tz < 0 { '-' } else { '+' }, tz.unsigned_abs() / 60, tz.unsigned_abs() % 60)
@@ -342,9 +292,9 @@ mod tests {
         let t = EfiTime::parse_rfc3339("2024-02-30T25:61:61.5+01:30").unwrap();
         assert_eq!((t.year, t.month, t.day, t.hour, t.minute, t.second), (2024, 2, 30, 25, 61, 61));
         assert_eq!(t.nanosecond, 500_000_000);
-        assert_eq!(t.timezone, 90);
+        assert_eq!(t.time_zone, 90);
         let z = EfiTime::parse_rfc3339("1999-12-31T23:59:59Z").unwrap();
-        assert_eq!(z.timezone, UNSPECIFIED_TIMEZONE);
+        assert_eq!(z.time_zone, UNSPECIFIED_TIMEZONE);
         assert_eq!(EfiTime::from_bytes(&z.to_bytes()), z);
         let [lo, hi] = t.halves();
         assert_eq!(EfiTime::from_halves(lo, hi), t);

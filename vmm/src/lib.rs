@@ -19,6 +19,7 @@ pub mod launch;
 pub mod proxy;
 pub mod rt;
 pub mod sandbox;
+pub mod segments;
 pub mod vars;
 pub mod varsfile;
 pub mod vm;

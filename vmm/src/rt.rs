@@ -9,7 +9,7 @@ use sandbox_abi::{DATA_SIZE, NAME_SIZE};
 use serde_json::{json, Map, Value};
 use varstore::Layout;
 
-use crate::efi::{self, EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND, EFI_SUCCESS};
+use crate::efi::{self, EfiTime, Guid, Rfc3339, EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND, EFI_SUCCESS};
 use crate::firmware::{calls, Firmware, FirmwareSource};
 use crate::varsfile::VarsFile;
 use crate::ExitError;
@@ -174,7 +174,7 @@ fn time_json(t: &EfiTime) -> Value {
         "rfc3339": t.to_rfc3339(),
         "year": t.year, "month": t.month, "day": t.day,
         "hour": t.hour, "minute": t.minute, "second": t.second,
-        "nanosecond": t.nanosecond, "timezone": t.timezone, "daylight": t.daylight,
+        "nanosecond": t.nanosecond, "timezone": t.time_zone, "daylight": t.daylight,
     })
 }
 
@@ -251,7 +251,7 @@ fn serve(fw: &mut Firmware, service: RtService) -> Result<Value, ExitError> {
         }
         RtService::SetTime { time, timezone, daylight } => {
             let mut t = time_arg(&time)?;
-            t.timezone = timezone.unwrap_or(t.timezone);
+            t.time_zone = timezone.unwrap_or(t.time_zone);
             t.daylight = daylight.unwrap_or(t.daylight);
             with_status(fw.set_time(&t))
         }

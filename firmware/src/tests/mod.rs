@@ -21,7 +21,7 @@ use r_efi::efi::Status;
 use sandbox_abi::{Mailbox, Service, DATA_SIZE, MAILBOX_MAGIC, NAME_SIZE};
 use varstore::{Guid, Layout, Store};
 
-use crate::abi::{guid_to_halves, halves_from_bytes16};
+use crate::abi::guid_to_halves;
 use crate::calendar::EfiTime;
 use crate::wellknown::{guid, NV_BS_RT};
 use crate::{serve, Call};
@@ -243,14 +243,14 @@ impl Machine {
 
     /// SetTime.
     pub fn set_time(&mut self, t: &EfiTime) -> Reply {
-        let (lo, hi) = halves_from_bytes16(&t.to_bytes());
+        let [lo, hi] = t.halves();
         self.call(Service::SetTime, [lo, hi, 0, 0, 0, 0, 0], ALL, &[], &[])
     }
 }
 
 /// An `EFI_TIME` from its two halves.
 pub fn time_of(lo: u64, hi: u64) -> EfiTime {
-    EfiTime::from_bytes(&crate::abi::bytes16_from_halves(lo, hi))
+    EfiTime::from_halves(lo, hi)
 }
 
 /// An `EFI_TIME` with these fields and zero nanosecond/time zone/daylight.

@@ -4,8 +4,7 @@ use r_efi::efi::{Status, UNSPECIFIED_TIMEZONE};
 use sandbox_abi::Service;
 
 use super::*;
-use crate::abi::halves_from_bytes16;
-use crate::calendar::{days_from_civil, EfiTime, NANOS_PER_SEC};
+use crate::calendar::{days_from_civil, Calendar, EfiTime, NANOS_PER_SEC};
 use crate::time::{TIME_VAR_NAME, WAKEUP_VAR_NAME};
 use crate::wellknown::EFIVMM_PRIVATE;
 
@@ -181,7 +180,7 @@ fn clock_state_is_invisible_at_runtime() {
 }
 
 fn set_wakeup(m: &mut Machine, enable: bool, t: Option<&EfiTime>) -> Reply {
-    let (lo, hi) = t.map_or((0, 0), |t| halves_from_bytes16(&t.to_bytes()));
+    let [lo, hi] = t.map_or([0, 0], |t| t.halves());
     m.call(Service::SetWakeupTime, [u64::from(enable), lo, hi, 0, 0, 0, 0], u64::from(t.is_some()), &[], &[])
 }
 

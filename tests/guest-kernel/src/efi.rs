@@ -240,33 +240,8 @@ pub fn put_name(out: &mut [u8], s: &str) -> usize {
     n
 }
 
-/// `EFI_TIME`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Time {
-    /// Year.
-    pub year: u16,
-    /// Month.
-    pub month: u8,
-    /// Day.
-    pub day: u8,
-    /// Hour.
-    pub hour: u8,
-    /// Minute.
-    pub minute: u8,
-    /// Second.
-    pub second: u8,
-    /// Pad1.
-    pub pad1: u8,
-    /// Nanosecond.
-    pub nanosecond: u32,
-    /// TimeZone.
-    pub time_zone: i16,
-    /// Daylight.
-    pub daylight: u8,
-    /// Pad2.
-    pub pad2: u8,
-}
+/// `EFI_TIME` (the layout shared with efivmm and its firmware).
+pub use sandbox_abi::time::EfiTime as Time;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -5,7 +5,7 @@
 //! `RSI` = the zero page. efivmm identity-maps the first 4 GiB with 2 MiB
 //! pages.
 
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::ZERO_PAGE;
@@ -50,26 +50,10 @@ pub fn write_page_tables_and_gdt(mem: &GuestMemoryMmap) -> Result<(), GuestMemor
     Ok(())
 }
 
-fn segment(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        ..Default::default()
-    }
-}
-
 /// Special registers for the 64-bit entry.
 pub fn boot_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
-    sregs.cs = segment(BOOT_CS, 0xb, 1, 0);
-    let ds = segment(BOOT_DS, 0x3, 0, 1);
+    sregs.cs = crate::segments::code64(BOOT_CS, 0);
+    let ds = crate::segments::data(BOOT_DS, 0);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (ds, ds, ds, ds, ds);
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = 4 * 8 - 1;

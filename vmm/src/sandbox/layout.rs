@@ -7,6 +7,7 @@
 //! `FIRMWARE_ADDR` up is user-accessible, and everything from `STACK_BOTTOM`
 //! up (stack, mailbox, buffers, store) is no-execute.
 
+use crate::segments;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use sandbox_abi::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -161,23 +162,8 @@ pub fn write_entry_stub(mem: &GuestMemoryMmap, entry: u64) -> Result<(), vm_memo
 /// code and stack segments, on the CPL0 stack.
 pub fn entry_stub_state(firmware: &kvm_sregs) -> (kvm_sregs, kvm_regs) {
     let mut sregs = *firmware;
-    let seg = |selector: u16, type_: u8, l: u8, db: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.cs = seg(KERNEL_CS, 0xb, 1, 0);
-    let ds = seg(KERNEL_DS, 0x3, 0, 1);
+    sregs.cs = segments::code64(KERNEL_CS, 0);
+    let ds = segments::data(KERNEL_DS, 0);
     (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (ds, ds, ds, ds, ds);
     let regs = kvm_regs { rip: ENTRY_STUB_ADDR, rsp: KERNEL_STACK_TOP, rflags: 0x2, ..Default::default() };
     (sregs, regs)
@@ -191,23 +177,8 @@ pub fn has_error_code(vector: u8) -> bool {
 /// Special registers for running the firmware: long mode, paging with the
 /// sandbox page tables, CPL3 code and data segments, the TSS loaded.
 pub fn firmware_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
-    let seg = |selector: u16, type_: u8, l: u8, db: u8, dpl: u8| kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-        padding: 0,
-    };
-    sregs.cs = seg(USER_CS, 0xb, 1, 0, 3);
-    let ds = seg(USER_DS, 0x3, 0, 1, 3);
+    sregs.cs = segments::code64(USER_CS, 3);
+    let ds = segments::data(USER_DS, 3);
     sregs.ds = ds;
     sregs.es = ds;
     sregs.fs = ds;
