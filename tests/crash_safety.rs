@@ -50,7 +50,7 @@ fn sigkill_during_a_set_variable_storm_loses_no_acknowledged_write() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        if rng.next() % 3 != 0 {
+        if !rng.next().is_multiple_of(3) {
             // Kill it somewhere in its life: start-up, the call, the commit.
             std::thread::sleep(Duration::from_micros(rng.next() % 40_000));
             // SAFETY: kill(2) on our own child's pid; no memory is involved.

@@ -226,7 +226,7 @@ pub fn set_variable_check(name: &[u8], guid: &Guid, attributes: u32, payload: &[
         None | Some((Check::None, _)) => true,
         Some((Check::Ascii, _)) => payload.contains(&0),
         Some((Check::DevicePath, _)) => is_device_path_valid(payload),
-        Some((Check::SizeArray, unit)) => unit != 0 && size % unit == 0,
+        Some((Check::SizeArray, unit)) => unit != 0 && size.is_multiple_of(unit),
         Some((Check::LoadOption, _)) => is_load_option_valid(payload),
         Some((Check::KeyOption, _)) => size.checked_sub(KEY_OPTION_SIZE).is_some_and(|rest| rest % INPUT_KEY_SIZE == 0),
     };

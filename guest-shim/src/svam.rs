@@ -54,9 +54,9 @@ impl Shim {
     ) -> Result<(), Status> {
         if desc_version != DESC_VERSION
             || desc_size < MIN_DESC_SIZE as u64
-            || desc_size % 8 != 0
+            || !desc_size.is_multiple_of(8)
             || desc_size > MAX_SVAM_DESC_SIZE
-            || map_size % desc_size != 0
+            || !map_size.is_multiple_of(desc_size)
             || map_size > MAX_SVAM_MAP_SIZE
             || map_size > map.len() as u64
         {

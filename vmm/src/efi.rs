@@ -136,7 +136,7 @@ impl fmt::Display for Guid {
 /// Decodes hex text (even length, no separators).
 pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(format!("hex data has an odd number of digits ({})", text.len()));
     }
     (0..text.len())

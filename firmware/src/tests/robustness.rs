@@ -55,7 +55,7 @@ fn random_arguments_never_panic_and_keep_the_store_valid() {
             let mut args = [0u64; 7];
             args.iter_mut().for_each(|a| *a = rng.pick());
             // Often use a real GUID so lookups hit.
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 let (lo, hi) = guid_to_halves(&TEST_GUID);
                 args[1] = lo;
                 args[2] = hi;
@@ -65,11 +65,11 @@ fn random_arguments_never_panic_and_keep_the_store_valid() {
                 1 => u16z(""),
                 _ => (0..rng.next() % 40).map(|_| rng.next() as u8).collect(),
             };
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 args[0] = name.len() as u64;
             }
             let data: Vec<u8> = (0..rng.next() % 300).map(|_| rng.next() as u8).collect();
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 args[4] = data.len() as u64;
                 args[2 + (rng.next() % 2) as usize] = data.len() as u64;
             }

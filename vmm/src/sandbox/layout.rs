@@ -45,7 +45,7 @@ const TSS_LIMIT: u32 = (IOPB_OFFSET + 32) as u32;
 /// Writes page tables, GDT, TSS, IDT and exception stubs into `mem`.
 pub fn write_system_structures(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
     const _: () = assert!(PAGE_TABLES_END <= FIRMWARE_ADDR);
-    const _: () = assert!(SANDBOX_MEM_SIZE % (512 * 4096) == 0 && PT_PAGES <= 512);
+    const _: () = assert!(SANDBOX_MEM_SIZE.is_multiple_of(512 * 4096) && PT_PAGES <= 512);
 
     // Page tables: PML4[0] -> PDPT[0] -> PD[0..PT_PAGES] -> 4 KiB PTEs.
     let table = PTE_PRESENT | PTE_WRITE | PTE_USER;

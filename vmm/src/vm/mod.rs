@@ -221,7 +221,7 @@ impl Vm {
         if !(1..=boot::mptable::MAX_CPUS).contains(&config.cpus) {
             return Err(VmError::Config(format!("--cpus {}: use 1 to {} vCPUs", config.cpus, boot::mptable::MAX_CPUS)));
         }
-        if !(32 << 20..=3 << 30).contains(&mem_size) || mem_size % 0x20_0000 != 0 {
+        if !(32 << 20..=3 << 30).contains(&mem_size) || !mem_size.is_multiple_of(0x20_0000) {
             return Err(VmError::Config(format!(
                 "--memory {mem_size} bytes: use a multiple of 2 MiB between 32 MiB and 3 GiB"
             )));
