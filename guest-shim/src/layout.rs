@@ -4,7 +4,7 @@
 
 /// Pages in the shim: one code page, one data page.
 pub const PAGES: usize = 2;
-/// Size of one trampoline.
+/// Size of one trampoline (12 bytes of code, `int3` padding).
 pub const TRAMPOLINE_SIZE: usize = 16;
 /// Number of runtime services (trampolines, RT function pointers).
 pub const SERVICES: usize = 14;
@@ -19,9 +19,12 @@ pub const RT: usize = 0x1080;
 /// The `EFI_CONFIGURATION_TABLE` array.
 pub const CONFIG: usize = 0x1110;
 /// `EFI_RT_PROPERTIES_TABLE`.
-pub const RT_PROPERTIES: usize = 0x1140;
+pub const RT_PROPERTIES: usize = 0x1160;
 /// `FirmwareVendor` string (UTF-16LE, NUL-terminated).
-pub const VENDOR: usize = 0x1150;
+pub const VENDOR: usize = 0x1170;
+/// `EFI_MEMORY_ATTRIBUTES_TABLE`: its 16-byte header, then one
+/// [`crate::DESC_SIZE`] descriptor per shim page.
+pub const MEMATTR: usize = 0x1180;
 
 /// `EFI_TABLE_HEADER.Signature`.
 pub const HDR_SIGNATURE: usize = 0;
@@ -73,9 +76,9 @@ pub const RT_SIZE: usize = RT_FUNCTIONS + 8 * SERVICES;
 pub const CT_VENDOR_TABLE: usize = 16;
 /// Size of one `EFI_CONFIGURATION_TABLE` entry.
 pub const CT_SIZE: usize = 24;
-/// Most configuration tables the shim publishes (RT properties; ACPI 2.0
-/// when the VM has ACPI tables).
-pub const CONFIG_ENTRIES: usize = 2;
+/// Most configuration tables the shim publishes (RT properties, memory
+/// attributes; ACPI 2.0 when the VM has ACPI tables).
+pub const CONFIG_ENTRIES: usize = 3;
 
 /// Size of `EFI_RT_PROPERTIES_TABLE` (Version u16, Length u16,
 /// RuntimeServicesSupported u32).
@@ -84,6 +87,13 @@ pub const RTP_SIZE: usize = 8;
 const _: () = assert!(SYSTAB + ST_SIZE <= RT);
 const _: () = assert!(RT + RT_SIZE <= CONFIG);
 const _: () = assert!(CONFIG + CT_SIZE * CONFIG_ENTRIES <= RT_PROPERTIES);
+/// Size of the `EFI_MEMORY_ATTRIBUTES_TABLE` header (Version,
+/// NumberOfEntries, DescriptorSize, Flags: four `u32`).
+pub const MEMATTR_HEADER_SIZE: usize = 16;
+/// Size of the whole memory attributes table (one entry per page).
+pub const MEMATTR_SIZE: usize = MEMATTR_HEADER_SIZE + PAGES * crate::DESC_SIZE;
+
 const _: () = assert!(RT_PROPERTIES + RTP_SIZE <= VENDOR);
-const _: () = assert!(VENDOR + 2 * 7 <= DATA + 0x1000);
+const _: () = assert!(VENDOR + 2 * 7 <= MEMATTR);
+const _: () = assert!(MEMATTR % 8 == 0 && MEMATTR + MEMATTR_SIZE <= DATA + 0x1000);
 const _: () = assert!(SERVICES * TRAMPOLINE_SIZE <= DATA);

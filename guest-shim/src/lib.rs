@@ -16,15 +16,18 @@
 //! | `0x0000` | runtime code  | 14 trampolines of 16 bytes, rest of the page `int3` |
 //! | `0x1000` | runtime data  | `EFI_SYSTEM_TABLE` (120 bytes)                      |
 //! | `0x1080` | runtime data  | `EFI_RUNTIME_SERVICES` (136 bytes)                  |
-//! | `0x1110` | runtime data  | the configuration tables: RT properties, then ACPI 2.0 (if the VM has ACPI tables) |
-//! | `0x1140` | runtime data  | `EFI_RT_PROPERTIES_TABLE`                           |
-//! | `0x1150` | runtime data  | `FirmwareVendor`, UTF-16 `"efivmm\0"`               |
+//! | `0x1110` | runtime data  | the configuration tables: RT properties, memory attributes, then ACPI 2.0 (if the VM has ACPI tables) |
+//! | `0x1160` | runtime data  | `EFI_RT_PROPERTIES_TABLE`                           |
+//! | `0x1170` | runtime data  | `FirmwareVendor`, UTF-16 `"efivmm\0"`               |
+//! | `0x1180` | runtime data  | `EFI_MEMORY_ATTRIBUTES_TABLE` (v2): code page RO, data page XP |
 //!
 //! # Trampolines
 //!
 //! Trampoline `n` (at `base + 16 * n`, `n` the [`sandbox_abi::Service`]
 //! number, which is also the index of the function pointer in the RT table)
-//! is `mov eax, n` / `out CALL_PORT, eax` / `ret`, padded with `int3`. At the
+//! is `endbr64` / `mov eax, n` / `out CALL_PORT, eax` / `ret`, padded with
+//! `int3` (`endbr64` is a NOP without CET; with CET-IBT on during runtime
+//! calls it makes the trampoline a valid indirect-call target). At the
 //! `out` the Microsoft x64 arguments (RCX, RDX, R8, R9, `[RSP+0x28]`, ...) and
 //! RSP are exactly as the caller left them, and no non-volatile register has
 //! been touched; only RAX (volatile, the return register) holds the service
@@ -119,10 +122,17 @@
 //!   maps each region at its old VA and 1:1 (`efi_map_region_fixed`) and
 //!   never calls SVAM.
 //! * `efi_map_region` maps a region uncached unless it has `EFI_MEMORY_WB`
-//!   (we set it). With no `EFI_MEMORY_ATTRIBUTES_TABLE` (none published),
-//!   `efi_runtime_update_mappings` leaves both shim pages RW+X in `efi_mm`
-//!   and `efi_disable_ibt_for_runtime` stays true: CET-IBT is off during
-//!   runtime calls, so the trampolines need no `endbr64`.
+//!   (we set it). After a successful SVAM, `efi_runtime_update_mappings`
+//!   applies the `EFI_MEMORY_ATTRIBUTES_TABLE` (`efi_memattr_apply_permissions`,
+//!   both the 1:1 and the VA mapping in `efi_mm`): the code page becomes
+//!   read-only+executable, the data page read-write+NX (without the table
+//!   both stayed RW+X). A memory attributes table also makes 6.1 keep CET-IBT
+//!   on during runtime calls (`efi_disable_ibt_for_runtime = false`): hence
+//!   the trampolines' `endbr64`, and the table's v2 flag
+//!   `EFI_MEMORY_ATTRIBUTES_FLAGS_RT_FORWARD_CONTROL_FLOW_GUARD`. Its entries
+//!   are validated against the EFI memory map (`entry_is_valid`: runtime
+//!   code/data, inside one `EFI_MEMORY_RUNTIME` region of the same type);
+//!   VirtualStart stays 0 (Linux takes the VA from the memory map).
 #![warn(missing_docs)]
 
 pub mod layout;
@@ -161,6 +171,20 @@ pub const RT_PROPERTIES_TABLE_GUID: [u8; 16] =
 /// memory order.
 pub const ACPI_20_TABLE_GUID: [u8; 16] =
     [0x71, 0xe8, 0x68, 0x88, 0xf1, 0xe4, 0xd3, 0x11, 0xbc, 0x22, 0x00, 0x80, 0xc7, 0x3c, 0x88, 0x81];
+/// `EFI_MEMORY_ATTRIBUTES_TABLE_GUID` dcfa911d-26eb-469f-a220-38b7dc461220,
+/// in memory order.
+pub const MEMORY_ATTRIBUTES_TABLE_GUID: [u8; 16] =
+    [0x1d, 0x91, 0xfa, 0xdc, 0xeb, 0x26, 0x9f, 0x46, 0xa2, 0x20, 0x38, 0xb7, 0xdc, 0x46, 0x12, 0x20];
+/// `EFI_MEMORY_ATTRIBUTES_TABLE` version 2 (UEFI 2.10: `Reserved` became
+/// `Flags`).
+pub const MEMORY_ATTRIBUTES_TABLE_VERSION: u32 = 2;
+/// `EFI_MEMORY_ATTRIBUTES_FLAGS_RT_FORWARD_CONTROL_FLOW_GUARD`: every
+/// runtime entry point starts with `endbr64`.
+pub const MEMORY_ATTRIBUTES_FLAGS_RT_FORWARD_CONTROL_FLOW_GUARD: u32 = 1;
+/// `EFI_MEMORY_XP` (execute-protect).
+pub const EFI_MEMORY_XP: u64 = 0x4000;
+/// `EFI_MEMORY_RO` (read-only).
+pub const EFI_MEMORY_RO: u64 = 0x2_0000;
 /// `EFI_RT_PROPERTIES_TABLE_VERSION`.
 pub const RT_PROPERTIES_TABLE_VERSION: u16 = 1;
 /// The firmware vendor string.
@@ -244,17 +268,48 @@ pub const SERVICES: [Service; layout::SERVICES] = [
     Service::QueryVariableInfo,
 ];
 
-/// The 16 bytes of the trampoline for `service`:
+/// The 16 bytes of the trampoline for `service`: `endbr64` /
 /// `mov eax, imm32` / `out imm8, eax` / `ret` / `int3` padding.
 pub fn trampoline(service: Service) -> [u8; layout::TRAMPOLINE_SIZE] {
     let mut t = [0xCCu8; layout::TRAMPOLINE_SIZE];
     let n = service as u64 as u32;
-    t[0] = 0xB8; // mov eax, imm32
-    t[1..5].copy_from_slice(&n.to_le_bytes());
-    t[5] = 0xE7; // out imm8, eax
-    t[6] = CALL_PORT as u8;
-    t[7] = 0xC3; // ret
+    t[0..4].copy_from_slice(&[0xF3, 0x0F, 0x1E, 0xFA]); // endbr64
+    t[4] = 0xB8; // mov eax, imm32
+    t[5..9].copy_from_slice(&n.to_le_bytes());
+    t[9] = 0xE7; // out imm8, eax
+    t[10] = CALL_PORT as u8;
+    t[11] = 0xC3; // ret
     t
+}
+
+/// Writes the `EFI_MEMORY_ATTRIBUTES_TABLE` at [`layout::MEMATTR`]: the code
+/// page read-only, the data page execute-protected (both runtime), in the
+/// memory map's descriptor format and stride.
+fn write_memory_attributes(bytes: &mut [u8], base: u64) {
+    let m = layout::MEMATTR;
+    wr32(bytes, m, MEMORY_ATTRIBUTES_TABLE_VERSION);
+    wr32(bytes, m + 4, layout::PAGES as u32);
+    wr32(bytes, m + 8, DESC_SIZE as u32);
+    wr32(bytes, m + 12, MEMORY_ATTRIBUTES_FLAGS_RT_FORWARD_CONTROL_FLOW_GUARD);
+    let entries = [
+        MemDesc {
+            kind: EFI_RUNTIME_SERVICES_CODE,
+            phys: base + layout::CODE as u64,
+            virt: 0,
+            pages: 1,
+            attribute: EFI_MEMORY_RUNTIME | EFI_MEMORY_RO,
+        },
+        MemDesc {
+            kind: EFI_RUNTIME_SERVICES_DATA,
+            phys: base + layout::DATA as u64,
+            virt: 0,
+            pages: 1,
+            attribute: EFI_MEMORY_RUNTIME | EFI_MEMORY_XP,
+        },
+    ];
+    let table = efi_memory_map(&entries);
+    let at = m + layout::MEMATTR_HEADER_SIZE;
+    bytes[at..at + table.len()].copy_from_slice(&table);
 }
 
 /// The service a guest asks for with `eax` at a [`CALL_PORT`] exit: only the
@@ -364,8 +419,12 @@ impl Shim {
         let c = layout::CONFIG;
         bytes[c..c + 16].copy_from_slice(&RT_PROPERTIES_TABLE_GUID);
         wr64(&mut bytes, c + layout::CT_VENDOR_TABLE, base + layout::RT_PROPERTIES as u64);
+        let c = layout::CONFIG + layout::CT_SIZE;
+        bytes[c..c + 16].copy_from_slice(&MEMORY_ATTRIBUTES_TABLE_GUID);
+        wr64(&mut bytes, c + layout::CT_VENDOR_TABLE, base + layout::MEMATTR as u64);
+        write_memory_attributes(&mut bytes, base);
         if let Some(rsdp) = acpi_rsdp {
-            let c = layout::CONFIG + layout::CT_SIZE;
+            let c = layout::CONFIG + 2 * layout::CT_SIZE;
             bytes[c..c + 16].copy_from_slice(&ACPI_20_TABLE_GUID);
             wr64(&mut bytes, c + layout::CT_VENDOR_TABLE, rsdp);
         }
@@ -443,7 +502,7 @@ impl Shim {
         wr64(b, layout::ST_FIRMWARE_VENDOR, vendor);
         wr32(b, layout::ST_FIRMWARE_REVISION, FIRMWARE_REVISION);
         wr64(b, layout::ST_RUNTIME_SERVICES, rt);
-        let entries = if acpi.is_some() { layout::CONFIG_ENTRIES } else { 1 };
+        let entries = if acpi.is_some() { layout::CONFIG_ENTRIES } else { layout::CONFIG_ENTRIES - 1 };
         wr64(b, layout::ST_NUMBER_OF_TABLE_ENTRIES, entries as u64);
         wr64(b, layout::ST_CONFIGURATION_TABLE, config);
         let crc = table_crc32(b, layout::ST_SIZE);

@@ -142,9 +142,10 @@ fn system_table() {
         assert_eq!(rd64(b, st + off), 0, "field {off} must be NULL");
     }
     assert_eq!(rd64(b, st + 88), shim.rt_table_addr());
-    assert_eq!(rd64(b, st + 104), 1);
+    assert_eq!(rd64(b, st + 104), 2);
     let ct = at(&shim, rd64(b, st + 112));
     assert_eq!(&b[ct..ct + 16], efi::RT_PROPERTIES_TABLE_GUID.as_bytes());
+    assert_eq!(&b[ct + 24..ct + 40], efi::MEMORY_ATTRIBUTES_TABLE_GUID.as_bytes());
     let rtp = at(&shim, rd64(b, ct + 16));
     assert_eq!(u16::from_le_bytes([b[rtp], b[rtp + 1]]), 1);
     assert_eq!(u16::from_le_bytes([b[rtp + 2], b[rtp + 3]]), 8);
@@ -166,7 +167,14 @@ fn system_table() {
     }
     // Every table lies inside the data region.
     let data = shim.regions()[1];
-    for a in [shim.systab_addr(), shim.rt_table_addr(), rd64(b, st + 112), rd64(b, ct + 16), rd64(b, st + 24)] {
+    for a in [
+        shim.systab_addr(),
+        shim.rt_table_addr(),
+        rd64(b, st + 112),
+        rd64(b, ct + 16),
+        rd64(b, ct + 40),
+        rd64(b, st + 24),
+    ] {
         assert!(a >= data.phys && a < data.phys + data.pages * 4096);
     }
 }
@@ -217,6 +225,9 @@ fn trampolines_decode() {
         // Decode at two different IPs: the same bytes, the same meaning.
         for ip in [BASE + off as u64, 0xffff_ffef_0000_0000 + off as u64] {
             let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+            // A valid indirect-branch target under CET-IBT, a NOP otherwise.
+            let i0 = d.decode();
+            assert_eq!(i0.mnemonic(), Mnemonic::Endbr64);
             let i1 = d.decode();
             assert_eq!(i1.mnemonic(), Mnemonic::Mov);
             assert_eq!(i1.op0_register(), Register::EAX);
@@ -230,7 +241,7 @@ fn trampolines_decode() {
             let i3 = d.decode();
             assert_eq!(i3.mnemonic(), Mnemonic::Ret);
             assert_eq!(i3.op_count(), 0, "plain ret, no stack adjustment");
-            assert_eq!(i1.len() + i2.len() + i3.len(), 8);
+            assert_eq!(i0.len() + i1.len() + i2.len() + i3.len(), 12);
             for ins in [&i1, &i2] {
                 // Before the out: two operands, only EAX and immediates, no
                 // memory operand, no prefix; so RSP, the argument registers,
@@ -548,6 +559,7 @@ fn guest_call(shim: &Shim, map: &[MemDesc], one_to_one: bool, n: usize) -> Optio
     let f = rd64(b, rt + 24 + 8 * n);
     let code = guest_read(shim, map, one_to_one, f)?;
     let mut d = Decoder::with_ip(64, &b[code..code + 16], f, DecoderOptions::NONE);
+    assert_eq!(d.decode().mnemonic(), Mnemonic::Endbr64);
     let mov = d.decode();
     assert_eq!(d.decode().mnemonic(), Mnemonic::Out);
     Some(mov.immediate32())
@@ -610,11 +622,12 @@ fn acpi_rsdp_is_a_second_configuration_table_and_survives_svam_and_reset() {
         let b = shim.bytes();
         let st = at(shim, shim.systab_addr());
         check_header(b, st, 0x5453_5953_2049_4249, 120);
-        assert_eq!(rd64(b, st + 104), 2);
+        assert_eq!(rd64(b, st + 104), 3);
         let ct = at(shim, rd64(b, st + 112));
         assert_eq!(&b[ct..ct + 16], efi::RT_PROPERTIES_TABLE_GUID.as_bytes());
-        assert_eq!(&b[ct + 24..ct + 40], efi::ACPI_20_TABLE_GUID.as_bytes());
-        assert_eq!(rd64(b, ct + 40), rsdp);
+        assert_eq!(&b[ct + 24..ct + 40], efi::MEMORY_ATTRIBUTES_TABLE_GUID.as_bytes());
+        assert_eq!(&b[ct + 48..ct + 64], efi::ACPI_20_TABLE_GUID.as_bytes());
+        assert_eq!(rd64(b, ct + 64), rsdp);
         // The RT properties table still says what it said.
         assert_eq!(rd32(b, at(shim, rd64(b, ct + 16)) + 4), 0x27FF);
     };
@@ -625,7 +638,49 @@ fn acpi_rsdp_is_a_second_configuration_table_and_survives_svam_and_reset() {
     check(&shim);
     shim.reset();
     check(&shim);
-    // Without ACPI there is one table.
+    // Without ACPI there are two tables.
     let plain = Shim::build(BASE);
-    assert_eq!(rd64(plain.bytes(), at(&plain, plain.systab_addr()) + 104), 1);
+    assert_eq!(rd64(plain.bytes(), at(&plain, plain.systab_addr()) + 104), 2);
+}
+
+/// The memory attributes table, as Linux's `efi_memattr_init` and
+/// `entry_is_valid` read it: version <= 2, one entry per shim page, each
+/// runtime code/data exactly inside the memory-map region of the same type,
+/// the code page read-only, the data page execute-protected; stays valid
+/// (and unchanged) across SVAM.
+#[test]
+fn memory_attributes_table() {
+    let mut shim = Shim::build_with_acpi(BASE, Some(0xe_0000));
+    let check = |shim: &Shim| {
+        let b = shim.bytes();
+        let st = at(shim, shim.systab_addr());
+        let ct = at(shim, rd64(b, st + 112));
+        assert_eq!(&b[ct + 24..ct + 40], efi::MEMORY_ATTRIBUTES_TABLE_GUID.as_bytes());
+        let m = at(shim, rd64(b, ct + 40));
+        let (version, n, stride, flags) = (rd32(b, m), rd32(b, m + 4), rd32(b, m + 8), rd32(b, m + 12));
+        assert!((1..=2).contains(&version));
+        assert_eq!((n, stride as usize), (2, DESC_SIZE));
+        assert_eq!(flags, 1, "RT_FORWARD_CONTROL_FLOW_GUARD: the trampolines start with endbr64");
+        let entries = parse_memory_map(&b[m + 16..m + 16 + 2 * DESC_SIZE], DESC_SIZE);
+        let regions = shim.regions();
+        for (e, r) in entries.iter().zip(&regions) {
+            let d = r.descriptor();
+            assert_eq!((e.kind, e.phys, e.pages, e.virt), (d.kind, d.phys, d.pages, 0));
+            assert_ne!(e.attribute & efi::MEMORY_RUNTIME, 0);
+        }
+        assert_eq!(entries[0].kind, efi::RUNTIME_SERVICES_CODE);
+        assert_eq!(entries[0].attribute & (efi::MEMORY_RO | efi::MEMORY_XP), efi::MEMORY_RO);
+        assert_eq!(entries[1].kind, efi::RUNTIME_SERVICES_DATA);
+        assert_eq!(entries[1].attribute & (efi::MEMORY_RO | efi::MEMORY_XP), efi::MEMORY_XP);
+        // The table itself lies in the data page (reserved, runtime).
+        let data = regions[1];
+        assert!(BASE + m as u64 >= data.phys && BASE + (m + 16 + 2 * DESC_SIZE) as u64 <= data.phys + 4096);
+    };
+    check(&shim);
+    let before = shim.bytes().to_vec();
+    let map = svam_map(&shim, 0xffff_ffef_0000_0000, 0xffff_ffef_0000_1000);
+    shim.set_virtual_address_map(map.len() as u64, DESC_SIZE as u64, 1, &map).unwrap();
+    check(&shim);
+    let m = layout::MEMATTR;
+    assert_eq!(shim.bytes()[m..m + layout::MEMATTR_SIZE], before[m..m + layout::MEMATTR_SIZE]);
 }
