@@ -1,5 +1,6 @@
-//! The guest's ACPI tables: RSDP, XSDT, a hardware-reduced FADT, an empty
-//! DSDT describing COM1 and a MADT with one local APIC per vCPU and the I/O APIC.
+//! The guest's ACPI tables, built with rust-vmm's `acpi_tables` crate: RSDP,
+//! XSDT, a hardware-reduced FADT, a DSDT describing COM1 and a MADT with one
+//! local APIC per vCPU and the I/O APIC.
 //!
 //! Why ACPI at all (the MP table already lists the vCPUs): an x86 Linux
 //! powers off through the EFI ResetSystem only when `efi_poweroff_required()`
@@ -17,54 +18,44 @@
 //! the reserved BIOS area below 1 MiB; the RSDP's address goes to
 //! `boot_params.acpi_rsdp_addr` and into the shim's EFI configuration table.
 
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::mptable::{checksum, IOAPIC_ADDR, LAPIC_ADDR};
+use super::mptable::{IOAPIC_ADDR, LAPIC_ADDR};
 use super::BootError;
+use crate::vm::devices::{COM1, I8042_COMMAND};
 
 /// Where the RSDP goes (the other tables follow it).
 pub const RSDP_ADDR: u64 = 0xe_0000;
 /// End of the area the tables may use.
 const TABLES_END: u64 = 0xf_0000;
 
-const OEM_ID: &[u8; 6] = b"EFIVMM";
-const OEM_TABLE_ID: &[u8; 8] = b"MICROVM ";
-const CREATOR_ID: &[u8; 4] = b"EVMM";
+const OEM_ID: [u8; 6] = *b"EFIVMM";
+const OEM_TABLE_ID: [u8; 8] = *b"MICROVM ";
+const OEM_REVISION: u32 = 1;
 
-/// FADT flags: HW_REDUCED_ACPI (bit 20).
-const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
-/// FADT flags: RESET_REG_SUP (bit 10), the reset register is valid.
-const FADT_RESET_REG_SUP: u32 = 1 << 10;
-/// The reset register: the i8042's command port, value 0xFE ("pulse the
-/// reset line"), which efivmm turns into a guest reset. Linux's default
+/// The FADT's reset register value for the i8042 command port: "pulse the
+/// reset line", which efivmm turns into a guest reset. Linux's default
 /// `reboot=acpi` (a guest without EFI runtime services booted with `noefi`)
 /// writes it first.
-const RESET_PORT: u64 = 0x64;
 const RESET_VALUE: u8 = 0xfe;
 /// FADT IA-PC boot architecture flags: VGA not present (bit 2), MSI not
 /// supported (bit 3): there is no PCI.
 const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3);
-/// Size of an ACPI 6.x FADT.
-const FADT_SIZE: usize = 276;
 
-/// A system description table: the 36-byte header, then `body`.
-fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
-    let mut t = Vec::with_capacity(36 + body.len());
-    t.extend_from_slice(signature);
-    t.extend_from_slice(&((36 + body.len()) as u32).to_le_bytes());
-    t.push(revision);
-    t.push(0); // checksum, below
-    t.extend_from_slice(OEM_ID);
-    t.extend_from_slice(OEM_TABLE_ID);
-    t.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
-    t.extend_from_slice(CREATOR_ID);
-    t.extend_from_slice(&1u32.to_le_bytes()); // creator revision
-    t.extend_from_slice(body);
-    t[9] = checksum(&t);
-    t
+fn bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut v = Vec::new();
+    table.to_aml_bytes(&mut v);
+    v
 }
 
-/// The DSDT's body (AML): COM1 as an ACPI device.
+/// The DSDT: COM1 as an ACPI device.
 ///
 /// ```text
 /// Scope (\_SB) {
@@ -73,7 +64,7 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
 ///     Name (_UID, 0)
 ///     Name (_CRS, ResourceTemplate () {
 ///       IO (Decode16, 0x3F8, 0x3F8, 0x01, 0x08)
-///       IRQNoFlags () {4}
+///       Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {4}
 ///     })
 ///   }
 /// }
@@ -86,84 +77,67 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
 /// space output does not). Described here, the port is taken over by
 /// 8250_pnp with GSI 4 mapped through the I/O APIC (edge, active high: the
 /// serial irqfd's pulse).
-const DSDT_AML: [u8; 52] = [
-    0x10, 0x33, b'\\', b'_', b'S', b'B', b'_', // Scope (\_SB), PkgLength 51
-    0x5b, 0x82, 0x2b, b'C', b'O', b'M', b'1', // Device (COM1), PkgLength 43
-    0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x05, 0x01, // Name (_HID, EisaId ("PNP0501"))
-    0x08, b'_', b'U', b'I', b'D', 0x00, // Name (_UID, Zero)
-    0x08, b'_', b'C', b'R', b'S', 0x11, 0x10, 0x0a, 0x0d, // Name (_CRS, Buffer (13) {
-    0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08, //   IO (Decode16, 0x3F8, 0x3F8, 1, 8)
-    0x22, 0x10, 0x00, //   IRQNoFlags () {4}
-    0x79, 0x00, //   EndTag })
-];
+fn dsdt() -> Vec<u8> {
+    let io = aml::IO::new(COM1, COM1, 1, 8);
+    let irq = aml::Interrupt::new(true, true, false, false, 4);
+    let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
+    let hid = aml::EISAName::new("PNP0501");
+    let (hid, uid, crs) = (
+        aml::Name::new("_HID".into(), &hid),
+        aml::Name::new("_UID".into(), &aml::ZERO),
+        aml::Name::new("_CRS".into(), &crs),
+    );
+    let com1 = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
+    let scope = aml::Scope::new("_SB_".into(), vec![&com1]);
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    dsdt.append_slice(&bytes(&scope));
+    dsdt.as_slice().to_vec()
+}
 
+/// The FADT: hardware-reduced, the DSDT, the i8042 reset register, no PCI.
 fn fadt(dsdt: u64) -> Vec<u8> {
-    let mut body = vec![0u8; FADT_SIZE - 36];
-    let at = |off: usize| off - 36;
-    body[at(40)..at(44)].copy_from_slice(&(dsdt as u32).to_le_bytes());
-    body[at(109)..at(111)].copy_from_slice(&IAPC_BOOT_ARCH.to_le_bytes());
-    body[at(112)..at(116)].copy_from_slice(&(FADT_HW_REDUCED_ACPI | FADT_RESET_REG_SUP).to_le_bytes());
-    // RESET_REG, a Generic Address Structure: system I/O, 8 bits at bit 0,
-    // byte access, the port; then RESET_VALUE.
-    body[at(116)..at(120)].copy_from_slice(&[1, 8, 0, 1]);
-    body[at(120)..at(128)].copy_from_slice(&RESET_PORT.to_le_bytes());
-    body[at(128)] = RESET_VALUE;
-    body[at(131)] = 5; // FADT minor version (6.5)
-    body[at(140)..at(148)].copy_from_slice(&dsdt.to_le_bytes()); // X_DSDT
-    body[at(268)..at(276)].copy_from_slice(b"EFIVMM  "); // hypervisor vendor identity
-    sdt(b"FACP", 6, &body)
+    let mut f = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup);
+    f.reset_reg = GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, u64::from(I8042_COMMAND));
+    f.reset_value = RESET_VALUE;
+    f.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    f.hypervisor_vendor_identity = u64::from_le_bytes(*b"EFIVMM  ").into();
+    bytes(&f.finalize())
 }
 
+/// The MADT: one enabled local APIC per vCPU (UID = APIC ID = index), the
+/// I/O APIC with the next ID (as in the MP table), GSI base 0.
 fn madt(cpus: u8) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
-    body.extend_from_slice(&0u32.to_le_bytes()); // flags: no PC-AT 8259 pair in use
+    let mut m = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_ADDR));
     for id in 0..cpus {
-        // Processor local APIC: UID, APIC ID, enabled.
-        body.extend_from_slice(&[0, 8, id, id]);
-        body.extend_from_slice(&1u32.to_le_bytes());
+        m.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
-    // I/O APIC: ID (after the vCPUs', as in the MP table), address, GSI base 0.
-    body.extend_from_slice(&[1, 12, cpus, 0]);
-    body.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
-    body.extend_from_slice(&0u32.to_le_bytes());
-    sdt(b"APIC", 5, &body)
-}
-
-fn rsdp(xsdt: u64) -> Vec<u8> {
-    let mut r = Vec::with_capacity(36);
-    r.extend_from_slice(b"RSD PTR ");
-    r.push(0); // checksum of the first 20 bytes, below
-    r.extend_from_slice(OEM_ID);
-    r.push(2); // revision: ACPI 2.0+
-    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
-    r.extend_from_slice(&36u32.to_le_bytes());
-    r.extend_from_slice(&xsdt.to_le_bytes());
-    r.push(0); // extended checksum, below
-    r.extend_from_slice(&[0; 3]);
-    r[8] = checksum(&r[..20]);
-    r[32] = checksum(&r);
-    r
+    m.add_structure(IoApic::new(cpus, IOAPIC_ADDR, 0));
+    bytes(&m)
 }
 
 /// The tables for `cpus` vCPUs as (guest address, bytes) pieces; the first
 /// is the RSDP at [`RSDP_ADDR`].
 pub fn build(cpus: u8) -> Vec<(u64, Vec<u8>)> {
     let align = |a: u64| (a + 15) & !15;
-    let xsdt_addr = align(RSDP_ADDR + 36);
+    let xsdt_addr = align(RSDP_ADDR + Rsdp::len() as u64);
     // The XSDT has two entries (FADT, MADT): 36 + 16 bytes.
     let dsdt_addr = align(xsdt_addr + 52);
-    let dsdt = sdt(b"DSDT", 2, &DSDT_AML);
+    let dsdt = dsdt();
     let fadt_addr = align(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align(fadt_addr + fadt.len() as u64);
     let madt = madt(cpus);
-    let mut entries = Vec::new();
-    entries.extend_from_slice(&fadt_addr.to_le_bytes());
-    entries.extend_from_slice(&madt_addr.to_le_bytes());
-    let xsdt = sdt(b"XSDT", 1, &entries);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt = bytes(&xsdt);
+    assert_eq!(xsdt.len(), 52);
     assert!(madt_addr + madt.len() as u64 <= TABLES_END);
-    vec![(RSDP_ADDR, rsdp(xsdt_addr)), (xsdt_addr, xsdt), (dsdt_addr, dsdt), (fadt_addr, fadt), (madt_addr, madt)]
+    let rsdp = bytes(&Rsdp::new(OEM_ID, xsdt_addr));
+    vec![(RSDP_ADDR, rsdp), (xsdt_addr, xsdt), (dsdt_addr, dsdt), (fadt_addr, fadt), (madt_addr, madt)]
 }
 
 /// Writes the tables into guest memory; returns the RSDP's address.
@@ -200,16 +174,23 @@ mod tests {
         assert_eq!(u32::from_le_bytes(xsdt[4..8].try_into().unwrap()) as usize, xsdt.len());
         let entry = |i: usize| u64::from_le_bytes(xsdt[36 + 8 * i..44 + 8 * i].try_into().unwrap());
         let fadt = find(entry(0));
-        assert_eq!((&fadt[..4], fadt.len(), sum(fadt)), (&b"FACP"[..], FADT_SIZE, 0));
+        assert_eq!((&fadt[..4], fadt.len(), sum(fadt)), (&b"FACP"[..], 276, 0));
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
-        assert_ne!(flags & FADT_HW_REDUCED_ACPI, 0);
+        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
         // The reset register is the i8042 command port (what efivmm resets on).
-        assert_ne!(flags & FADT_RESET_REG_SUP, 0);
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
         assert_eq!(&fadt[116..120], &[1, 8, 0, 1]);
         assert_eq!(u64::from_le_bytes(fadt[120..128].try_into().unwrap()), crate::vm::devices::I8042_COMMAND as u64);
         assert_eq!(fadt[128], 0xfe);
         let dsdt = find(u64::from_le_bytes(fadt[140..148].try_into().unwrap()));
         assert_eq!((&dsdt[..4], sum(dsdt)), (&b"DSDT"[..], 0));
+        // COM1 in the AML: \_SB.COM1 with EisaId PNP0501, IO 0x3F8/8 and an
+        // extended interrupt descriptor (consumer, edge, active high) for GSI 4.
+        let has = |needle: &[u8]| dsdt.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"_SB_") && has(b"COM1"));
+        assert!(has(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), "EisaId PNP0501");
+        assert!(has(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]), "IO (Decode16, 0x3F8, 0x3F8, 1, 8)");
+        assert!(has(&[0x89, 0x06, 0x00, 0x03, 0x01, 4, 0, 0, 0]), "Interrupt (consumer, edge, high) {{4}}");
         let madt = find(entry(1));
         assert_eq!((&madt[..4], sum(madt)), (&b"APIC"[..], 0));
         // Walk the MADT: three enabled local APICs with IDs 0..3, one I/O APIC.
