@@ -232,4 +232,6 @@ fn no_access_to_dev_kvm_exits_3_with_what_to_do() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("/dev/kvm") && stderr.contains("kvm` group"), "{stderr}");
     assert!(out.stdout.is_empty());
+    // A run that cannot start leaves no fresh, empty vars file behind.
+    assert!(!dir.path().join("v.fd").exists());
 }

@@ -91,6 +91,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
             (dir.join("vars.fd"), Some(TempDir(dir)))
         }
     };
+    crate::sandbox::kvm_available()?;
     let vars = VarsFile::open_or_create(&vars_path, Layout::Ovmf2M)?;
     let firmware = Firmware::start(&args.firmware.unwrap_or(FirmwareSource::Builtin), vars)?;
     let config = VmConfig {

@@ -136,6 +136,7 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
 
 /// Runs `efivmm rt`, returning the JSON object to print.
 pub fn run(args: RtArgs) -> Result<Value, ExitError> {
+    crate::sandbox::kvm_available().map_err(ExitError::Setup)?;
     let vars = VarsFile::open_or_create(&args.vars, Layout::Ovmf2M).map_err(ExitError::Vars)?;
     let mut fw = Firmware::start(&args.firmware, vars).map_err(ExitError::Setup)?;
     fw.set_deadline(Duration::from_millis(args.deadline_ms));

@@ -106,6 +106,12 @@ pub struct Sandbox {
     watchdog: Watchdog,
 }
 
+/// Whether /dev/kvm can be opened: checked before efivmm creates a missing
+/// vars file, so that a run that cannot start leaves nothing behind.
+pub fn kvm_available() -> Result<(), SetupError> {
+    Kvm::new().map(drop).map_err(SetupError::NoKvm)
+}
+
 impl Sandbox {
     /// Builds a sandbox VM, loads `firmware` (an ELF) and the vars file
     /// image `store`.
