@@ -84,15 +84,15 @@ pub const CONFIG_ENTRIES: usize = 3;
 /// RuntimeServicesSupported u32).
 pub const RTP_SIZE: usize = 8;
 
-const _: () = assert!(SYSTAB + ST_SIZE <= RT);
-const _: () = assert!(RT + RT_SIZE <= CONFIG);
-const _: () = assert!(CONFIG + CT_SIZE * CONFIG_ENTRIES <= RT_PROPERTIES);
 /// Size of the `EFI_MEMORY_ATTRIBUTES_TABLE` header (Version,
 /// NumberOfEntries, DescriptorSize, Flags: four `u32`).
 pub const MEMATTR_HEADER_SIZE: usize = 16;
 /// Size of the whole memory attributes table (one entry per page).
 pub const MEMATTR_SIZE: usize = MEMATTR_HEADER_SIZE + PAGES * crate::DESC_SIZE;
 
+const _: () = assert!(SYSTAB + ST_SIZE <= RT);
+const _: () = assert!(RT + RT_SIZE <= CONFIG);
+const _: () = assert!(CONFIG + CT_SIZE * CONFIG_ENTRIES <= RT_PROPERTIES);
 const _: () = assert!(RT_PROPERTIES + RTP_SIZE <= VENDOR);
 const _: () = assert!(VENDOR + 2 * 7 <= MEMATTR);
 const _: () = assert!(MEMATTR % 8 == 0 && MEMATTR + MEMATTR_SIZE <= DATA + 0x1000);

@@ -43,8 +43,8 @@ const CPU_SIGNATURE: u32 = 0x600;
 /// CPUID(1).EDX-style features: FPU and APIC.
 const CPU_FEATURES: u32 = 0x201;
 
-/// The byte that makes `bytes` sum to zero (MP and ACPI tables alike).
-pub(super) fn checksum(bytes: &[u8]) -> u8 {
+/// The byte that makes `bytes` sum to zero.
+fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
 }
 
