@@ -97,6 +97,59 @@ pub const DOORBELL_PORT: u16 = 0x00E1;
 /// The CPL0 exception stub for vector `v` writes `v` here.
 pub const EXCEPTION_PORT: u16 = 0x0EF2;
 
+/// Offset of the name buffer from the mailbox header. An external firmware's
+/// loader (`ovmf-loader`) serves the same mailbox from a block it allocates
+/// itself: the header at the block's start and the buffers at these offsets.
+pub const NAME_OFFSET: u64 = NAME_ADDR - MAILBOX_ADDR;
+/// Offset of the input data buffer from the mailbox header.
+pub const DATA_IN_OFFSET: u64 = DATA_IN_ADDR - MAILBOX_ADDR;
+/// Offset of the output data buffer from the mailbox header.
+pub const DATA_OUT_OFFSET: u64 = DATA_OUT_ADDR - MAILBOX_ADDR;
+/// Bytes of a mailbox block (header and the three buffers).
+pub const MAILBOX_BLOCK_SIZE: u64 = DATA_OUT_OFFSET + DATA_SIZE;
+
+/// The loader of an external firmware rings the doorbell with this value in
+/// RDI once the firmware is at runtime (after ExitBootServices and the one
+/// identity SetVirtualAddressMap): RSI = the mailbox block's address, RDX =
+/// the EFI system table, RCX = SetVirtualAddressMap's status. Every later
+/// doorbell from it ends a call, with [`LOADER_REPLY`] in RDI.
+pub const LOADER_READY: u64 = 0x5944_4145_5244_4c45; // "ELDRAEDY"
+/// RDI of the loader's doorbell that ends a call.
+pub const LOADER_REPLY: u64 = 0x594c_5045_5244_4c45;
+/// RDI of the loader's doorbell when it cannot bring the firmware to runtime:
+/// RSI = the step that failed ([`LoaderStep`]), RDX = the EFI status.
+pub const LOADER_FAILED: u64 = 0x4c49_4146_5244_4c45;
+/// The port an external firmware's loader may write text to (one byte per
+/// `out`; QEMU's debugcon convention). efivmm logs it.
+pub const DEBUGCON_PORT: u16 = 0x0402;
+
+/// Steps of the loader, reported with [`LOADER_FAILED`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoaderStep {
+    /// Allocating the mailbox block.
+    AllocateMailbox = 1,
+    /// Reading the memory map.
+    GetMemoryMap = 2,
+    /// ExitBootServices.
+    ExitBootServices = 3,
+    /// SetVirtualAddressMap with the identity map.
+    SetVirtualAddressMap = 4,
+}
+
+impl LoaderStep {
+    /// The step for a number, if any.
+    pub fn from_u64(n: u64) -> Option<Self> {
+        Some(match n {
+            1 => LoaderStep::AllocateMailbox,
+            2 => LoaderStep::GetMemoryMap,
+            3 => LoaderStep::ExitBootServices,
+            4 => LoaderStep::SetVirtualAddressMap,
+            _ => return None,
+        })
+    }
+}
+
 /// `Mailbox::magic` value written by efivmm for every call.
 pub const MAILBOX_MAGIC: u64 = 0x7865_6f62_6c69_616d; // "mailboex" little-endian-ish
 
