@@ -9,8 +9,10 @@
 # `LAB-RESULT <scenario> PASS|FAIL <evidence>` lines, which this script
 # collects.
 #
-# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 S6 S5; also S3H,
-# and S5:S1, S5:S2, S5:S3 for one QEMU+OVMF scenario of S5)
+# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 S6 S5 EO; also S3H,
+# S5:S1, S5:S2, S5:S3 for one QEMU+OVMF scenario of S5, and EO:RT, EO:S1,
+# EO:S2, EO:S3, EO:S3L, EO:S4 for one scenario of EO: efivmm with the Debian
+# OVMF.fd in its sandbox, `efivmm rt` (RT) and the Debian L2)
 # Output: target/lab/ (l1.log: the whole console; report.md). The Debian
 # kernel package is cached in target/lab/cache/.
 # Environment: LAB_TIMEOUT (seconds for all L1 boots together, default 960),
@@ -27,7 +29,13 @@ t_start=$(date +%s)
 scenarios=("$@")
 # S6 last among the efivmm ones: if its guest cannot reboot, the L1 run
 # ends there.
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4 S6 S5)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4 S6 S5 EO)
+# EO = every scenario of efivmm with OVMF.fd in the sandbox.
+expanded=()
+for s in "${scenarios[@]}"; do
+  if [ "$s" = EO ]; then expanded+=(EO:RT EO:S1 EO:S2 EO:S3 EO:S3L EO:S4); else expanded+=("$s"); fi
+done
+scenarios=("${expanded[@]}")
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -64,7 +72,7 @@ say "kernel $kver"
 
 # 3. A static efivmm.
 say "building a static efivmm (musl)"
-rustup target add x86_64-unknown-linux-musl x86_64-unknown-none >/dev/null 2>&1 || true
+rustup target add x86_64-unknown-linux-musl x86_64-unknown-none x86_64-unknown-uefi >/dev/null 2>&1 || true
 (cd "$root" && cargo build --release --locked --target x86_64-unknown-linux-musl -p efivmm 2>&1 | grep -E '^(error|warning: unused)|Finished' || true)
 efivmm=$root/target/x86_64-unknown-linux-musl/release/efivmm
 [ -x "$efivmm" ] || { say "the efivmm build failed"; exit 1; }
@@ -115,14 +123,18 @@ ovmf_runs=()
 for s in "${scenarios[@]}"; do
   case $s in S5) ovmf_runs+=(S1 S2 S3) ;; S5:S[123]) ovmf_runs+=("${s#S5:}") ;; S5:*) say "unknown scenario $s"; exit 2 ;; esac
 done
+eo_runs=()
+for s in "${scenarios[@]}"; do [[ $s == EO:* ]] && eo_runs+=("$s"); done
+# OVMF.fd for S5 (QEMU+OVMF) and EO (efivmm+OVMF): the same file.
+mkdir -p "$l1/ovmf"
+cp /usr/share/ovmf/OVMF.fd "$l1/ovmf/"
 if [ ${#ovmf_runs[@]} -gt 0 ]; then
-  # S5: QEMU (with its libraries and the firmware files it loads) and OVMF.
+  # S5: QEMU (with its libraries and the firmware files it loads).
   copy_with_libs "$l1" "$(command -v qemu-system-x86_64)"
-  mkdir -p "$l1/qemu-data" "$l1/ovmf"
+  mkdir -p "$l1/qemu-data"
   for f in kvmvapic.bin linuxboot_dma.bin linuxboot.bin; do
     [ -e "/usr/share/qemu/$f" ] && cp -L "/usr/share/qemu/$f" "$l1/qemu-data/"
   done
-  cp /usr/share/ovmf/OVMF.fd "$l1/ovmf/"
 fi
 cp "$here/l1-init" "$l1/init"
 chmod +x "$l1/init"
@@ -178,12 +190,14 @@ boot_l1() { # CAP SCENARIO...: L1 boots (at most CAP seconds each) running these
 l0_aborts=0
 t_l1=$(date +%s)
 efivmm_runs=()
-for s in "${scenarios[@]}"; do [[ $s == S5* ]] || efivmm_runs+=("$s"); done
+for s in "${scenarios[@]}"; do [[ $s == S5* || $s == EO:* ]] || efivmm_runs+=("$s"); done
 # The efivmm L1 takes about 170 s; its cap leaves room to boot it again
 # after a stall (seen once in ~15 runs: no output after an L2 finished,
 # L0 idle), and each L2 run is bounded by efivmm --timeout (l1-init).
 [ ${#efivmm_runs[@]} -eq 0 ] || boot_l1 420 "${efivmm_runs[@]}" || true
 for o in ${ovmf_runs[@]+"${ovmf_runs[@]}"}; do boot_l1 240 "S5:$o" || true; done
+# efivmm with OVMF.fd in its sandbox: one L1 for all of them.
+[ ${#eo_runs[@]} -eq 0 ] || boot_l1 900 "${eo_runs[@]}" || true
 t_end=$(date +%s)
 
 # 7. Results: one row per scenario, efivmm and (S5) QEMU+OVMF.
@@ -200,8 +214,21 @@ result_of() { # TAGGED-SCENARIO -> "PASS evidence" / "FAIL evidence" / ""
 fail=0
 rows=()
 rows_of=()
-for s in "${scenarios[@]}"; do [[ $s == S5* ]] || rows_of+=("$s"); done
+for s in "${scenarios[@]}"; do [[ $s == S5* || $s == EO:* ]] || rows_of+=("$s"); done
 for s in ${ovmf_runs[@]+"${ovmf_runs[@]}"}; do [[ " ${rows_of[*]} " == *" $s "* ]] || rows_of+=("$s"); done
+for s in ${eo_runs[@]+"${eo_runs[@]}"}; do s=${s#EO:}; [ "$s" = RT ] || [[ " ${rows_of[*]} " == *" $s "* ]] || rows_of+=("$s"); done
+# efivmm + OVMF: the result of scenario $1 (EO:$1), judged like efivmm's own.
+eo_cell() { # SCENARIO -> "verdict|time"
+  local s=$1 r t
+  [[ " ${eo_runs[*]-} " == *" EO:$s "* ]] || { echo "-|-"; return; }
+  r=$(result_of "eovmf:$s")
+  case $s in S4) t=$(secs "eovmf-S4a efivmm-start" "eovmf-S4b efivmm-end") ;; *) t=$(secs "eovmf-$s efivmm-start" "eovmf-$s efivmm-end") ;; esac
+  if [ -z "$r" ]; then
+    echo "FAIL (no result: $(grep -a "efivmm::firmware\|did not reach runtime\|cannot run the firmware" "$log" | grep -a -m1 -i 'error\|fail\|cannot' | cut -c1-160))|$t"
+  else
+    echo "${r%% *}|$t"
+  fi
+}
 for s in "${rows_of[@]}"; do
   r=$(result_of "$s")
   if [[ " ${scenarios[*]} " != *" $s "* ]]; then r="- not run under efivmm"; fi
@@ -242,20 +269,37 @@ for s in "${rows_of[@]}"; do
       o="$o (UNEXPECTED: ${orr#* })"; fail=1
     fi
   fi
-  rows+=("| $s | $verdict | $t | $o | $ot | $evidence |")
+  eo=$(eo_cell "$s")
+  [[ ${eo%%|*} == PASS || ${eo%%|*} == - ]] || fail=1
+  rows+=("| $s | $verdict | $t | ${eo%%|*} | ${eo##*|} | $o | $ot | $evidence |")
 done
+# EO:RT: `efivmm rt` through OVMF and the built-in firmware, judged here.
+rt_lines=()
+if [[ " ${eo_runs[*]-} " == *" EO:RT "* ]]; then
+  mapfile -t rt_lines < <(python3 "$here/judge-rt.py" "$log" "$out" "$efivmm" 2>&1)
+  printf '%s\n' "${rt_lines[@]}"
+  [[ ${rt_lines[0]-} == "RT PASS"* ]] || fail=1
+fi
 l2boot=$(secs "S1 efivmm-start" "S1 l2-init")
 l2boot_ovmf=$(secs "ovmf-S1 qemu-start" "ovmf-S1 l2-init")
+l2boot_eo=$(secs "eovmf-S1 efivmm-start" "eovmf-S1 l2-init")
 {
   echo "# efivmm lab report"
   echo
   echo "Kernel: $kver (L1 and L2). Host: $(nproc) cores. Total: $((t_end - t_start))s, L1 run: $((t_end - t_l1))s."
   echo "L1 up (init's first line): $(awk '/LAB-TIME l1-init /{print $NF "s"; exit}' "$log")."
-  echo "L2 boot, start to the L2 init's first line: efivmm $l2boot, QEMU+OVMF $l2boot_ovmf."
+  echo "L2 boot, start to the L2 init's first line: efivmm $l2boot, efivmm + OVMF $l2boot_eo (includes OVMF's boot in the sandbox), QEMU+OVMF $l2boot_ovmf."
   echo
-  echo "| scenario | efivmm | time | QEMU+OVMF | time | evidence (efivmm) |"
-  echo "|---|---|---|---|---|---|"
+  echo "| scenario | efivmm (built-in) | time | efivmm + OVMF | time | QEMU + OVMF | time | evidence (efivmm, built-in) |"
+  echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  if [ ${#rt_lines[@]} -gt 0 ]; then
+    echo
+    echo "\`efivmm rt\` with OVMF.fd in the sandbox (EO:RT):"
+    echo
+    printf -- '- %s\n' "${rt_lines[@]}"
+    echo "- OVMF boot in efivmm's sandbox (reset vector to the loader's doorbell): $(grep -a -o 'OVMF reached runtime.*boot=[0-9.]*[a-z]*' "$log" | grep -o 'boot=[0-9.]*[a-z]*' | paste -sd, -)"
+  fi
   echo
   echo "Timings (L1's /proc/uptime, seconds):"
   echo

@@ -50,6 +50,11 @@ pub struct DemoArgs {
     /// (`--iters` bare `out` exits and GetVariable calls timed in the guest).
     #[arg(long, default_value = "normal", value_parser = ["normal", "hostile", "bench"])]
     pub mode: String,
+    /// Firmware that serves the runtime services in `--mode normal`:
+    /// `builtin` or the path of an OVMF image (booted to runtime in the
+    /// sandbox first; needs hardware virtualization).
+    #[arg(long, default_value = "builtin", value_name = "builtin|PATH")]
+    pub firmware: FirmwareSource,
     /// Iterations of each timed loop in `--mode bench`.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
     pub iters: u32,
@@ -137,8 +142,8 @@ pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
 }
 
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
-    let vars = VarsFile::open_or_create(vars_path, Layout::Ovmf2M)?;
-    let firmware = Firmware::start(&FirmwareSource::Builtin, vars)?;
+    let vars = VarsFile::open_or_create(vars_path, args.firmware.vars_layout()?)?;
+    let firmware = Firmware::start(&args.firmware, vars)?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
         kernel: TEST_KERNEL.to_vec(),

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use varstore::Layout;
 
 use crate::firmware::{Firmware, FirmwareSource};
 use crate::varsfile::VarsFile;
@@ -34,8 +33,12 @@ pub struct LaunchArgs {
     /// Runtime-service calls from several vCPUs are served one at a time.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
-    /// Firmware that serves the runtime services (`builtin` only so far).
-    #[arg(long, value_name = "builtin")]
+    /// Firmware that serves the runtime services: `builtin` (default) or the
+    /// path of an OVMF image (`OVMF.fd`, or `OVMF_CODE*.fd` with a vars file
+    /// of the same build), booted to runtime in the sandbox before the guest
+    /// starts (needs hardware virtualization; exit code 3 where KVM cannot
+    /// run firmware boot code).
+    #[arg(long, value_name = "builtin|PATH")]
     pub firmware: Option<FirmwareSource>,
     /// The VM's vars file (OVMF format). A missing file is created empty.
     /// Without --vars, a temporary store is used and discarded at exit.
@@ -92,8 +95,9 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         }
     };
     crate::sandbox::kvm_available()?;
-    let vars = VarsFile::open_or_create(&vars_path, Layout::Ovmf2M)?;
-    let firmware = Firmware::start(&args.firmware.unwrap_or(FirmwareSource::Builtin), vars)?;
+    let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
+    let vars = VarsFile::open_or_create(&vars_path, source.vars_layout()?)?;
+    let firmware = Firmware::start(&source, vars)?;
     let config = VmConfig {
         kernel,
         initrd,

@@ -53,7 +53,7 @@ impl ExitError {
     /// 4 vars file (unusable, locked, or no room for a change).
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitError::Usage(_) => 2,
+            ExitError::Usage(_) | ExitError::Setup(sandbox::SetupError::FirmwareFile { .. }) => 2,
             ExitError::Setup(_) | ExitError::Kvm(_) => 3,
             ExitError::Vars(_) | ExitError::Store(_) => 4,
             ExitError::NotFound(_) => 1,

@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use sandbox_abi::{DATA_SIZE, NAME_SIZE};
 use serde_json::{json, Map, Value};
-use varstore::Layout;
 
 use crate::efi::{self, EfiTime, Guid, Rfc3339, EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND, EFI_SUCCESS};
 use crate::firmware::{calls, Firmware, FirmwareSource};
@@ -17,18 +16,22 @@ use crate::ExitError;
 /// Options of `efivmm rt`.
 #[derive(Args, Debug)]
 pub struct RtArgs {
-    /// Firmware that serves the call. Only `builtin` (efivmm's own runtime
-    /// firmware) is available so far.
-    #[arg(long, default_value = "builtin", value_name = "builtin")]
+    /// Firmware that serves the call: `builtin` (efivmm's own runtime
+    /// firmware, at CPL3) or the path of an OVMF image (`OVMF.fd`, or
+    /// `OVMF_CODE.fd`/`OVMF_CODE_4M.fd` with a vars file of the same build),
+    /// booted to runtime in the sandbox first (needs hardware virtualization).
+    #[arg(long, default_value = "builtin", value_name = "builtin|PATH")]
     pub firmware: FirmwareSource,
     /// The VM's vars file (OVMF format, 2 MiB or 4 MiB build's layout). A
-    /// missing file is created as a fresh, empty store (128 KiB layout).
+    /// missing file is created as a fresh, empty store in the firmware's
+    /// layout (128 KiB for `builtin` and the 2 MiB OVMF build).
     #[arg(long, value_name = "FILE")]
     pub vars: PathBuf,
     /// Deadline of the call in the sandbox, in milliseconds; a firmware that
     /// runs longer is stopped and the call returns EFI_DEVICE_ERROR.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub deadline_ms: u64,
+    /// Default: 1000 for `builtin`, 5000 for OVMF.
+    #[arg(long, value_name = "MS")]
+    pub deadline_ms: Option<u64>,
     /// The service to call.
     #[command(subcommand)]
     pub service: RtService,
@@ -137,9 +140,12 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
 /// Runs `efivmm rt`, returning the JSON object to print.
 pub fn run(args: RtArgs) -> Result<Value, ExitError> {
     crate::sandbox::kvm_available().map_err(ExitError::Setup)?;
-    let vars = VarsFile::open_or_create(&args.vars, Layout::Ovmf2M).map_err(ExitError::Vars)?;
+    let layout = args.firmware.vars_layout().map_err(ExitError::Setup)?;
+    let vars = VarsFile::open_or_create(&args.vars, layout).map_err(ExitError::Vars)?;
     let mut fw = Firmware::start(&args.firmware, vars).map_err(ExitError::Setup)?;
-    fw.set_deadline(Duration::from_millis(args.deadline_ms));
+    if let Some(ms) = args.deadline_ms {
+        fw.set_deadline(Duration::from_millis(ms));
+    }
     serve(&mut fw, args.service)
 }
 

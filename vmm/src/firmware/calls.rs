@@ -2,9 +2,9 @@
 //! request of `sandbox_abi`'s encoding and decodes the reply. Used by
 //! `efivmm rt`, the tests and the benchmarks.
 
-use sandbox_abi::{Mailbox, Service, DATA_OUT_ADDR, FLAGS_ARG, NAME_ADDR, NAME_SIZE};
+use sandbox_abi::{Mailbox, Service, FLAGS_ARG, NAME_SIZE};
 
-use super::{Completed, Firmware};
+use super::{Buffer, Completed, Firmware};
 use crate::efi::{EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_SUCCESS};
 
 /// A request under construction.
@@ -128,7 +128,7 @@ impl Firmware {
         req.mailbox.args[3] = size;
         let reply = self.request(&req).reply;
         let ok = reply.status == EFI_SUCCESS;
-        let data = if ok { self.sandbox.read_output(DATA_OUT_ADDR, reply.outs[1]) } else { Vec::new() };
+        let data = if ok { self.read_output(Buffer::DataOut, reply.outs[1]) } else { Vec::new() };
         let has_sizes = ok || reply.status == EFI_BUFFER_TOO_SMALL;
         GetVariable {
             status: reply.status,
@@ -160,7 +160,7 @@ impl Firmware {
         NextName {
             status: reply.status,
             name_size: if ok || reply.status == EFI_BUFFER_TOO_SMALL { reply.outs[1] } else { 0 },
-            name: if ok { self.sandbox.read_output(NAME_ADDR, reply.outs[1]) } else { Vec::new() },
+            name: if ok { self.read_output(Buffer::Name, reply.outs[1]) } else { Vec::new() },
             guid: if ok { Guid::from_halves(reply.outs[2], reply.outs[3]) } else { Guid([0; 16]) },
         }
     }

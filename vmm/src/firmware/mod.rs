@@ -1,15 +1,33 @@
-//! The runtime firmware as the rest of efivmm sees it: a [`Sandbox`] running
-//! the firmware, plus the VM's [`VarsFile`]. Every call either completes (and
-//! a changed store is on disk before it returns) or fails with
-//! `EFI_DEVICE_ERROR` and leaves both the sandbox and the file as they were
-//! after the last good call.
+//! The runtime firmware as the rest of efivmm sees it: one interface,
+//! [`Backend`], with two implementations, and the VM's [`VarsFile`].
+//!
+//! - [`builtin`]: efivmm's own firmware (an ELF, `firmware/` in the
+//!   workspace) at CPL3 in a [`Sandbox`](crate::sandbox::Sandbox); its store
+//!   is the vars file image mapped into the sandbox.
+//! - [`ovmf`]: an unmodified OVMF image booted once in a sandbox platform VM
+//!   of its own, brought to runtime by efivmm's loader, which serves the
+//!   same mailbox by calling OVMF's runtime services; its store is the CFI
+//!   flash the vars file backs.
+//!
+//! Both speak the sandbox-ABI mailbox (`sandbox_abi::Mailbox`): the proxy,
+//! `efivmm rt` and the tests build one request and never know which firmware
+//! answers. [`Firmware`] adds what is common: every call either completes
+//! (and a changed store is validated and on disk before it returns) or fails
+//! with `EFI_DEVICE_ERROR` and leaves the backend's store and the file as
+//! they were after the last good call.
 
+pub mod builtin;
+pub mod calls;
+pub mod ovmf;
+
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sandbox_abi::Mailbox;
+use varstore::Layout;
 
 use crate::efi::EFI_DEVICE_ERROR;
-use crate::sandbox::{CallFailure, Sandbox, SetupError};
+use crate::sandbox::{CallFailure, SetupError};
 use crate::varsfile::{self, VarsFile};
 
 /// Which firmware serves the runtime services.
@@ -17,6 +35,9 @@ use crate::varsfile::{self, VarsFile};
 pub enum FirmwareSource {
     /// efivmm's built-in firmware.
     Builtin,
+    /// An OVMF image: the combined `OVMF.fd` (vars + code) or a code-only
+    /// `OVMF_CODE*.fd`, 2 MiB or 4 MiB build.
+    Ovmf(PathBuf),
 }
 
 impl std::str::FromStr for FirmwareSource {
@@ -25,12 +46,60 @@ impl std::str::FromStr for FirmwareSource {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "builtin" => Ok(FirmwareSource::Builtin),
-            other => Err(format!(
-                "`{other}`: only `builtin` is available so far; an external image such as OVMF.fd needs \
-                 the loader that brings it to runtime in the sandbox, which efivmm does not have yet"
-            )),
+            "" => Err("give `builtin` or the path of an OVMF image (e.g. /usr/share/ovmf/OVMF.fd)".into()),
+            path => Ok(FirmwareSource::Ovmf(PathBuf::from(path))),
         }
     }
+}
+
+impl FirmwareSource {
+    /// The vars file layout this firmware uses (a new vars file is created
+    /// in it; an existing one must match).
+    pub fn vars_layout(&self) -> Result<Layout, SetupError> {
+        match self {
+            FirmwareSource::Builtin => Ok(Layout::Ovmf2M),
+            FirmwareSource::Ovmf(path) => Ok(ovmf::image::OvmfImage::load(path)?.layout()),
+        }
+    }
+
+    /// A short name for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            FirmwareSource::Builtin => "builtin".into(),
+            FirmwareSource::Ovmf(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Which of a backend's buffers an output is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffer {
+    /// The name buffer (GetNextVariableName's new name).
+    Name,
+    /// The output data buffer.
+    DataOut,
+}
+
+/// A runtime firmware in a sandbox, speaking the sandbox-ABI mailbox.
+pub trait Backend: Send {
+    /// Runs one call: `request` with `name` in the name buffer and `data_in`
+    /// in the input buffer. Returns the mailbox as the firmware left it. On
+    /// failure the backend has already put its own state (vCPU, firmware
+    /// memory) back to where the next call can start; its store is restored
+    /// by the caller with [`Backend::restore_store`].
+    fn call(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, CallFailure>;
+    /// Reads `len` bytes (clamped to the buffer) of an output buffer of the
+    /// last call.
+    fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8>;
+    /// The store image, if the last call changed it (`reply` is its mailbox).
+    fn changed_store(&mut self, reply: &Mailbox) -> Option<Vec<u8>>;
+    /// Puts the store back to `image` (the last committed one).
+    fn restore_store(&mut self, image: &[u8]);
+    /// Sets the deadline of each call.
+    fn set_deadline(&mut self, deadline: Duration);
+    /// The privilege level the firmware runs at during calls (for reports
+    /// and tests), if the backend knows it.
+    fn firmware_cpl(&self) -> Option<u8>;
 }
 
 /// The outcome of one call as the caller sees it.
@@ -45,29 +114,34 @@ pub struct Completed {
 
 /// The sandboxed firmware and its vars file.
 pub struct Firmware {
-    sandbox: Sandbox,
+    backend: Box<dyn Backend>,
     vars: VarsFile,
+    source: FirmwareSource,
+    /// Why the last call failed, for callers of the typed calls
+    /// ([`calls`]), whose replies carry only the status.
     last_failure: Option<String>,
 }
 
 impl Firmware {
-    /// Starts the built-in firmware in a new sandbox on `vars`.
+    /// Starts `source` in a new sandbox on `vars`. For OVMF this boots the
+    /// image to runtime (seconds; needs hardware virtualization).
     pub fn start(source: &FirmwareSource, vars: VarsFile) -> Result<Self, SetupError> {
-        let image = match source {
-            FirmwareSource::Builtin => crate::sandbox::BUILTIN_FIRMWARE,
+        let backend: Box<dyn Backend> = match source {
+            FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
+            FirmwareSource::Ovmf(path) => Box::new(ovmf::Ovmf::boot(path, vars.image())?),
         };
-        let sandbox = Sandbox::new(image, vars.image())?;
-        Ok(Firmware { sandbox, vars, last_failure: None })
+        Ok(Firmware { backend, vars, source: source.clone(), last_failure: None })
     }
 
     /// Sets the deadline of each call.
     pub fn set_deadline(&mut self, deadline: Duration) {
-        self.sandbox.set_deadline(deadline);
+        self.backend.set_deadline(deadline);
     }
 
-    /// The sandbox (for reading output buffers after a call).
-    pub fn sandbox(&self) -> &Sandbox {
-        &self.sandbox
+    /// Reads `len` bytes (clamped to the buffer) of an output buffer of the
+    /// last call.
+    pub fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8> {
+        self.backend.read_output(buffer, len)
     }
 
     /// Why the last call failed in the sandbox, if it did.
@@ -80,6 +154,16 @@ impl Firmware {
         &self.vars
     }
 
+    /// Which firmware this is.
+    pub fn source(&self) -> &FirmwareSource {
+        &self.source
+    }
+
+    /// The privilege level the firmware runs at, if known.
+    pub fn firmware_cpl(&self) -> Option<u8> {
+        self.backend.firmware_cpl()
+    }
+
     /// Runs one call with the host's clock. A sandbox failure, an invalid
     /// store left by the firmware, or a failed commit to disk all complete
     /// the call with `EFI_DEVICE_ERROR` and restore the last good state.
@@ -87,14 +171,20 @@ impl Firmware {
         let mut request = *request;
         request.host_time_unix_ns = host_time_ns();
         self.last_failure = None;
-        match self.call_inner(&request, name, data_in) {
+        let started = std::time::Instant::now();
+        let result = self.call_inner(&request, name, data_in);
+        tracing::debug!(
+            service = request.service,
+            status = format_args!("{:#x}", result.as_ref().map(|r| r.status).unwrap_or(EFI_DEVICE_ERROR)),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "runtime call"
+        );
+        match result {
             Ok(reply) => Completed { reply, failure: None },
             Err(why) => {
                 tracing::error!(service = request.service, "runtime call failed: {why}");
                 // Whatever the firmware did to its store is undone.
-                if let Err(e) = self.sandbox.load_store(self.vars.image()) {
-                    tracing::error!("cannot restore the sandbox store: {e}");
-                }
+                self.backend.restore_store(self.vars.image());
                 let reply = Mailbox { status: EFI_DEVICE_ERROR, ..request };
                 self.last_failure = Some(why.clone());
                 Completed { reply, failure: Some(why) }
@@ -103,9 +193,8 @@ impl Firmware {
     }
 
     fn call_inner(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, String> {
-        let reply = self.sandbox.call(request, name, data_in).map_err(|f: CallFailure| f.to_string())?;
-        if reply.store_dirty != 0 {
-            let image = self.sandbox.store();
+        let reply = self.backend.call(request, name, data_in).map_err(|f: CallFailure| f.to_string())?;
+        if let Some(image) = self.backend.changed_store(&reply) {
             varsfile::validate(self.vars.path(), &image)
                 .map_err(|e| format!("the firmware left an invalid store: {e}"))?;
             self.vars.commit(&image).map_err(|e| e.to_string())?;
@@ -122,4 +211,5 @@ pub fn host_time_ns() -> i64 {
     }
 }
 
-pub mod calls;
+/// efivmm's loader for external firmware (`ovmf-loader/`, a UEFI application).
+pub static OVMF_LOADER: &[u8] = &[];

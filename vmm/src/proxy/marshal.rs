@@ -3,13 +3,13 @@
 
 use std::ops::Range;
 
-use sandbox_abi::{Mailbox, Service, DATA_OUT_ADDR, DATA_SIZE, FLAGS_ARG, FLAG_P0, NAME_ADDR, NAME_SIZE};
+use sandbox_abi::{Mailbox, Service, DATA_SIZE, FLAGS_ARG, FLAG_P0, NAME_SIZE};
 use vm_memory::GuestMemoryMmap;
 
 use super::paging::{read_guest, read_u64, read_utf16z, Fault, GuestPaging, WritePlan};
 use super::{GuestRegs, ProxyResult, CAPSULE_HEADER_SIZE, MAX_CAPSULES};
 use crate::efi::{EFI_BUFFER_TOO_SMALL, EFI_DEVICE_ERROR, EFI_INVALID_PARAMETER, EFI_SUCCESS};
-use crate::firmware::Firmware;
+use crate::firmware::{Buffer, Firmware};
 
 /// Either a value or the status the call ends with at once.
 type Step<T> = Result<T, u64>;
@@ -175,7 +175,7 @@ pub(super) fn get_variable(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Firmware) ->
     let mut out = Outputs::default();
     if r.status == EFI_SUCCESS {
         let n = checked_len(&data_plan, r.outs[1])?;
-        out.push(&data_plan, &fw.sandbox().read_output(DATA_OUT_ADDR, n))?;
+        out.push(&data_plan, &fw.read_output(Buffer::DataOut, n))?;
     }
     if r.status == EFI_SUCCESS || r.status == EFI_BUFFER_TOO_SMALL {
         out.push(&size_plan, &r.outs[1].to_le_bytes())?;
@@ -228,7 +228,7 @@ pub(super) fn get_next_variable_name(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Fi
         if guid_plan.is_none() {
             return Err(EFI_DEVICE_ERROR);
         }
-        out.push(&name_plan, &fw.sandbox().read_output(NAME_ADDR, n))?;
+        out.push(&name_plan, &fw.read_output(Buffer::Name, n))?;
         out.push(&guid_plan, &halves_bytes(r.outs[2], r.outs[3]))?;
     }
     if r.status == EFI_SUCCESS || r.status == EFI_BUFFER_TOO_SMALL {

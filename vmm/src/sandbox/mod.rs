@@ -12,7 +12,7 @@
 //! it owns the last good store image.
 
 pub mod layout;
-mod watchdog;
+pub(crate) mod watchdog;
 
 /// A per-thread deadline that interrupts `KVM_RUN` (also used for the guest's timeout).
 pub(crate) use watchdog::{install_handler as install_kick_handler, kick_signal};
@@ -58,6 +58,22 @@ pub enum SetupError {
     /// The watchdog thread could not be started.
     #[error("cannot start the sandbox watchdog: {0}")]
     Watchdog(#[source] std::io::Error),
+    /// The firmware file cannot be used (missing, unreadable, not an image
+    /// efivmm knows).
+    #[error("firmware {path}: {why}")]
+    FirmwareFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// This host's KVM cannot run firmware boot code (reset vector, SEC,
+    /// PEI, DXE run at CPL0 in the sandbox and need hardware virtualization).
+    #[error("this KVM cannot run the firmware's boot code: {0}. Booting OVMF needs KVM with hardware virtualization (VMX/SVM); this host's KVM emulates guest CPL0 code (for example the PVM module) and fails at the firmware's first x87/SSE instruction. Use `--firmware builtin`, or run efivmm on a host with hardware virtualization (tests/lab/ shows one under QEMU with nested SVM)")]
+    NoHardwareVirtualization(String),
+    /// The firmware did not reach runtime.
+    #[error("the firmware did not reach runtime: {0}")]
+    FirmwareBoot(String),
     /// The vars file image is larger than the sandbox holds.
     #[error("the vars file image is {0} bytes; the sandbox holds at most {STORE_MAX}")]
     StoreTooLarge(usize),

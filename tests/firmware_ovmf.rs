@@ -1,0 +1,101 @@
+//! `--firmware OVMF.fd` on this machine's own /dev/kvm (tier 1).
+//!
+//! Booting OVMF runs its reset vector, SEC, PEI and DXE at CPL0 in the
+//! sandbox, which needs hardware virtualization. On this project's machines
+//! KVM is the PVM module (guest CPL0 is emulated and OVMF's first `fninit`
+//! fails), so efivmm must say so in one message and exit 3, promptly and
+//! without touching the vars file. On a host with VMX/SVM the same command
+//! completes. The full OVMF path runs in the lab (tests/lab, scenarios EO).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+fn ovmf() -> &'static Path {
+    let p = Path::new(OVMF);
+    assert!(p.exists(), "{OVMF} is missing: run scripts/setup.sh (it installs Debian's ovmf package)");
+    p
+}
+
+/// Runs efivmm with a watchdog: it must end by itself well before `limit`.
+fn efivmm(args: &[&str], limit: Duration) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run efivmm");
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("efivmm {args:?} was still running after {limit:?}: it must not hang");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ovmf_either_serves_the_call_or_exits_3_saying_kvm_cannot_run_its_boot_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let (code, stdout, stderr) = efivmm(
+        &["rt", "--firmware", ovmf().to_str().unwrap(), "--vars", vars.to_str().unwrap(), "get-time"],
+        Duration::from_secs(240),
+    );
+    match code {
+        0 => assert!(stdout.contains("EFI_SUCCESS"), "{stdout}"),
+        3 => {
+            assert!(stderr.contains("cannot run the firmware's boot code"), "{stderr}");
+            assert!(stderr.contains("--firmware builtin"), "the message says what to do: {stderr}");
+            assert_eq!(stderr.matches("error").count().max(1), 1, "one clear message, not a cascade: {stderr}");
+        }
+        other => panic!("exit {other}: {stderr}"),
+    }
+}
+
+#[test]
+fn a_file_that_is_not_an_ovmf_image_is_a_usage_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.fd");
+    std::fs::write(&bogus, vec![0u8; 4096]).unwrap();
+    let vars = dir.path().join("vars.fd");
+    let (code, _, stderr) = efivmm(
+        &["rt", "--firmware", bogus.to_str().unwrap(), "--vars", vars.to_str().unwrap(), "get-time"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("bogus.fd") && stderr.contains("not an OVMF image"), "{stderr}");
+    assert!(!vars.exists(), "no vars file is created for a firmware that cannot start");
+}
+
+#[test]
+fn a_vars_file_of_the_other_build_is_refused_and_left_untouched() {
+    let code4m = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    assert!(code4m.exists(), "{} is missing: run scripts/setup.sh", code4m.display());
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    // A 2 MiB build's store (128 KiB), made by the built-in firmware.
+    common::rt_ok(&vars, &["set-variable", "Keep", common::TEST_GUID, "--attrs", "7", "--data-hex", "01"]);
+    let before = std::fs::read(&vars).unwrap();
+    let (code, _, stderr) = efivmm(
+        &["rt", "--firmware", code4m.to_str().unwrap(), "--vars", vars.to_str().unwrap(), "get-time"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("vars file"), "{stderr}");
+    assert_eq!(std::fs::read(&vars).unwrap(), before);
+}
