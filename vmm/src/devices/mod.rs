@@ -23,8 +23,10 @@
 //! back as an effect value ([`PciEffect`], [`PmEffect`]).
 
 pub mod fw_cfg;
+pub mod pflash;
 
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgError};
+pub use pflash::{Pflash, PflashError};
 
 /// A monotonic clock in nanoseconds (arbitrary origin), injected into the
 /// devices that count time so tests can drive them.
