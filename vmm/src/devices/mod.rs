@@ -23,9 +23,11 @@
 //! back as an effect value ([`PciEffect`], [`PmEffect`]).
 
 pub mod fw_cfg;
+pub mod pci;
 pub mod pflash;
 
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgError};
+pub use pci::{Pci, PciEffect};
 pub use pflash::{Pflash, PflashError};
 
 /// A monotonic clock in nanoseconds (arbitrary origin), injected into the
