@@ -22,10 +22,12 @@
 //! What a guest access asks of the VMM beyond the device's own state comes
 //! back as an effect value ([`PciEffect`], [`PmEffect`]).
 
+pub mod acpi_pm;
 pub mod fw_cfg;
 pub mod pci;
 pub mod pflash;
 
+pub use acpi_pm::{AcpiPm, PmEffect};
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgError};
 pub use pci::{Pci, PciEffect};
 pub use pflash::{Pflash, PflashError};
