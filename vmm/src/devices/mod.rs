@@ -23,11 +23,13 @@
 //! back as an effect value ([`PciEffect`], [`PmEffect`]).
 
 pub mod acpi_pm;
+pub mod cmos;
 pub mod fw_cfg;
 pub mod pci;
 pub mod pflash;
 
 pub use acpi_pm::{AcpiPm, PmEffect};
+pub use cmos::Cmos;
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgError};
 pub use pci::{Pci, PciEffect};
 pub use pflash::{Pflash, PflashError};
