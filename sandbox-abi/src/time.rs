@@ -2,7 +2,9 @@
 //! (two little-endian `u64` halves in `args`/`outs`). The one definition for
 //! efivmm and the firmware: the firmware adds validation and calendar
 //! arithmetic (`firmware/src/calendar.rs`), efivmm the RFC 3339 text form
-//! (`vmm/src/efi.rs`).
+//! (`vmm/src/efi.rs`). The day-number conversions ([`days_from_civil`],
+//! [`civil_from_days`]) live here so both sides share one calendar (efivmm's
+//! CMOS clocks use them).
 
 /// `EFI_UNSPECIFIED_TIMEZONE`.
 pub const UNSPECIFIED_TIMEZONE: i16 = 0x07ff;
@@ -87,6 +89,33 @@ impl EfiTime {
         b[8..].copy_from_slice(&hi.to_le_bytes());
         EfiTime::from_bytes(&b)
     }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (month 1..=12);
+/// exact for any year an `EFI_TIME` can hold.
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The proleptic Gregorian date (year, month, day) of `days` since
+/// 1970-01-01; `None` only if the arithmetic would overflow.
+pub fn civil_from_days(days: i64) -> Option<(i64, i64, i64)> {
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe.checked_add(era.checked_mul(400)?)?;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    Some((if m <= 2 { y.checked_add(1)? } else { y }, m, d))
 }
 
 #[cfg(test)]

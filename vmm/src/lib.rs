@@ -10,9 +10,11 @@
 //! - [`proxy`]: guest calls translated from the guest's page tables and served by the sandbox.
 //! - [`boot`]: the Linux boot path (e820, zero page with `efi_info`, 64-bit entry).
 //! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
+//! - [`devices`]: platform device models for running OVMF in the sandbox.
 
 pub mod boot;
 pub mod demo;
+pub mod devices;
 pub mod efi;
 pub mod firmware;
 pub mod launch;

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 
+use sandbox_abi::time::civil_from_days;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -126,7 +127,9 @@ fn bcd(v: u64) -> u8 {
 pub fn cmos_register(index: u8, unix_ns: i64) -> u8 {
     let secs = unix_ns.max(0) as u64 / 1_000_000_000;
     let days = secs / 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
+    // `days` < 2^64 / 86400 cannot overflow the conversion.
+    let (year, month, day) =
+        civil_from_days(days as i64).map_or((1970, 1, 1), |(y, m, d)| (y as u64, m as u64, d as u64));
     match index {
         0x00 => bcd(secs % 60),
         0x02 => bcd(secs / 60 % 60),
@@ -141,20 +144,6 @@ pub fn cmos_register(index: u8, unix_ns: i64) -> u8 {
         0x0d => 0x80, // RTC power good
         _ => 0,
     }
-}
-
-/// Howard Hinnant's civil_from_days: (year, month, day) of a day number.
-fn civil_from_days(z: i64) -> (u64, u64, u64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year as u64, month as u64, day as u64)
 }
 
 #[cfg(test)]
