@@ -60,10 +60,9 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,efivmm::firmware::ovmf=info,efivmm::firmware::loader=info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,efivmm::firmware::ovmf=info,efivmm::firmware::loader=info")
+        }))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

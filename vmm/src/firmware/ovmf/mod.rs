@@ -126,20 +126,24 @@ impl Ovmf {
         let vm = kvm.create_vm().map_err(kvm_err("create the firmware sandbox VM"))?;
         vm.set_tss_address(KVM_TSS_ADDR as usize).map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("set the identity map address"))?;
-        vm.create_irqchip().map_err(kvm_err("create the interrupt controllers"))?;
+        vm.create_irq_chip().map_err(kvm_err("create the interrupt controllers"))?;
 
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
             .map_err(|e| mem_err(e.to_string()))?;
         let code = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(image.code_base()), image.code().len())])
             .map_err(|e| mem_err(e.to_string()))?;
         code.write_slice(image.code(), GuestAddress(image.code_base())).map_err(|e| mem_err(e.to_string()))?;
-        for (slot, mem, base, len, flags) in [
-            (0, &ram, 0, RAM_SIZE, 0),
-            (1, &code, image.code_base(), image.code().len() as u64, KVM_MEM_READONLY),
-        ] {
+        for (slot, mem, base, len, flags) in
+            [(0, &ram, 0, RAM_SIZE, 0), (1, &code, image.code_base(), image.code().len() as u64, KVM_MEM_READONLY)]
+        {
             let host = mem.get_host_address(GuestAddress(base)).map_err(|e| mem_err(e.to_string()))?;
-            let region =
-                kvm_userspace_memory_region { slot, flags, guest_phys_addr: base, memory_size: len, userspace_addr: host as u64 };
+            let region = kvm_userspace_memory_region {
+                slot,
+                flags,
+                guest_phys_addr: base,
+                memory_size: len,
+                userspace_addr: host as u64,
+            };
             // SAFETY: `host` is the start of `mem`'s single mapping of `len`
             // bytes; `mem` is stored in the returned value next to the VM and
             // dropped after it (field order), so the mapping outlives the slot.
@@ -147,11 +151,12 @@ impl Ovmf {
         }
 
         let loader = super::OVMF_LOADER.to_vec();
-        let fw_cfg = FwCfg::for_uefi_app(loader, RAM_SIZE, 1);
+        let fw_cfg = FwCfg::for_uefi_app(loader, RAM_SIZE, 1).map_err(|e| SetupError::Memory(e.to_string()))?;
         let platform = Platform::new(fw_cfg, image.vars_base(), store).map_err(SetupError::Memory)?;
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the firmware sandbox vCPU"))?;
-        let mut cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
+        let mut cpuid =
+            kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
         for entry in cpuid.as_mut_slice() {
             // No SEV: OVMF would probe it with RDMSR 0xC0010131 (OVMF.md 1.6).
             if entry.function == 0x8000_001f {
@@ -214,13 +219,13 @@ impl Ovmf {
                     crate::efi::status_name(regs.rdx)
                 )));
             }
-            other => {
-                return Err(SetupError::FirmwareBoot(boot_error(self, format!("a doorbell with RDI {other:#x}"))))
-            }
+            other => return Err(SetupError::FirmwareBoot(boot_error(self, format!("a doorbell with RDI {other:#x}")))),
         }
         let block = regs.rsi;
         if block % 4096 != 0 || block.checked_add(MAILBOX_BLOCK_SIZE).is_none_or(|end| end > RAM_SIZE) {
-            return Err(SetupError::FirmwareBoot(format!("the loader's mailbox block {block:#x} is not in sandbox RAM")));
+            return Err(SetupError::FirmwareBoot(format!(
+                "the loader's mailbox block {block:#x} is not in sandbox RAM"
+            )));
         }
         if regs.rcx != 0 {
             return Err(SetupError::FirmwareBoot(format!(

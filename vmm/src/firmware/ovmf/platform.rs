@@ -12,19 +12,16 @@
 //! QEMU, which is what OVMF's probes expect of absent hardware (the CPU
 //! hotplug block at 0xAF00, the TPM at 0xFED40000).
 
-use std::time::Instant;
-
 use crate::devices::acpi_pm::{AcpiPm, PmEffect};
 use crate::devices::cmos::Cmos;
 use crate::devices::fw_cfg::FwCfg;
-use crate::devices::pci::{PciConfig, PciEffect};
+use crate::devices::pci::{Pci, PciEffect};
 use crate::devices::pflash::Pflash;
 
 const FW_CFG_SELECTOR: u16 = 0x510;
 const FW_CFG_DATA: u16 = 0x511;
 const PCI_FIRST: u16 = 0xcf8;
 const PCI_LAST: u16 = 0xcff;
-const RESET_CONTROL: u16 = 0xcf9;
 const CMOS_INDEX: u16 = 0x70;
 const CMOS_DATA: u16 = 0x71;
 const PORT_92: u16 = 0x92;
@@ -52,7 +49,7 @@ pub enum Effect {
 /// The devices of the OVMF sandbox.
 pub struct Platform {
     fw_cfg: FwCfg,
-    pci: PciConfig,
+    pci: Pci,
     pm: AcpiPm,
     cmos: Cmos,
     pflash: Pflash,
@@ -68,13 +65,12 @@ impl Platform {
     /// A platform with `fw_cfg` prepared, the vars region at `vars_base`
     /// backed by `vars` (the vars file image).
     pub fn new(fw_cfg: FwCfg, vars_base: u64, vars: Vec<u8>) -> Result<Self, String> {
-        let started = Instant::now();
-        let pm = AcpiPm::new(Box::new(move || started.elapsed().as_nanos() as u64));
-        let cmos = Cmos::new(Box::new(crate::firmware::host_time_ns));
+        let pm = AcpiPm::with_host_clock();
+        let cmos = Cmos::with_host_clock();
         let pflash = Pflash::new(vars).map_err(|e| e.to_string())?;
         Ok(Platform {
             fw_cfg,
-            pci: PciConfig::new(),
+            pci: Pci::new(),
             pm,
             cmos,
             pflash,
@@ -101,11 +97,11 @@ impl Platform {
         self.exits += 1;
         match port {
             FW_CFG_SELECTOR | FW_CFG_DATA => self.fw_cfg.io_read(port - FW_CFG_SELECTOR, data),
-            PCI_FIRST..=PCI_LAST => self.pci.io_read(port, data),
+            PCI_FIRST..=PCI_LAST => self.pci.io_read(port - PCI_FIRST, data),
             CMOS_INDEX | CMOS_DATA => self.cmos.io_read(port - CMOS_INDEX, data),
             PORT_92 => data.iter_mut().for_each(|b| *b = 0x02),
             _ => match self.pm_offset(port) {
-                Some(offset) => self.pm.read(offset, data),
+                Some(offset) => self.pm.io_read(offset, data),
                 None => {
                     data.iter_mut().for_each(|b| *b = 0xff);
                     tracing::trace!(port = format_args!("{port:#x}"), len = data.len(), "read of an unassigned port");
@@ -133,24 +129,25 @@ impl Platform {
                 }
             }
             FW_CFG_SELECTOR | FW_CFG_DATA => self.fw_cfg.io_write(port - FW_CFG_SELECTOR, data),
-            RESET_CONTROL if data.len() == 1 => {
-                if let PciEffect::Reset { .. } = self.pci.io_write(port, data) {
-                    return Effect::Reset(ResetKind::Reset);
-                }
-            }
             PCI_FIRST..=PCI_LAST => {
-                if let PciEffect::Reset { .. } = self.pci.io_write(port, data) {
+                // A byte at 0xCF9 is the reset control register.
+                if let PciEffect::Reset { .. } = self.pci.io_write(port - PCI_FIRST, data) {
                     return Effect::Reset(ResetKind::Reset);
                 }
             }
             CMOS_INDEX | CMOS_DATA => self.cmos.io_write(port - CMOS_INDEX, data),
             I8042_COMMAND if data.first() == Some(&0xfe) => return Effect::Reset(ResetKind::Reset),
             _ => match self.pm_offset(port) {
-                Some(offset) => {
-                    if self.pm.write(offset, data) == PmEffect::Shutdown {
-                        return Effect::Reset(ResetKind::PowerOff);
+                Some(offset) => match self.pm.io_write(offset, data) {
+                    PmEffect::Shutdown => return Effect::Reset(ResetKind::PowerOff),
+                    PmEffect::Sleep { slp_typ } => {
+                        tracing::warn!(
+                            slp_typ,
+                            "the firmware asked for a sleep state the sandbox does not have; ignored"
+                        )
                     }
-                }
+                    PmEffect::None => {}
+                },
                 None => tracing::trace!(port = format_args!("{port:#x}"), ?data, "write to an unassigned port"),
             },
         }
