@@ -37,7 +37,7 @@
 //! | SetTime(*Time) | time `args[0..2]` | |
 //! | GetWakeupTime(*Enabled, *Pending, *Time) | | `outs[0]` enabled, `outs[1]` pending, time `outs[2..4]` |
 //! | SetWakeupTime(Enable, *Time) | `args[0]` enable, time `args[1..3]` | |
-//! | GetNextHighMonotonicCount(*High) | | `outs[0]` |
+//! | GetNextHighMonotonicCount(*High) | `args[0]` values to reserve (0 or 1: one; efivmm's extension, see the firmware's `counter.rs`) | `outs[0]` the value, `outs[1]` the last value reserved |
 //! | ResetSystem(Type, Status, DataSize, Data) | `args[0]` type, `args[1]` status, `args[2]` DataSize, data at DATA_IN | `outs[0]` = 1 if a reset is requested, `outs[1]` type, `outs[2]` status, `outs[3]` DataSize |
 //! | UpdateCapsule(**Headers, Count, SgList) | `args[0]` count, `args[1]` SgList value; the capsule headers (28 bytes each) at DATA_IN | |
 //! | QueryCapsuleCapabilities(**Headers, Count, *MaxSize, *ResetType) | `args[0]` count; headers at DATA_IN | `outs[0]` max size, `outs[1]` reset type |

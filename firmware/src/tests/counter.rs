@@ -83,3 +83,22 @@ fn full_store_is_out_of_resources() {
     assert_eq!(r.status, Status::OUT_OF_RESOURCES);
     assert!(before == m.store);
 }
+
+#[test]
+fn a_reservation_advances_the_store_by_n_and_returns_the_first_value() {
+    let mut m = Machine::new();
+    m.inject("MTC", MTC_VENDOR, NV_BS_RT, &9u32.to_le_bytes());
+    let r = m.call(Service::GetNextHighMonotonicCount, [64, 0, 0, 0, 0, 0, 0], 1, &[], &[]);
+    assert_eq!(r.status, Status::SUCCESS);
+    assert_eq!((r.outs[0], r.outs[1]), (10, 73));
+    assert_eq!(m.get("MTC", MTC_VENDOR, 4).1, 73u32.to_le_bytes(), "the store holds the last reserved value");
+    // The next call (as after a crash: nothing of the reservation is known) is above all of it.
+    assert_eq!(next_high(&mut m).outs[0], 74);
+    // Huge requests are capped; a reservation that would pass 2^32-1 is refused.
+    let r = m.call(Service::GetNextHighMonotonicCount, [u64::MAX, 0, 0, 0, 0, 0, 0], 1, &[], &[]);
+    assert_eq!(r.outs[1] - r.outs[0] + 1, crate::counter::MAX_RESERVATION);
+    let mut m = Machine::new();
+    m.inject("MTC", MTC_VENDOR, NV_BS_RT, &(u32::MAX - 3).to_le_bytes());
+    let r = m.call(Service::GetNextHighMonotonicCount, [8, 0, 0, 0, 0, 0, 0], 1, &[], &[]);
+    assert_eq!(r.status, Status::DEVICE_ERROR);
+}

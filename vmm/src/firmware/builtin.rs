@@ -2,22 +2,73 @@
 //! workspace's `firmware/` crate, an ELF for `x86_64-unknown-none`) at CPL3
 //! in a [`Sandbox`], with the vars file image mapped into the sandbox at
 //! `STORE_ADDR`.
+//!
+//! It also keeps the monotonic-count lease: GetNextHighMonotonicCount asks
+//! the firmware to reserve [`COUNT_LEASE`] values at once (one store write),
+//! and the next calls are answered from the reservation without running the
+//! sandbox or writing the disk. A crash loses only values never handed out;
+//! the firmware's next answer is above all of them (`firmware/src/counter.rs`).
 
 use std::time::Duration;
 
-use sandbox_abi::{Mailbox, DATA_OUT_ADDR, NAME_ADDR};
+use sandbox_abi::{Mailbox, Service, DATA_OUT_ADDR, NAME_ADDR};
 
 use super::{Backend, Buffer};
+use crate::efi::EFI_SUCCESS;
 use crate::sandbox::{CallFailure, Sandbox, SetupError, BUILTIN_FIRMWARE};
 
-/// Starts the built-in firmware in a new sandbox on the store `image`.
-pub fn start(image: &[u8]) -> Result<Sandbox, SetupError> {
-    Sandbox::new(BUILTIN_FIRMWARE, image)
+/// Values of the monotonic count reserved per store write.
+pub const COUNT_LEASE: u64 = 64;
+
+/// The built-in firmware in its sandbox.
+pub struct Builtin {
+    sandbox: Sandbox,
+    /// Reserved monotonic-count values not handed out yet: `next..=last`.
+    lease: Option<(u64, u64)>,
 }
 
-impl Backend for Sandbox {
+/// Starts the built-in firmware in a new sandbox on the store `image`.
+pub fn start(image: &[u8]) -> Result<Builtin, SetupError> {
+    Ok(Builtin { sandbox: Sandbox::new(BUILTIN_FIRMWARE, image)?, lease: None })
+}
+
+impl Builtin {
+    /// The sandbox (for tests that look at it directly).
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    fn next_count(&mut self, request: &Mailbox) -> Result<Mailbox, CallFailure> {
+        if let Some((next, last)) = self.lease {
+            self.lease = (next < last).then_some((next + 1, last));
+            let mut reply = *request;
+            reply.status = EFI_SUCCESS;
+            reply.outs = [next, 0, 0, 0, 0, 0, 0, 0];
+            reply.store_dirty = 0;
+            return Ok(reply);
+        }
+        let mut leased = *request;
+        leased.args[0] = COUNT_LEASE;
+        let reply = self.sandbox.call(&leased, &[], &[])?;
+        if reply.status == EFI_SUCCESS && reply.outs[1] > reply.outs[0] {
+            self.lease = Some((reply.outs[0] + 1, reply.outs[1]));
+        }
+        Ok(Mailbox { outs: [reply.outs[0], 0, 0, 0, 0, 0, 0, 0], ..reply })
+    }
+}
+
+impl Backend for Builtin {
     fn call(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, CallFailure> {
-        Sandbox::call(self, request, name, data_in)
+        match Service::from_u64(request.service) {
+            Some(Service::GetNextHighMonotonicCount) if request.has_ptr(0) => self.next_count(request),
+            service => {
+                // A write may replace MTC: later counts come from the store.
+                if service == Some(Service::SetVariable) {
+                    self.lease = None;
+                }
+                self.sandbox.call(request, name, data_in)
+            }
+        }
     }
 
     fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8> {
@@ -25,24 +76,26 @@ impl Backend for Sandbox {
             Buffer::Name => NAME_ADDR,
             Buffer::DataOut => DATA_OUT_ADDR,
         };
-        Sandbox::read_output(self, addr, len)
+        self.sandbox.read_output(addr, len)
     }
 
     fn changed_store(&mut self, reply: &Mailbox) -> Option<Vec<u8>> {
-        (reply.store_dirty != 0).then(|| self.store())
+        (reply.store_dirty != 0).then(|| self.sandbox.store())
     }
 
     fn restore_store(&mut self, image: &[u8]) {
-        if let Err(e) = self.load_store(image) {
+        // The reservation may not have reached the disk.
+        self.lease = None;
+        if let Err(e) = self.sandbox.load_store(image) {
             tracing::error!("cannot restore the sandbox store: {e}");
         }
     }
 
     fn set_deadline(&mut self, deadline: Duration) {
-        Sandbox::set_deadline(self, deadline);
+        self.sandbox.set_deadline(deadline);
     }
 
     fn firmware_cpl(&self) -> Option<u8> {
-        self.vcpu_cpl().ok()
+        self.sandbox.vcpu_cpl().ok()
     }
 }

@@ -120,6 +120,9 @@ pub struct Firmware {
     /// Why the last call failed, for callers of the typed calls
     /// ([`calls`]), whose replies carry only the status.
     last_failure: Option<String>,
+    /// Store commits so far, and the bytes they wrote.
+    commits: u64,
+    bytes_committed: u64,
 }
 
 impl Firmware {
@@ -130,7 +133,7 @@ impl Firmware {
             FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
             FirmwareSource::Ovmf(path) => Box::new(ovmf::Ovmf::boot(path, vars.image())?),
         };
-        Ok(Firmware { backend, vars, source: source.clone(), last_failure: None })
+        Ok(Firmware { backend, vars, source: source.clone(), last_failure: None, commits: 0, bytes_committed: 0 })
     }
 
     /// Sets the deadline of each call.
@@ -147,6 +150,11 @@ impl Firmware {
     /// Why the last call failed in the sandbox, if it did.
     pub fn last_failure(&self) -> Option<&str> {
         self.last_failure.as_deref()
+    }
+
+    /// Store commits so far and the bytes they wrote to the vars file.
+    pub fn commits(&self) -> (u64, u64) {
+        (self.commits, self.bytes_committed)
     }
 
     /// The vars file.
@@ -198,6 +206,8 @@ impl Firmware {
             varsfile::validate(self.vars.path(), &image)
                 .map_err(|e| format!("the firmware left an invalid store: {e}"))?;
             self.vars.commit(&image).map_err(|e| e.to_string())?;
+            self.commits += 1;
+            self.bytes_committed += image.len() as u64;
         }
         Ok(reply)
     }
