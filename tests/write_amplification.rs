@@ -26,7 +26,10 @@ fn a_thousand_monotonic_counts_write_the_store_once_per_reservation() {
     let (commits, bytes) = fw.commits();
     let bound = 1000u64.div_ceil(COUNT_LEASE);
     assert!(commits <= bound, "{commits} store writes for 1000 counts; at most {bound}");
-    println!("1000 GetNextHighMonotonicCount: {commits} commits, {bytes} bytes written (one per call would be {})", 1000 * 0x20000);
+    println!(
+        "1000 GetNextHighMonotonicCount: {commits} commits, {bytes} bytes written (one per call would be {})",
+        1000 * 0x20000
+    );
     assert!(bytes <= bound * 0x20000);
 }
 

@@ -16,6 +16,7 @@
 //! with `EFI_DEVICE_ERROR` and leaves the backend's store and the file as
 //! they were after the last good call.
 
+pub mod budget;
 pub mod builtin;
 pub mod calls;
 pub mod ovmf;
@@ -123,6 +124,8 @@ pub struct Firmware {
     /// Store commits so far, and the bytes they wrote.
     commits: u64,
     bytes_committed: u64,
+    /// None: commits are not rate-limited (benchmarks of the call path).
+    budget: Option<budget::CommitBudget>,
 }
 
 impl Firmware {
@@ -133,7 +136,15 @@ impl Firmware {
             FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
             FirmwareSource::Ovmf(path) => Box::new(ovmf::Ovmf::boot(path, vars.image())?),
         };
-        Ok(Firmware { backend, vars, source: source.clone(), last_failure: None, commits: 0, bytes_committed: 0 })
+        Ok(Firmware {
+            backend,
+            vars,
+            source: source.clone(),
+            last_failure: None,
+            commits: 0,
+            bytes_committed: 0,
+            budget: Some(budget::CommitBudget::new(std::time::Instant::now())),
+        })
     }
 
     /// Sets the deadline of each call.
@@ -150,6 +161,12 @@ impl Firmware {
     /// Why the last call failed in the sandbox, if it did.
     pub fn last_failure(&self) -> Option<&str> {
         self.last_failure.as_deref()
+    }
+
+    /// Lifts the commit budget ([`budget`]): for benchmarks that measure
+    /// the call path itself, never for a guest.
+    pub fn without_commit_budget(&mut self) {
+        self.budget = None;
     }
 
     /// Store commits so far and the bytes they wrote to the vars file.
@@ -205,6 +222,11 @@ impl Firmware {
         if let Some(image) = self.backend.changed_store(&reply) {
             varsfile::validate(self.vars.path(), &image)
                 .map_err(|e| format!("the firmware left an invalid store: {e}"))?;
+            let wait = self.budget.as_mut().map_or(Duration::ZERO, |b| b.take(std::time::Instant::now()));
+            if !wait.is_zero() {
+                tracing::debug!(?wait, "commit budget spent: the call waits before it commits");
+                std::thread::sleep(wait);
+            }
             self.vars.commit(&image).map_err(|e| e.to_string())?;
             self.commits += 1;
             self.bytes_committed += image.len() as u64;
