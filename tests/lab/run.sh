@@ -64,7 +64,7 @@ say "kernel $kver"
 
 # 3. A static efivmm.
 say "building a static efivmm (musl)"
-rustup target add x86_64-unknown-linux-musl x86_64-unknown-none >/dev/null 2>&1 || true
+rustup target add x86_64-unknown-linux-musl x86_64-unknown-none x86_64-unknown-uefi >/dev/null 2>&1 || true
 (cd "$root" && cargo build --release --locked --target x86_64-unknown-linux-musl -p efivmm 2>&1 | grep -E '^(error|warning: unused)|Finished' || true)
 efivmm=$root/target/x86_64-unknown-linux-musl/release/efivmm
 [ -x "$efivmm" ] || { say "the efivmm build failed"; exit 1; }

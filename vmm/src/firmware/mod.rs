@@ -123,3 +123,6 @@ pub fn host_time_ns() -> i64 {
 }
 
 pub mod calls;
+
+/// The loader OVMF runs as its fw_cfg kernel to reach runtime and serve the mailbox (`ovmf-loader`, a UEFI PE).
+pub static OVMF_LOADER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ovmf-loader.efi"));
