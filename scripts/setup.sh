@@ -5,18 +5,21 @@ set -euo pipefail
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-# Rust targets: the built-in firmware is built for x86_64-unknown-none.
+# Rust targets: the built-in firmware is built for x86_64-unknown-none, the
+# OVMF loader (ovmf-loader) for x86_64-unknown-uefi.
 # (A rust-toolchain.toml does not install targets for an installed toolchain.)
-for target in x86_64-unknown-none; do
+for target in x86_64-unknown-none x86_64-unknown-uefi; do
   if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
     say "installing Rust target $target"
     rustup target add "$target"
   fi
 done
 
-# Debian packages the tests use: ovmf (real OVMF vars files as fixtures).
+# Debian packages the tests use: ovmf (real OVMF vars files as fixtures, and
+# OVMF.fd for the loader test), qemu-system-x86 (runs OVMF with the loader).
 want_debs=()
-[ -f /usr/share/OVMF/OVMF_VARS_4M.ms.fd ] || want_debs+=(ovmf)
+[ -f /usr/share/OVMF/OVMF_VARS_4M.ms.fd ] && [ -f /usr/share/ovmf/OVMF.fd ] || want_debs+=(ovmf)
+command -v qemu-system-x86_64 >/dev/null || want_debs+=(qemu-system-x86)
 if [ ${#want_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${want_debs[*]}"

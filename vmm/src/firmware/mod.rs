@@ -243,5 +243,7 @@ pub fn host_time_ns() -> i64 {
     }
 }
 
-/// efivmm's loader for external firmware (`ovmf-loader/`, a UEFI application).
-pub static OVMF_LOADER: &[u8] = &[];
+/// efivmm's loader for external firmware (`ovmf-loader/`, a UEFI
+/// application): OVMF runs it as its fw_cfg kernel to reach runtime, and it
+/// serves the mailbox from then on.
+pub static OVMF_LOADER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ovmf-loader.efi"));
