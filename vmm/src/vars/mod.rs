@@ -337,7 +337,7 @@ fn init(path: &Path, layout: Option<LayoutArg>, force: bool) -> Result<(), ExitE
         LayoutArg::FourMiB => Layout::Ovmf4M,
     });
     let Ok(meta) = std::fs::metadata(path) else {
-        return image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M));
+        return image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M), false);
     };
     if !force {
         return Err(ExitError::Usage(format!(
@@ -347,7 +347,7 @@ fn init(path: &Path, layout: Option<LayoutArg>, force: bool) -> Result<(), ExitE
     }
     let is_vars_file = usize::try_from(meta.len()).ok().and_then(Layout::from_file_size).is_some();
     if is_vars_file || meta.len() == 0 {
-        image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M))
+        image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M), true)
     } else {
         // A combined flash image keeps its code: empty only its NV volume.
         image::reset_volume(path, wanted)
