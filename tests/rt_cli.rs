@@ -302,3 +302,22 @@ fn a_64_gib_sparse_vars_file_is_refused_at_once_and_left_alone() {
     assert_eq!((after.len(), after.modified().unwrap()), (before.len(), before.modified().unwrap()));
 }
 
+#[test]
+fn a_huge_or_non_regular_data_file_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    rt_ok(&vars, &["list-variables"]);
+    let before = std::fs::read(&vars).unwrap();
+    let huge = dir.path().join("huge.bin");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    for data in [&huge, &fifo] {
+        let args = ["set-variable", "Big", TEST_GUID, "--attrs", "7", "--data-file", data.to_str().unwrap()];
+        let (code, stderr, took) = rt_timed(&vars, &args);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+        assert!(stderr.contains("--data-file") && stderr.contains(data.to_str().unwrap()), "{stderr}");
+    }
+    assert!(std::fs::read(&vars).unwrap() == before, "the vars file changed");
+}

@@ -614,3 +614,23 @@ fn a_fifo_or_a_64_gib_sparse_file_given_as_file_is_refused_at_once_and_left_alon
     assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 64 << 30);
 }
 
+#[test]
+fn huge_or_non_regular_data_file_and_json_inputs_are_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let before = std::fs::read(&file).unwrap();
+    let huge = dir.path().join("huge");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    for input in [&huge, &fifo] {
+        let p = input.to_str().unwrap();
+        for args in [&["set", "X", TEST_GUID, "--attrs", "7", "--data-file", p][..], &["import", "--json", p][..]] {
+            let (code, stderr, took) = vars_timed(&file, args);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert!(took < std::time::Duration::from_secs(1), "{args:?} took {took:?}");
+            assert!(stderr.contains(p), "{stderr}");
+        }
+    }
+    assert!(std::fs::read(&file).unwrap() == before, "the vars file changed");
+}
