@@ -148,6 +148,7 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
         svam_policy: args.svam_policy,
         serial: SerialOut::Off,
         serial_sink: Some(Box::new(log.clone())),
+        serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
         timeout: Some(Duration::from_secs(30 + 5 * u64::from(args.generations))),
     };
     eprintln!("efivmm demo: {} generations, --svam-policy {:?}", args.generations, args.svam_policy);
@@ -244,6 +245,7 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<Gue
             svam_policy: SvamPolicy::Accept,
             serial: SerialOut::Off,
             serial_sink: Some(Box::new(log.clone())),
+            serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
             timeout: Some(timeout),
         };
         let mut vm = Vm::build(config, firmware)?;

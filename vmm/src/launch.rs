@@ -44,6 +44,11 @@ pub struct LaunchArgs {
     /// Where the guest's serial port (COM1) goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
     pub serial: Option<SerialOut>,
+    /// With --serial file=PATH: stop writing the file after this many bytes
+    /// (with K, M or G suffix); the guest's further output is dropped, with
+    /// one warning.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub serial_limit: Option<u64>,
     /// How a second SetVirtualAddressMap is treated: `accept` (efivmm:
     /// every call succeeds) or `once` (like real firmware: the second call
     /// returns EFI_UNSUPPORTED).
@@ -103,6 +108,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         svam_policy: args.svam_policy.unwrap_or(SvamPolicy::Accept),
         serial: args.serial.unwrap_or(SerialOut::Stdio),
         serial_sink: None,
+        serial_limit: args.serial_limit.unwrap_or(crate::vm::DEFAULT_SERIAL_LIMIT),
         timeout: args.timeout.map(Duration::from_secs),
     };
     let mut vm = Vm::build(config, firmware)?;
