@@ -437,7 +437,7 @@ impl Place {
     /// files nobody holds locked (a process creating or committing holds its
     /// temporary file locked) are removed; symlinks and directories are
     /// left alone. Also the old fixed name `NAME.efivmm-tmp`.
-    fn remove_stale_temps(&self) {
+    pub fn remove_stale_temps(&self) {
         let prefix = self.temp_prefix();
         let mut legacy = OsStr::from_bytes(self.name.as_bytes()).to_os_string();
         legacy.push(TEMP_MARK);

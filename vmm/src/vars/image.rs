@@ -100,6 +100,9 @@ impl Image {
         let lock = place.lock(IMAGE, how)?;
         let bytes = place.read(&lock, IMAGE)?;
         let range = locate(&place.path, &bytes)?;
+        if access == Access::Write {
+            place.remove_stale_temps();
+        }
         Ok(Image { place, bytes, range, lock })
     }
 

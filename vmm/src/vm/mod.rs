@@ -95,19 +95,20 @@ impl<W: Write> SerialFile<W> {
 
 impl<W: Write> Write for SerialFile<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let room = self.limit - self.written;
+        let room = self.limit.saturating_sub(self.written);
         let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         if n > 0 {
             self.out.write_all(&buf[..n])?;
-            self.written += n as u64;
-            if self.written == self.limit {
-                tracing::warn!(
-                    "serial output to {} reached --serial-limit ({} bytes): the guest's further output is dropped",
-                    self.path.display(),
-                    self.limit
-                );
-            }
         }
+        if n < buf.len() && self.written < self.limit.saturating_add(1) {
+            tracing::warn!(
+                "serial output to {} reached --serial-limit ({} bytes): the guest's further output is dropped",
+                self.path.display(),
+                self.limit
+            );
+        }
+        // Past the limit, `written` stays at limit + 1: warned once.
+        self.written = (self.written + buf.len() as u64).min(self.limit.saturating_add(1));
         // Dropped bytes count as written: the guest's UART never stalls.
         Ok(buf.len())
     }
@@ -508,6 +509,9 @@ mod tests {
         out.write_all(b"789abc").unwrap();
         assert_eq!(out.write(b"more").unwrap(), 4, "dropped bytes count as written");
         assert_eq!(out.out, b"0123456789");
+        let mut none = super::SerialFile::new(Vec::new(), "serial.txt".into(), 0);
+        none.write_all(b"x").unwrap();
+        assert!(none.out.is_empty());
     }
 
     use super::*;
