@@ -93,3 +93,40 @@ fn sigkill_during_a_set_variable_storm_loses_no_acknowledged_write() {
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
 }
+
+#[test]
+fn two_efivmm_racing_to_create_one_new_vars_file_lose_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut refused = 0;
+    for i in 0..40 {
+        let vars = dir.path().join(format!("new{i}.fd"));
+        let racers: Vec<_> = ["RaceA", "RaceB"]
+            .into_iter()
+            .map(|name| {
+                let child = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+                    .args(["rt", "--vars"])
+                    .arg(&vars)
+                    .args(["set-variable", name, TEST_GUID, "--attrs", "7", "--data-hex", "01"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                (name, child)
+            })
+            .collect();
+        for (name, child) in racers {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                // Acknowledged: it must be in the file.
+                let got = rt_ok(&vars, &["get-variable", name, TEST_GUID]);
+                assert_eq!(status(&got), "EFI_SUCCESS", "iteration {i}: acknowledged {name} is lost");
+            } else {
+                assert_eq!(out.status.code(), Some(4), "iteration {i}: {name}: {stderr}");
+                assert!(stderr.contains("in use by another efivmm"), "iteration {i}: {name}: {stderr}");
+                refused += 1;
+            }
+        }
+    }
+    eprintln!("{refused} of 80 starts refused as locked");
+}

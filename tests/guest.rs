@@ -211,3 +211,32 @@ fn bench_mode_times_both_loops_in_one_guest() {
     assert!(stdout.contains("fails=0 ok") && stdout.contains("BENCH-DONE"), "{all}");
     assert!(stdout.contains("ratio get_variable/bare_out"), "{all}");
 }
+
+#[test]
+fn serial_output_to_a_file_stops_at_its_size_limit_with_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("test-kernel.elf");
+    std::fs::write(&kernel, efivmm::demo::TEST_KERNEL).unwrap();
+    let serial = dir.path().join("serial.txt");
+    let boot = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--cmdline", "efivmm.smp=10", "--timeout", "60"])
+            .arg(format!("--serial=file={}", serial.display()))
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        (std::fs::read_to_string(&serial).unwrap(), stderr)
+    };
+    // Under the default limit (64 MiB) the guest's whole output is kept.
+    let (full, stderr) = boot(&[]);
+    assert!(full.len() > 30 && full.starts_with("EFIVMM-TEST-KERNEL"), "{full}");
+    assert!(!stderr.contains("--serial-limit"), "{stderr}");
+    // With a limit, the file stops there, and says so once.
+    let (cut, stderr) = boot(&["--serial-limit", "30"]);
+    assert_eq!(cut, full[..30]);
+    assert_eq!(stderr.matches("--serial-limit").count(), 1, "{stderr}");
+}

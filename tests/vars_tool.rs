@@ -553,3 +553,84 @@ fn a_store_of_1000_variables_is_listed_and_rewritten() {
         rewrite.as_secs_f64() * 1e3
     );
 }
+
+/// `efivmm vars --file FILE ARGS...`, killed after 10 s (None then); with
+/// its stderr and how long it took.
+fn vars_timed(file: &Path, args: &[&str]) -> (Option<i32>, String, std::time::Duration) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .arg("vars")
+        .arg("--file")
+        .arg(file)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let took = start.elapsed();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (code, stderr, took)
+}
+
+fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo(3) with a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn a_fifo_or_a_64_gib_sparse_file_given_as_file_is_refused_at_once_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.fd");
+    mkfifo(&fifo);
+    let sparse = dir.path().join("sparse.fd");
+    std::fs::File::create(&sparse).unwrap().set_len(64 << 30).unwrap();
+    for file in [&fifo, &sparse] {
+        for args in [&["list"][..], &["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "01"][..]] {
+            let (code, stderr, took) = vars_timed(file, args);
+            assert_eq!(code, Some(4), "{args:?}: {stderr}");
+            assert!(took < std::time::Duration::from_secs(1), "{args:?} took {took:?}");
+            let why = if file == &fifo { "not a regular file" } else { "too large" };
+            assert!(stderr.contains(file.to_str().unwrap()) && stderr.contains(why), "{stderr}");
+        }
+    }
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(std::fs::metadata(&sparse).unwrap().len(), 64 << 30);
+}
+
+#[test]
+fn huge_or_non_regular_data_file_and_json_inputs_are_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = make_store(dir.path());
+    let before = std::fs::read(&file).unwrap();
+    let huge = dir.path().join("huge");
+    std::fs::File::create(&huge).unwrap().set_len(64 << 30).unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    for input in [&huge, &fifo] {
+        let p = input.to_str().unwrap();
+        for args in [&["set", "X", TEST_GUID, "--attrs", "7", "--data-file", p][..], &["import", "--json", p][..]] {
+            let (code, stderr, took) = vars_timed(&file, args);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert!(took < std::time::Duration::from_secs(1), "{args:?} took {took:?}");
+            assert!(stderr.contains(p), "{stderr}");
+        }
+    }
+    assert!(std::fs::read(&file).unwrap() == before, "the vars file changed");
+}

@@ -134,11 +134,8 @@ pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
         "bench" => return run_bench(args.iters),
         _ => {}
     }
-    let dir = std::env::temp_dir().join(format!("efivmm-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| ExitError::Usage(format!("cannot create {}: {e}", dir.display())))?;
-    let result = run_in(&args, &dir.join("vars.fd"));
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = crate::launch::private_tempdir("efivmm-demo-")?;
+    run_in(&args, &dir.path().join("vars.fd"))
 }
 
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
@@ -156,6 +153,7 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
         svam_policy: args.svam_policy,
         serial: SerialOut::Off,
         serial_sink: Some(Box::new(log.clone())),
+        serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
         timeout: Some(Duration::from_secs(30 + 5 * u64::from(args.generations))),
     };
     eprintln!("efivmm demo: {} generations, --svam-policy {:?}", args.generations, args.svam_policy);
@@ -238,14 +236,9 @@ impl GuestRun {
 /// line (`efivmm.gen=0 efivmm.generations=1 ...`), the built-in firmware and
 /// a temporary vars file; returns its exit and serial lines.
 pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<GuestRun, ExitError> {
-    let dir = std::env::temp_dir().join(format!(
-        "efivmm-guest-{}-{}",
-        std::process::id(),
-        RUN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| ExitError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = crate::launch::private_tempdir("efivmm-guest-")?;
     let result = (|| {
-        let vars = VarsFile::open_or_create(&dir.join("vars.fd"), Layout::Ovmf2M)?;
+        let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), Layout::Ovmf2M)?;
         let firmware = Firmware::start(&FirmwareSource::Builtin, vars)?;
         let log = LineLog { echo, ..Default::default() };
         let config = VmConfig {
@@ -257,6 +250,7 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<Gue
             svam_policy: SvamPolicy::Accept,
             serial: SerialOut::Off,
             serial_sink: Some(Box::new(log.clone())),
+            serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
             timeout: Some(timeout),
         };
         let mut vm = Vm::build(config, firmware)?;
@@ -264,11 +258,9 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<Gue
         let lines = log.lines.lock().unwrap().clone();
         Ok(GuestRun { exit, lines })
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     result
 }
-
-static RUN_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// `efivmm demo --mode hostile`: the guest's lines on stdout; exit 0 only if
 /// it reported `HOSTILE-DONE ... bad=0` and powered off.

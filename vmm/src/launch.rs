@@ -47,6 +47,11 @@ pub struct LaunchArgs {
     /// Where the guest's serial port (COM1) goes: stdio, file=PATH or off.
     #[arg(long, value_name = "stdio|file=PATH|off", default_value = "stdio")]
     pub serial: Option<SerialOut>,
+    /// With --serial file=PATH: stop writing the file after this many bytes
+    /// (with K, M or G suffix); the guest's further output is dropped, with
+    /// one warning.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
+    pub serial_limit: Option<u64>,
     /// How a second SetVirtualAddressMap is treated: `accept` (efivmm:
     /// every call succeeds) or `once` (like real firmware: the second call
     /// returns EFI_UNSUPPORTED).
@@ -91,7 +96,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         None => {
             let dir = tempdir()?;
             tracing::warn!("no --vars: variables live in a temporary store and are lost at exit");
-            (dir.join("vars.fd"), Some(TempDir(dir)))
+            (dir.path().join("vars.fd"), Some(dir))
         }
     };
     crate::sandbox::kvm_available()?;
@@ -107,6 +112,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         svam_policy: args.svam_policy.unwrap_or(SvamPolicy::Accept),
         serial: args.serial.unwrap_or(SerialOut::Stdio),
         serial_sink: None,
+        serial_limit: args.serial_limit.unwrap_or(crate::vm::DEFAULT_SERIAL_LIMIT),
         timeout: args.timeout.map(Duration::from_secs),
     };
     let mut vm = Vm::build(config, firmware)?;
@@ -138,17 +144,21 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
     })
 }
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The directory of the temporary store used without `--vars`.
+fn tempdir() -> Result<tempfile::TempDir, ExitError> {
+    private_tempdir("efivmm-")
 }
 
-fn tempdir() -> Result<PathBuf, ExitError> {
-    let dir = std::env::temp_dir().join(format!("efivmm-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| ExitError::Usage(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
+/// A new private directory under `$TMPDIR` for a temporary store: created
+/// like mkdtemp (mode 0700, a random name, never an existing directory, so
+/// neither another user's planted directory nor one left by a SIGKILLed
+/// run is reused), removed with its contents when dropped.
+pub(crate) fn private_tempdir(prefix: &str) -> Result<tempfile::TempDir, ExitError> {
+    // tempfile's own default is mkdir's 0777 minus the umask: ask for 0700.
+    let private = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+    tempfile::Builder::new().prefix(prefix).permissions(private).tempdir().map_err(|e| {
+        ExitError::Usage(format!("cannot create a temporary directory in {}: {e}", std::env::temp_dir().display()))
+    })
 }
 
 #[cfg(test)]
@@ -162,5 +172,24 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999G").is_err());
+    }
+
+    #[test]
+    fn the_temporary_store_is_a_fresh_private_directory_even_if_its_old_name_was_taken() {
+        use std::os::unix::fs::PermissionsExt;
+        // Another user (or a SIGKILLed run with this PID) left the old,
+        // predictable directory behind, with a store in it.
+        let squatted = std::env::temp_dir().join(format!("efivmm-{}", std::process::id()));
+        std::fs::create_dir_all(&squatted).unwrap();
+        std::fs::write(squatted.join("vars.fd"), b"planted").unwrap();
+        let dir = tempdir().unwrap();
+        let path: &std::path::Path = dir.as_ref();
+        let fresh = path != squatted;
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let empty = std::fs::read_dir(path).unwrap().next().is_none();
+        let _ = std::fs::remove_dir_all(&squatted);
+        assert!(fresh, "the old directory {} was reused", squatted.display());
+        assert_eq!(mode, 0o700);
+        assert!(empty);
     }
 }

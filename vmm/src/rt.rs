@@ -206,7 +206,8 @@ fn serve(fw: &mut Firmware, service: RtService) -> Result<Value, ExitError> {
         RtService::SetVariable { name, guid, attrs, data_hex, data_file } => {
             let data = match (data_hex, data_file) {
                 (Some(hex), _) => efi::decode_hex(&hex).map_err(ExitError::Usage)?,
-                (None, Some(path)) => std::fs::read(&path)
+                // Checked before it is read: the vars file is locked meanwhile.
+                (None, Some(path)) => crate::varsfile::read_input(&path, DATA_SIZE)
                     .map_err(|e| ExitError::Usage(format!("cannot read --data-file {}: {e}", path.display())))?,
                 (None, None) => Vec::new(),
             };

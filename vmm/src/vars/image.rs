@@ -3,14 +3,12 @@
 //! locking and atomic-replace helpers.
 
 use std::fs::File;
-use std::io::Read;
 use std::ops::Range;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use varstore::{Guid, Layout, NewVar, Store};
 
-use crate::varsfile::{self, VarsFileError};
+use crate::varsfile::{self, Like, Limit, Lock, Place, Replace, VarsFileError};
 use crate::ExitError;
 
 /// One live variable, owned.
@@ -39,12 +37,15 @@ impl Var {
 /// (combined `OVMF.fd`) holding the NV volume at `range`.
 #[derive(Debug)]
 pub struct Image {
-    path: PathBuf,
+    place: Place,
     bytes: Vec<u8>,
     range: Range<usize>,
     /// Holds the `flock` on the file for as long as the image lives.
     lock: File,
 }
+
+/// A vars file or a combined flash image: at most 64 MiB.
+const IMAGE: Limit = Limit { max: varsfile::MAX_FLASH_IMAGE, what: "a vars file or an OVMF flash image" };
 
 fn io_err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> VarsFileError {
     let path = path.to_path_buf();
@@ -87,29 +88,27 @@ pub enum Access {
 }
 
 impl Image {
-    /// Opens `path`, locks it (refusing if an efivmm holds it) and validates it.
+    /// Opens `path`, locks it (refusing if an efivmm holds it) and validates
+    /// it. Like efivmm's own vars file: never through a final symlink swapped
+    /// in, only a regular file, at most 64 MiB, checked before it is read.
     pub fn open(path: &Path, access: Access) -> Result<Image, ExitError> {
-        let real = path.canonicalize().map_err(io_err(path, "open it"))?;
-        let lock = match access {
-            Access::Write => varsfile::lock_current(&real)?,
-            Access::Read => {
-                let file = File::open(&real).map_err(io_err(&real, "open it"))?;
-                match file.try_lock_shared() {
-                    Ok(()) => file,
-                    Err(std::fs::TryLockError::WouldBlock) => return Err(VarsFileError::Locked(real).into()),
-                    Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&real, "lock it")(e).into()),
-                }
-            }
+        let place = Place::resolve(path).map_err(io_err(path, "open it"))?;
+        let how = match access {
+            Access::Read => Lock::Shared,
+            Access::Write => Lock::Exclusive,
         };
-        let mut bytes = Vec::new();
-        (&lock).read_to_end(&mut bytes).map_err(io_err(&real, "read it"))?;
-        let range = locate(&real, &bytes)?;
-        Ok(Image { path: real, bytes, range, lock })
+        let lock = place.lock(IMAGE, how)?;
+        let bytes = place.read(&lock, IMAGE)?;
+        let range = locate(&place.path, &bytes)?;
+        if access == Access::Write {
+            place.remove_stale_temps();
+        }
+        Ok(Image { place, bytes, range, lock })
     }
 
     /// The file's path (symlinks resolved).
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.place.path
     }
 
     /// Whether the store is a volume inside a larger flash image.
@@ -157,33 +156,45 @@ impl Image {
         }
         let mut bytes = self.bytes.clone();
         bytes[self.range.clone()].copy_from_slice(store);
-        let mode = self.lock.metadata().map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-        let lock = varsfile::write_atomically(&self.path, &bytes, mode).map_err(io_err(&self.path, "write it"))?;
+        let lock = self
+            .place
+            .replace(&bytes, Like::File(&self.lock), Replace::Yes)
+            .map_err(io_err(&self.place.path, "write it"))?;
         self.lock = lock;
         self.bytes = bytes;
         Ok(())
     }
 }
 
-/// Writes a fresh store of `layout` to `path` atomically (a new file, or
-/// replacing an unlocked one).
-pub fn write_fresh(path: &Path, layout: Layout) -> Result<(), ExitError> {
+/// Writes a fresh store of `layout` to `path` atomically: a new file, or
+/// (with `overwrite`) replacing an unlocked existing one, whatever it held.
+pub fn write_fresh(path: &Path, layout: Layout, overwrite: bool) -> Result<(), ExitError> {
     let mut image = vec![0u8; layout.file_size()];
     Store::format(&mut image, layout);
-    let name = path.file_name().ok_or_else(|| ExitError::Usage(format!("{} names no file", path.display())))?;
-    let dir = varsfile::parent_dir(path);
-    let real = dir.canonicalize().map_err(io_err(path, "find its directory"))?.join(name);
-    let real = real.canonicalize().unwrap_or(real);
-    let mut mode = 0o600;
-    let _lock = if real.exists() {
-        let lock = varsfile::lock_current(&real)?;
-        mode = lock.metadata().map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-        Some(lock)
-    } else {
-        None
-    };
-    varsfile::write_atomically(&real, &image, mode).map_err(io_err(&real, "write it"))?;
-    Ok(())
+    let place = Place::resolve(path).map_err(io_err(path, "find it"))?;
+    // The old file is not read, so any size will do; it must still be a
+    // regular file, and not locked.
+    let any_size = Limit { max: u64::MAX, what: "" };
+    match place.lock(any_size, Lock::Exclusive) {
+        Ok(old) if overwrite => {
+            place.replace(&image, Like::File(&old), Replace::Yes).map_err(io_err(&place.path, "write it"))?;
+            Ok(())
+        }
+        Ok(_) => Err(exists(&place.path)),
+        Err(VarsFileError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            match place.replace(&image, Like::Mode(0o600), Replace::No) {
+                Ok(_) => Ok(()),
+                // Another process created it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(exists(&place.path)),
+                Err(e) => Err(io_err(&place.path, "create it")(e).into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn exists(path: &Path) -> ExitError {
+    ExitError::Usage(format!("{} exists; `init` does not overwrite a file unless given --force", path.display()))
 }
 
 /// Empties the NV volume of the flash image (combined `OVMF.fd`) at `path`
@@ -191,10 +202,10 @@ pub fn write_fresh(path: &Path, layout: Layout) -> Result<(), ExitError> {
 /// the rest of the image is kept byte for byte. `layout`, if given, must be
 /// the volume's.
 pub fn reset_volume(path: &Path, layout: Option<Layout>) -> Result<(), ExitError> {
-    let real = path.canonicalize().map_err(io_err(path, "open it"))?;
-    let lock = varsfile::lock_current(&real)?;
-    let mut bytes = Vec::new();
-    (&lock).read_to_end(&mut bytes).map_err(io_err(&real, "read it"))?;
+    let place = Place::resolve(path).map_err(io_err(path, "open it"))?;
+    let lock = place.lock(IMAGE, Lock::Exclusive)?;
+    let mut bytes = place.read(&lock, IMAGE)?;
+    let real = &place.path;
     let range = varstore::find_vars_volume(&bytes).ok_or_else(|| VarsFileError::Corrupt {
         path: real.clone(),
         reason: format!(
@@ -213,24 +224,21 @@ pub fn reset_volume(path: &Path, layout: Option<Layout>) -> Result<(), ExitError
         )));
     }
     Store::format(&mut bytes[range], found);
-    let mode = lock.metadata().map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-    varsfile::write_atomically(&real, &bytes, mode).map_err(io_err(&real, "write it"))?;
+    place.replace(&bytes, Like::File(&lock), Replace::Yes).map_err(io_err(real, "write it"))?;
     Ok(())
 }
 
 /// Writes `bytes` to `path` (an output file such as exported JSON)
 /// atomically: the file is either its old self or complete. A new file gets
 /// mode 0600 (variables may hold secrets, such as iSCSI CHAP settings); an
-/// existing one keeps its mode.
+/// existing one keeps its mode, owner and extended attributes.
 pub fn write_output(path: &Path, bytes: &[u8]) -> Result<(), ExitError> {
     let usage = |what: &str, e: std::io::Error| ExitError::Usage(format!("--output {}: {what}: {e}", path.display()));
-    let name =
-        path.file_name().ok_or_else(|| ExitError::Usage(format!("--output {} names no file", path.display())))?;
-    let dir = varsfile::parent_dir(path).canonicalize().map_err(|e| usage("cannot find its directory", e))?;
-    let real = dir.join(name);
-    let real = real.canonicalize().unwrap_or(real);
-    let mode = std::fs::metadata(&real).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-    varsfile::write_atomically(&real, bytes, mode).map_err(|e| usage("cannot write it", e))?;
+    let place = Place::resolve(path).map_err(|e| usage("cannot find it", e))?;
+    let any_size = Limit { max: u64::MAX, what: "" };
+    let old = place.open_checked(any_size).ok();
+    let like = old.as_ref().map_or(Like::Mode(0o600), Like::File);
+    place.replace(bytes, like, Replace::Yes).map_err(|e| usage("cannot write it", e))?;
     Ok(())
 }
 

@@ -236,7 +236,8 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             let guid = parse_guid(&guid)?;
             let data = match (data_hex, data_file) {
                 (Some(h), _) => efi::decode_hex(&h).map_err(|m| ExitError::Usage(format!("--data-hex: {m}")))?,
-                (None, Some(f)) => std::fs::read(&f)
+                // No variable is larger than the largest store.
+                (None, Some(f)) => crate::varsfile::read_input(&f, crate::varsfile::MAX_VARS_FILE)
                     .map_err(|e| ExitError::Usage(format!("--data-file {}: cannot read it: {e}", f.display())))?,
                 (None, None) => return Err(ExitError::Usage("give --data-hex or --data-file".into())),
             };
@@ -267,7 +268,8 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             }
         }
         VarsCommand::Import { json: file } => {
-            let text = std::fs::read_to_string(&file)
+            let text = crate::varsfile::read_input(&file, MAX_JSON)
+                .and_then(|b| String::from_utf8(b).map_err(|_| std::io::Error::other("it is not UTF-8 text")))
                 .map_err(|e| ExitError::Usage(format!("--json {}: cannot read it: {e}", file.display())))?;
             let vars = json::import(&text).map_err(|m| ExitError::Usage(format!("--json {}: {m}", file.display())))?;
             for v in &vars {
@@ -278,6 +280,10 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
         }
     }
 }
+
+/// The largest `--json` document `import` reads (a full 4 MiB store
+/// exported as JSON is about 1 MiB).
+const MAX_JSON: u64 = 64 << 20;
 
 fn print_out(bytes: &[u8]) -> Result<(), ExitError> {
     let mut out = std::io::stdout().lock();
@@ -337,7 +343,7 @@ fn init(path: &Path, layout: Option<LayoutArg>, force: bool) -> Result<(), ExitE
         LayoutArg::FourMiB => Layout::Ovmf4M,
     });
     let Ok(meta) = std::fs::metadata(path) else {
-        return image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M));
+        return image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M), false);
     };
     if !force {
         return Err(ExitError::Usage(format!(
@@ -347,7 +353,7 @@ fn init(path: &Path, layout: Option<LayoutArg>, force: bool) -> Result<(), ExitE
     }
     let is_vars_file = usize::try_from(meta.len()).ok().and_then(Layout::from_file_size).is_some();
     if is_vars_file || meta.len() == 0 {
-        image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M))
+        image::write_fresh(path, wanted.unwrap_or(Layout::Ovmf4M), true)
     } else {
         // A combined flash image keeps its code: empty only its NV volume.
         image::reset_volume(path, wanted)

@@ -72,6 +72,52 @@ impl std::str::FromStr for SerialOut {
     }
 }
 
+/// The default of `--serial-limit`: the most bytes of guest serial output
+/// written to a `--serial file=PATH`.
+pub const DEFAULT_SERIAL_LIMIT: u64 = 64 << 20;
+
+/// Serial output to a file, cut off after `limit` bytes: the guest's
+/// further output is dropped (with one warning) instead of filling the
+/// host's disk.
+pub struct SerialFile<W> {
+    out: W,
+    path: PathBuf,
+    limit: u64,
+    written: u64,
+}
+
+impl<W: Write> SerialFile<W> {
+    /// Writes at most `limit` bytes to `out` (the file at `path`).
+    pub fn new(out: W, path: PathBuf, limit: u64) -> Self {
+        SerialFile { out, path, limit, written: 0 }
+    }
+}
+
+impl<W: Write> Write for SerialFile<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit.saturating_sub(self.written);
+        let n = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if n > 0 {
+            self.out.write_all(&buf[..n])?;
+        }
+        if n < buf.len() && self.written < self.limit.saturating_add(1) {
+            tracing::warn!(
+                "serial output to {} reached --serial-limit ({} bytes): the guest's further output is dropped",
+                self.path.display(),
+                self.limit
+            );
+        }
+        // Past the limit, `written` stays at limit + 1: warned once.
+        self.written = (self.written + buf.len() as u64).min(self.limit.saturating_add(1));
+        // Dropped bytes count as written: the guest's UART never stalls.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Everything needed to build a guest.
 pub struct VmConfig {
     /// The kernel: an ELF vmlinux or a bzImage.
@@ -91,6 +137,9 @@ pub struct VmConfig {
     /// A writer that takes the serial output instead of `serial` (for
     /// efivmm's own use, e.g. `efivmm demo` reading the test kernel's lines).
     pub serial_sink: Option<Box<dyn Write + Send>>,
+    /// The most bytes written to a `SerialOut::File` (the rest is dropped,
+    /// with one warning), so a guest cannot fill the host's disk.
+    pub serial_limit: u64,
     /// Stop the guest after this long (None: never).
     pub timeout: Option<Duration>,
 }
@@ -321,7 +370,9 @@ impl Vm {
         let out: Box<dyn Write + Send> = match (config.serial_sink, &config.serial) {
             (Some(sink), _) => sink,
             (None, SerialOut::Stdio) => Box::new(std::io::stdout()),
-            (None, SerialOut::File(p)) => Box::new(File::create(p).map_err(VmError::Serial)?),
+            (None, SerialOut::File(p)) => {
+                Box::new(SerialFile::new(File::create(p).map_err(VmError::Serial)?, p.clone(), config.serial_limit))
+            }
             (None, SerialOut::Off) => Box::new(std::io::sink()),
         };
         tracing::info!(
@@ -450,6 +501,19 @@ fn efi_memory_map(e820: &[linux_loader::loader::bootparam::boot_e820_entry], shi
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_serial_file_stops_at_its_limit_and_drops_the_rest() {
+        use std::io::Write;
+        let mut out = super::SerialFile::new(Vec::new(), "serial.txt".into(), 10);
+        out.write_all(b"0123456").unwrap();
+        out.write_all(b"789abc").unwrap();
+        assert_eq!(out.write(b"more").unwrap(), 4, "dropped bytes count as written");
+        assert_eq!(out.out, b"0123456789");
+        let mut none = super::SerialFile::new(Vec::new(), "serial.txt".into(), 0);
+        none.write_all(b"x").unwrap();
+        assert!(none.out.is_empty());
+    }
+
     use super::*;
 
     /// The EFI memory map has whole pages that never overlap (e820's RAM
