@@ -235,3 +235,25 @@ fn no_access_to_dev_kvm_exits_3_with_what_to_do() {
     // A run that cannot start leaves no fresh, empty vars file behind.
     assert!(!dir.path().join("v.fd").exists());
 }
+
+/// Non-ASCII arguments (audit F8): a usage error (exit 2) that says what is
+/// wrong, not a panic (exit 101); the store is untouched.
+#[test]
+fn non_ascii_arguments_are_usage_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    rt_ok(&vars, &["get-time"]);
+    let before = std::fs::read(&vars).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["set-variable", "X", TEST_GUID, "--attrs", "7", "--data-hex", "a\u{e9}b"], "not a hex digit"),
+        (&["get-variable", "X", "abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c"], "not a GUID"),
+        (&["set-time", "2024-02-29T12:34:5\u{e9}"], "not an RFC 3339 time"),
+        (&["set-wakeup-time", "2024-02-29T12:34:5\u{e9}"], "not an RFC 3339 time"),
+    ];
+    for (args, msg) in cases {
+        let r = rt(&vars, args);
+        assert_eq!(r.code, 2, "efivmm rt {args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(msg) && !r.stderr.contains("panicked"), "efivmm rt {args:?}: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&vars).unwrap(), before);
+}

@@ -506,6 +506,36 @@ fn corrupt_locked_and_invalid_input_is_refused_and_nothing_changes() {
     assert_eq!(export(&f)["variables"], json!([]));
 }
 
+/// Non-ASCII arguments and JSON fields (audit F8): a usage error (exit 2)
+/// that says what is wrong, not a panic (exit 101); the file is untouched.
+#[test]
+fn non_ascii_input_is_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = make_store(dir.path());
+    let before = std::fs::read(&f).unwrap();
+    let bad_guid = "abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c";
+    let json = |name: &str, guid: &str, data: &str| {
+        let p = dir.path().join(format!("{name}.json"));
+        let doc = json!({"version": 2, "variables": [{"name": name, "guid": guid, "attr": 7, "data": data}]});
+        std::fs::write(&p, doc.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (j1, j2) = (json("Data", TEST_GUID, "a\u{e9}b"), json("Guid", bad_guid, "00"));
+    let cases: [(&[&str], &str); 5] = [
+        (&["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "a\u{e9}b"], "not a hex digit"),
+        (&["set", "X", bad_guid, "--attrs", "7", "--data-hex", "00"], "not a GUID"),
+        (&["get", "Timeout", bad_guid], "not a GUID"),
+        (&["import", "--json", &j1], "not a hex digit"),
+        (&["import", "--json", &j2], "not a GUID"),
+    ];
+    for (args, msg) in cases {
+        let r = vars(&f, args);
+        assert_eq!(r.code, 2, "efivmm vars {args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(msg) && !r.stderr.contains("panicked"), "efivmm vars {args:?}: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&f).unwrap(), before);
+}
+
 #[test]
 fn a_store_of_1000_variables_is_listed_and_rewritten() {
     let dir = tempfile::tempdir().unwrap();

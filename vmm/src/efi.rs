@@ -133,19 +133,28 @@ impl fmt::Display for Guid {
     }
 }
 
-/// Decodes hex text (even length, no separators).
+/// Decodes hex text (even length, no separators). Works on the bytes, so
+/// any non-hex character (ASCII or not) is an error, never a panic.
 pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("hex data has an odd number of digits ({})", text.len()));
+    if let Some((i, c)) = text.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("{c:?} at byte {i} is not a hex digit"));
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16)
-                .map_err(|_| format!("`{}` at position {i} is not a hex byte", &text[i..i + 2]))
-        })
-        .collect()
+    let b = text.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return Err(format!("hex data has an odd number of digits ({})", b.len()));
+    }
+    Ok(b.chunks_exact(2).map(|p| (hex_value(p[0]) << 4) | hex_value(p[1])).collect())
+}
+
+/// The value of an ASCII hex digit (0 for anything else; callers check first).
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
 }
 
 /// Encodes bytes as lowercase hex.
@@ -194,12 +203,14 @@ impl Rfc3339 for EfiTime {
         {
             return Err(bad("layout"));
         }
+        // Everything below works on bytes: a non-ASCII character anywhere is
+        // a "not a digit" error, never a slice through a character.
         let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
-            let s = &text[r];
-            if !s.bytes().all(|c| c.is_ascii_digit()) {
+            let digits = b.get(r).ok_or_else(|| bad("layout"))?;
+            if !digits.iter().all(u8::is_ascii_digit) {
                 return Err(bad("digits"));
             }
-            s.parse().map_err(|_| bad("digits"))
+            Ok(digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
         };
         let mut t = EfiTime {
             year: num(0..4)? as u16,
@@ -211,16 +222,17 @@ impl Rfc3339 for EfiTime {
             time_zone: UNSPECIFIED_TIMEZONE,
             ..Default::default()
         };
-        let mut rest = &text[19..];
-        if let Some(frac) = rest.strip_prefix('.') {
-            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        let mut rest = &b[19..];
+        if let Some(frac) = rest.strip_prefix(b".") {
+            let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
             if digits == 0 || digits > 9 {
                 return Err(bad("fraction must have 1 to 9 digits"));
             }
-            t.nanosecond = frac[..digits].parse::<u32>().unwrap() * 10u32.pow(9 - digits as u32);
+            let value = frac[..digits].iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            t.nanosecond = value * 10u32.pow(9 - digits as u32);
             rest = &frac[digits..];
         }
-        match rest.as_bytes() {
+        match rest {
             [] | [b'Z'] | [b'z'] => {}
             [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
                 let digits = [*h1, *h2, *m1, *m2];
@@ -285,6 +297,70 @@ mod tests {
         assert_eq!(n.len(), 18);
         assert_eq!(&n[16..], &[0, 0]);
         assert_eq!(name_from_utf16(&n), "Boot0001");
+    }
+
+    /// The audit's inputs (F8): errors, not "byte index is not a char
+    /// boundary" panics.
+    #[test]
+    fn non_ascii_input_is_an_error_not_a_panic() {
+        let e = decode_hex("a\u{e9}b").unwrap_err();
+        assert!(e.contains("not a hex digit"), "{e}");
+        assert!(Guid::parse("abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c").unwrap_err().contains("not a GUID"));
+        assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:5\u{e9}").unwrap_err().contains("not an RFC 3339 time"));
+        assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:56.5\u{e9}").is_err());
+        assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:56+0\u{e9}").is_err());
+    }
+
+    /// Every single-character edit of valid inputs (each character replaced
+    /// by, or preceded by, multi-byte, control and separator characters)
+    /// and every truncation: each parser returns, never panics.
+    #[test]
+    fn parsers_survive_every_single_character_edit() {
+        let valid = [
+            "00ff10a5",
+            "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            "2024-02-29T12:34:56.123456789+01:30",
+            "1999-12-31T23:59:59Z",
+        ];
+        let odd = [
+            '\u{e9}',
+            '\u{20ac}',
+            '\u{1f600}',
+            '\u{0}',
+            '\u{1b}',
+            '\u{9b}',
+            '\u{202e}',
+            '-',
+            ':',
+            '.',
+            'T',
+            'Z',
+            '+',
+            '0',
+        ];
+        let mut inputs: Vec<String> = Vec::new();
+        for v in valid {
+            let chars: Vec<char> = v.chars().collect();
+            for i in 0..=chars.len() {
+                inputs.push(chars[..i].iter().collect());
+                for c in odd {
+                    let mut replaced = chars.clone();
+                    if i < chars.len() {
+                        replaced[i] = c;
+                        inputs.push(replaced.iter().collect());
+                    }
+                    let mut inserted = chars.clone();
+                    inserted.insert(i, c);
+                    inputs.push(inserted.iter().collect());
+                }
+            }
+        }
+        for text in &inputs {
+            let _ = decode_hex(text);
+            let _ = Guid::parse(text);
+            let _ = EfiTime::parse_rfc3339(text);
+        }
+        assert!(inputs.len() > 2000);
     }
 
     #[test]
