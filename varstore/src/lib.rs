@@ -38,11 +38,14 @@
 extern crate std;
 
 mod format;
+mod index;
 mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_fuzz;
+#[cfg(test)]
+mod tests_liveness;
 
 pub use format::{
     attr, check, find_vars_volume, Problem, FTW_WORKING_HEADER_LEN, FV_HEADER_LEN, STORE_HEADER_LEN, VARIABLE_DATA,

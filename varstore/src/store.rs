@@ -4,10 +4,8 @@ use crate::format::{
     self, rd, rd_guid, rd_u32, rd_u64, step, wr, Raw, Step, FIRST_RECORD, VARIABLE_DATA, VAR_ADDED, VAR_DELETED,
     VAR_HEADER_LEN, VAR_HEADER_VALID_ONLY, VAR_IN_DELETED_TRANSITION,
 };
+use crate::index::{self, RecordSet, IN_TRANSITION};
 use crate::{FormatError, Guid, Layout, NewVar, Store, StoreFull, VarRef};
-
-/// `VAR_ADDED & VAR_IN_DELETED_TRANSITION`: the old copy during an update.
-const IN_TRANSITION: u8 = VAR_ADDED & VAR_IN_DELETED_TRANSITION;
 
 /// Every record of a store, in order (see [`Store::records`]).
 pub(crate) struct Records<'s> {
@@ -42,18 +40,37 @@ impl<'s> Iterator for Records<'s> {
 /// The live variables of a store, in order (see [`Store::iter`]).
 pub(crate) struct LiveVars<'s> {
     records: Records<'s>,
+    live_in_transition: RecordSet,
 }
 
 impl<'s> Iterator for LiveVars<'s> {
     type Item = VarRef<'s>;
     fn next(&mut self) -> Option<VarRef<'s>> {
-        let (buf, end) = (self.records.buf, self.records.end);
+        let buf = self.records.buf;
         loop {
             let r = self.records.next_raw()?;
-            if is_live(buf, end, &r) {
+            if is_live(&r, &self.live_in_transition) {
                 return Some(var_ref(buf, &r));
             }
         }
+    }
+}
+
+/// A test-only count of record comparisons (by name and GUID), to assert
+/// on the complexity of a walk rather than on its time.
+#[cfg(test)]
+pub(crate) mod probe {
+    use core::cell::Cell;
+    std::thread_local! {
+        static COMPARISONS: Cell<u64> = const { Cell::new(0) };
+    }
+    /// Counts one comparison of two records' name and GUID.
+    pub(crate) fn compared() {
+        COMPARISONS.with(|c| c.set(c.get() + 1));
+    }
+    /// The comparisons counted on this thread since the last call.
+    pub(crate) fn take() -> u64 {
+        COMPARISONS.with(|c| c.replace(0))
     }
 }
 
@@ -78,26 +95,16 @@ fn var_ref<'s>(buf: &'s [u8], r: &Raw) -> VarRef<'s> {
     }
 }
 
-/// Whether records `a` and `b` are the same variable (name and GUID).
-fn same_var(buf: &[u8], a: &Raw, b: &Raw) -> bool {
-    a.name_size == b.name_size
-        && rd_guid(buf, a.offset + 44) == rd_guid(buf, b.offset + 44)
-        && buf.get(a.name_range()) == buf.get(b.name_range())
-}
-
 /// The liveness rule. `VAR_ADDED` records are live. An in-transition record
 /// (`VAR_ADDED & VAR_IN_DELETED_TRANSITION`, the old copy of an interrupted
 /// update) is live when no `VAR_ADDED` copy of the variable exists anywhere
 /// in the store and no later in-transition copy does (so at most one copy
-/// shows, the one edk2's `FindVariableEx` returns). Others are not live.
-fn is_live(buf: &[u8], end: usize, r: &Raw) -> bool {
+/// shows, the one edk2's `FindVariableEx` returns): `live_in_transition`,
+/// from [`index::live_in_transition`]. Others are not live.
+fn is_live(r: &Raw, live_in_transition: &RecordSet) -> bool {
     match r.state {
         VAR_ADDED => true,
-        IN_TRANSITION => !raws(buf, end).any(|o| {
-            o.offset != r.offset
-                && (o.state == VAR_ADDED || (o.state == IN_TRANSITION && o.offset > r.offset))
-                && same_var(buf, &o, r)
-        }),
+        IN_TRANSITION => live_in_transition.contains(r.offset),
         _ => false,
     }
 }
@@ -139,9 +146,16 @@ impl<'a> Store<'a> {
     /// interrupted update) and the store holds no `VAR_ADDED` copy of the same
     /// name and GUID and no later in-transition copy (edk2:
     /// `VariableServiceGetNextVariableInternal` in `VariableParsing.c`).
-    /// Each step is O(records): only in-transition records need a second scan.
+    /// Which in-transition records those are is settled once, when the
+    /// iterator is made, in O(n log n) record comparisons; each step is then
+    /// O(1) per record.
     pub fn iter(&self) -> impl Iterator<Item = VarRef<'_>> {
-        LiveVars { records: Records::new(self.buf, self.end) }
+        LiveVars { records: Records::new(self.buf, self.end), live_in_transition: self.live_in_transition() }
+    }
+
+    /// The live in-transition records (see [`Store::iter`]).
+    fn live_in_transition(&self) -> RecordSet {
+        index::live_in_transition(self.buf, self.end)
     }
 
     /// Every record, live or not, in store order (for diagnostics and tests).
@@ -189,8 +203,9 @@ impl<'a> Store<'a> {
     /// Bytes held by records that are not live (what [`Store::compact`] frees).
     pub fn reclaimable(&self) -> usize {
         let used = self.free.saturating_sub(FIRST_RECORD);
+        let live_in_transition = self.live_in_transition();
         let live: usize =
-            raws(self.buf, self.end).filter(|r| is_live(self.buf, self.end, r)).map(|r| r.next - r.offset).sum();
+            raws(self.buf, self.end).filter(|r| is_live(r, &live_in_transition)).map(|r| r.next - r.offset).sum();
         used.saturating_sub(live)
     }
 
@@ -306,14 +321,14 @@ impl<'a> Store<'a> {
     /// their order (edk2 moves promoted records to the end). Works in place:
     /// live records slide down over dead ones.
     pub fn compact(&mut self) {
-        // Pass 1: settle in-transition copies. Scanning in order, a copy is
-        // superseded iff a VAR_ADDED or later in-transition copy exists; the
-        // one that is not becomes VAR_ADDED. Marking earlier ones deleted
-        // does not change the verdict on later ones.
+        // Pass 1: settle in-transition copies, by the verdicts on the store
+        // as it is now: the live one becomes VAR_ADDED, the superseded ones
+        // (a VAR_ADDED or later in-transition copy exists) deleted.
+        let live_in_transition = self.live_in_transition();
         let mut off = FIRST_RECORD;
         while let Step::Rec(r) = step(self.buf, off, self.end) {
             if r.state == IN_TRANSITION {
-                let state = if is_live(self.buf, self.end, &r) { VAR_ADDED } else { r.state & VAR_DELETED };
+                let state = if is_live(&r, &live_in_transition) { VAR_ADDED } else { r.state & VAR_DELETED };
                 wr(self.buf, r.offset + 2, &[state]);
             }
             off = r.next;
