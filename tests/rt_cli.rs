@@ -257,3 +257,18 @@ fn non_ascii_arguments_are_usage_errors_not_panics() {
     }
     assert_eq!(std::fs::read(&vars).unwrap(), before);
 }
+
+/// Audit F11: a store holding two live copies of one variable (Dup, Other,
+/// Dup) would make GetNextVariableName cycle; it is refused at open (exit
+/// 4, saying where), the file untouched, instead of a 100k-step walk.
+#[test]
+fn a_store_with_two_live_copies_of_a_variable_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("dup.fd");
+    let (img, offsets) = common::raw_store(&[(0x3f, "Dup"), (0x3f, "Other"), (0x3f, "Dup")]);
+    std::fs::write(&vars, &img).unwrap();
+    let r = rt(&vars, &["list-variables"]);
+    assert_eq!(r.code, 4, "status {}: {}", status(&r.json), r.stderr);
+    assert!(r.stderr.contains(&format!("{:#x}", offsets[2])) && r.stderr.contains("copy"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&vars).unwrap(), img);
+}

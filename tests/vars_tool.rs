@@ -8,6 +8,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+#[allow(dead_code, unused_imports)]
+mod common;
+
 const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const OVMF_COMBINED: &str = "/usr/share/ovmf/OVMF.fd";
@@ -534,6 +537,37 @@ fn non_ascii_input_is_a_usage_error_not_a_panic() {
         assert!(r.stderr.contains(msg) && !r.stderr.contains("panicked"), "efivmm vars {args:?}: {}", r.stderr);
     }
     assert_eq!(std::fs::read(&f).unwrap(), before);
+}
+
+/// Audit F11: `delete` deletes every copy that is or could become live (a
+/// stale in-transition copy beside the live one, as an interrupted update
+/// leaves), so the variable does not come back; a store with two live
+/// copies of one variable is refused, saying where, and left untouched.
+#[test]
+fn delete_removes_every_copy_and_duplicates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("stale.fd");
+    let (img, _) = common::raw_store(&[(0x3e, "Timeout"), (0x3e, "Timeout"), (0x3f, "Other"), (0x3f, "Timeout")]);
+    std::fs::write(&f, &img).unwrap();
+    let listed = vars_ok(&f, &["list"]);
+    assert_eq!(listed.matches("Timeout").count(), 1, "{listed}");
+    vars_ok(&f, &["delete", "Timeout", TEST_GUID]);
+    let listed = vars_ok(&f, &["list"]);
+    assert!(!listed.contains("Timeout") && listed.contains("Other"), "the variable came back: {listed}");
+    let r = vars(&f, &["get", "Timeout", TEST_GUID]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+
+    let f = dir.path().join("dup.fd");
+    let (img, offsets) = common::raw_store(&[(0x3f, "Dup"), (0x3f, "Other"), (0x3f, "Dup")]);
+    std::fs::write(&f, &img).unwrap();
+    for args in
+        [&["list"][..], &["delete", "Dup", TEST_GUID], &["set", "Dup", TEST_GUID, "--attrs", "7", "--data-hex", "00"]]
+    {
+        let r = vars(&f, args);
+        assert_eq!(r.code, 4, "efivmm vars {args:?}: {}", r.stdout);
+        assert!(r.stderr.contains(&format!("{:#x}", offsets[2])), "efivmm vars {args:?}: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&f).unwrap(), img);
 }
 
 #[test]

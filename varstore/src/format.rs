@@ -6,6 +6,7 @@
 use core::fmt;
 use core::ops::Range;
 
+use crate::index::{self, IN_TRANSITION};
 use crate::{FormatError, Guid, Layout};
 
 /// `sizeof (EFI_FIRMWARE_VOLUME_HEADER)` with one block-map entry and its
@@ -202,6 +203,48 @@ pub enum Problem {
         /// The state byte.
         state: u8,
     },
+    /// A live record's name (`VAR_ADDED` or in transition) does not end
+    /// with a NUL: it would reach the guest unterminated.
+    RecordNameUnterminated {
+        /// Offset of the record.
+        offset: usize,
+    },
+    /// A live record's name has a NUL before its last character: the name
+    /// the guest sees is shorter than the one stored, and two records of
+    /// different bytes could be the same variable.
+    RecordNameEmbeddedNul {
+        /// Offset of the record.
+        offset: usize,
+    },
+    /// A live record's name is empty (only its NUL): no SetVariable can
+    /// create it, and GetNextVariableName would take it for "from the start".
+    RecordNameEmpty {
+        /// Offset of the record.
+        offset: usize,
+    },
+    /// A second `VAR_ADDED` record of a variable (same name and GUID):
+    /// edk2 would list the variable twice and GetNextVariableName cycle.
+    /// (An in-transition copy beside a `VAR_ADDED` one is normal: an
+    /// interrupted update, and the `VAR_ADDED` one is live.)
+    DuplicateVariable {
+        /// Offset of the second `VAR_ADDED` copy.
+        offset: usize,
+        /// Offset of the first.
+        first: usize,
+    },
+}
+
+/// What is wrong with a stored name (UTF-16LE with its NUL), if anything:
+/// it must be non-empty and end with its only NUL.
+pub(crate) fn name_fault(name: &[u8], offset: usize) -> Option<Problem> {
+    let units = name.len() / 2;
+    let first_nul = name.chunks_exact(2).position(|c| c == [0, 0]);
+    match first_nul {
+        None => Some(Problem::RecordNameUnterminated { offset }),
+        Some(0) => Some(Problem::RecordNameEmpty { offset }),
+        Some(i) if i + 1 != units || name.len() % 2 != 0 => Some(Problem::RecordNameEmbeddedNul { offset }),
+        Some(_) => None,
+    }
 }
 
 impl Problem {
@@ -223,7 +266,11 @@ impl Problem {
             Problem::RecordHeaderPastEnd { offset }
             | Problem::RecordPastEnd { offset, .. }
             | Problem::RecordNameSize { offset, .. }
-            | Problem::RecordState { offset, .. } => FormatError::BadRecord { offset },
+            | Problem::RecordState { offset, .. }
+            | Problem::RecordNameUnterminated { offset }
+            | Problem::RecordNameEmbeddedNul { offset }
+            | Problem::RecordNameEmpty { offset } => FormatError::BadRecord { offset },
+            Problem::DuplicateVariable { offset, first } => FormatError::DuplicateVariable { offset, first },
         }
     }
 }
@@ -286,6 +333,22 @@ impl fmt::Display for Problem {
                 f,
                 "variable record at offset {offset:#x} has state byte {state:#04x}, which the state-bit protocol \
                  cannot produce"
+            ),
+            Problem::RecordNameUnterminated { offset } => write!(
+                f,
+                "live variable record at offset {offset:#x} has a name that does not end with a NUL character"
+            ),
+            Problem::RecordNameEmbeddedNul { offset } => write!(
+                f,
+                "live variable record at offset {offset:#x} has a name with a NUL character before its end"
+            ),
+            Problem::RecordNameEmpty { offset } => {
+                write!(f, "live variable record at offset {offset:#x} has an empty name (only its NUL)")
+            }
+            Problem::DuplicateVariable { offset, first } => write!(
+                f,
+                "variable record at offset {offset:#x} is a second live (VAR_ADDED) copy of the variable at offset \
+                 {first:#x} (same name and GUID); a store holds one live copy of each variable"
             ),
         }
     }
@@ -417,7 +480,9 @@ pub(crate) struct Parsed {
 /// healthy, `Size` within the variable region), and every record up to the
 /// first header whose `StartId` is not 0x55AA (state reachable by the
 /// protocol; `NameSize` non-zero and even; header, name and data inside the
-/// store). Not checked: the FTW working block and spare area, and the bytes
+/// store); and the live records (`VAR_ADDED` or in transition): each name
+/// non-empty and ending with its only NUL, and no two `VAR_ADDED` copies of
+/// one variable (same name and GUID). O(n log n) for n records. Not checked: the FTW working block and spare area, and the bytes
 /// after the last record (see [`crate::Store::free_area_dirty`]).
 pub fn check(image: &[u8]) -> Result<Layout, Problem> {
     parse(image).map(|p| p.layout)
@@ -495,10 +560,27 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, Problem> {
     loop {
         match step(b, off, end) {
             Step::End => break,
-            Step::Rec(r) => off = r.next,
+            Step::Rec(r) => {
+                if r.state == VAR_ADDED || r.state == IN_TRANSITION {
+                    if let Some(p) = b.get(r.name_range()).and_then(|name| name_fault(name, r.offset)) {
+                        return Err(p);
+                    }
+                }
+                off = r.next;
+            }
             Step::Bad(p) => return Err(p),
         }
     }
+    // One live copy per variable: at most one VAR_ADDED record each.
+    index::for_each_variable(b, end, |copies| {
+        let mut added = copies.iter().filter(|&&o| b.get(o as usize + R_STATE) == Some(&VAR_ADDED));
+        match (added.next(), added.next()) {
+            (Some(&first), Some(&second)) => {
+                Err(Problem::DuplicateVariable { offset: second as usize, first: first as usize })
+            }
+            _ => Ok(()),
+        }
+    })?;
     let dirty = b.get(off..end).is_some_and(|free| free.iter().any(|&x| x != 0xff));
     Ok(Parsed { layout, end, free: off, dirty })
 }

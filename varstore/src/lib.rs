@@ -12,7 +12,10 @@
 //! API contract (implemented in the modules):
 //! - [`Store::open`] validates a whole image and never panics on any input.
 //! - [`Store::iter`] yields the live variables (state `VAR_ADDED`, or
-//!   `VAR_ADDED & VAR_IN_DELETED_TRANSITION` when no `VAR_ADDED` copy exists).
+//!   `VAR_ADDED & VAR_IN_DELETED_TRANSITION` when no `VAR_ADDED` copy exists),
+//!   one per variable: a store with two `VAR_ADDED` copies of a variable,
+//!   or a live record whose name is not one NUL-terminated string, does not
+//!   open.
 //! - Writes follow the state-bit protocol, in memory: [`Store::append`],
 //!   [`Store::delete`], and [`Store::compact`] (reclaim).
 //!
@@ -85,10 +88,19 @@ pub enum FormatError {
     /// expected format/state, or its size does not fit the volume.
     BadStoreHeader,
     /// A record at this offset (from the start of the image) is malformed:
-    /// its sizes run past the store, or its state byte is not a protocol value.
+    /// its sizes run past the store, its state byte is not a protocol value,
+    /// or it is live and its name is empty or not one NUL-terminated string.
     BadRecord {
         /// Offset of the record's header from the start of the image.
         offset: usize,
+    },
+    /// The record at `offset` is a second live (`VAR_ADDED`) copy of the
+    /// variable (same name and GUID) whose first is at `first`.
+    DuplicateVariable {
+        /// Offset of the second copy's header.
+        offset: usize,
+        /// Offset of the first copy's header.
+        first: usize,
     },
 }
 
@@ -192,8 +204,14 @@ impl core::fmt::Display for FormatError {
             FormatError::BadRecord { offset } => write!(
                 f,
                 "variable record at offset {offset:#x} is malformed: its header, name or data runs past \
-                 the end of the variable store, its name size is not a non-zero even number, or its \
-                 state byte is not a state-bit protocol value"
+                 the end of the variable store, its name size is not a non-zero even number, its \
+                 state byte is not a state-bit protocol value, or it is live and its name is empty or \
+                 not one NUL-terminated string"
+            ),
+            FormatError::DuplicateVariable { offset, first } => write!(
+                f,
+                "variable record at offset {offset:#x} is a second live copy of the variable at offset \
+                 {first:#x} (same name and GUID)"
             ),
         }
     }

@@ -228,11 +228,41 @@ impl<'a> Store<'a> {
     /// Appends a live record (header written as `VAR_HEADER_VALID_ONLY`,
     /// then name and data, then state `VAR_ADDED`). Returns its offset.
     ///
+    /// If the variable already has a `VAR_ADDED` copy, that copy is retired
+    /// as [`Store::replace`] does: a store never holds two (it would no
+    /// longer open).
+    ///
     /// `StoreFull` if the record does not fit in [`Store::free_space`] (the
     /// caller may [`Store::compact`] and retry), and also if `var.name` is
-    /// not a valid stored name (empty, odd length) or a size exceeds `u32`,
-    /// since such a record can never be stored.
+    /// not a valid stored name (empty, odd length, not ending with its only
+    /// NUL) or a size exceeds `u32`, since such a record can never be stored.
     pub fn append(&mut self, var: &NewVar<'_>) -> Result<usize, StoreFull> {
+        self.write(None, var)
+    }
+
+    /// Writes `var` as the variable's live copy: marks `old` (if a record
+    /// starts there) and any other `VAR_ADDED` copy in transition, appends
+    /// `var`, then marks them deleted. Nothing changes on `StoreFull`.
+    fn write(&mut self, old: Option<usize>, var: &NewVar<'_>) -> Result<usize, StoreFull> {
+        self.room_for(var)?;
+        let added = self.find(var.name, &var.guid).filter(|v| v.state == VAR_ADDED).map(|v| v.offset);
+        let retire = [old, added.filter(|&a| Some(a) != old)];
+        let mut marked = [false; 2];
+        for (m, o) in marked.iter_mut().zip(retire) {
+            *m = o.is_some_and(|o| self.and_state(o, VAR_IN_DELETED_TRANSITION));
+        }
+        // Cannot fail: `push` needs only what `room_for` checked.
+        let new = self.push(var)?;
+        for (m, o) in marked.into_iter().zip(retire) {
+            if let (true, Some(o)) = (m, o) {
+                self.and_state(o, VAR_DELETED);
+            }
+        }
+        Ok(new)
+    }
+
+    /// Appends `var`'s record after the last one (see [`Store::append`]).
+    fn push(&mut self, var: &NewVar<'_>) -> Result<usize, StoreFull> {
         let size = self.room_for(var)?;
         if self.dirty {
             self.erase_free_area();
@@ -263,7 +293,11 @@ impl<'a> Store<'a> {
     /// The record size `var` needs, if it is storable and fits.
     fn room_for(&self, var: &NewVar<'_>) -> Result<usize, StoreFull> {
         let (n, d) = (var.name.len(), var.data.len());
-        if n == 0 || n % 2 != 0 || u32::try_from(n).is_err() || u32::try_from(d).is_err() {
+        if n % 2 != 0
+            || format::name_fault(var.name, 0).is_some()
+            || u32::try_from(n).is_err()
+            || u32::try_from(d).is_err()
+        {
             return Err(StoreFull);
         }
         let size = Self::record_size(n, d);
@@ -302,15 +336,30 @@ impl<'a> Store<'a> {
     /// `VAR_IN_DELETED_TRANSITION`, appends `var`, marks `old` deleted.
     ///
     /// On `StoreFull` (as [`Store::append`]) nothing changes. If no record
-    /// starts at `old`, `var` is only appended.
+    /// starts at `old`, `var` is only appended (retiring a `VAR_ADDED` copy
+    /// elsewhere, as [`Store::append`] does).
     pub fn replace(&mut self, old: usize, var: &NewVar<'_>) -> Result<usize, StoreFull> {
-        self.room_for(var)?;
-        let marked = self.and_state(old, VAR_IN_DELETED_TRANSITION);
-        let new = self.append(var)?;
-        if marked {
-            self.and_state(old, VAR_DELETED);
+        self.write(Some(old), var)
+    }
+
+    /// Marks deleted every copy of the variable with this name (UTF-16LE
+    /// incl. NUL) and GUID that is or could become live: the `VAR_ADDED`
+    /// one and every in-transition one, so no older copy comes back. One
+    /// pass; returns how many records were marked.
+    pub fn delete_all(&mut self, name: &[u8], guid: &Guid) -> usize {
+        let mut marked = 0;
+        let mut off = FIRST_RECORD;
+        while let Step::Rec(r) = step(self.buf, off, self.end) {
+            if (r.state == VAR_ADDED || r.state == IN_TRANSITION)
+                && self.buf.get(r.name_range()) == Some(name)
+                && rd_guid(self.buf, r.offset + 44).as_ref() == Some(guid)
+            {
+                wr(self.buf, r.offset + 2, &[r.state & VAR_DELETED]);
+                marked += 1;
+            }
+            off = r.next;
         }
-        Ok(new)
+        marked
     }
 
     /// Rewrites the store with live records only, in order; the freed space

@@ -360,8 +360,11 @@ fn invalid_names_are_refused() {
     let mut s = Store::open(&mut img).unwrap();
     assert_eq!(s.append(&NewVar::new(0, G, &[], b"x")), Err(StoreFull));
     assert_eq!(s.append(&NewVar::new(0, G, &[b'a', 0, 0], b"x")), Err(StoreFull));
+    // An empty name, or one whose NUL is not its end, is no variable.
+    assert_eq!(s.append(&NewVar::new(0, G, &[0, 0], b"")), Err(StoreFull));
+    assert_eq!(s.append(&NewVar::new(0, G, &[b'a', 0, 0, 0, b'b', 0], b"")), Err(StoreFull));
     assert_eq!(s.records().count(), 0);
-    assert_eq!(s.append(&NewVar::new(0, G, &[0, 0], b"")), Ok(0x64));
+    assert_eq!(s.append(&NewVar::new(0, G, &[b'a', 0, 0, 0], b"")), Ok(0x64));
 }
 
 #[test]

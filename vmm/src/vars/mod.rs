@@ -250,10 +250,8 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             let v = pick(&vars, &name, guid.as_deref())?;
             let mut work = img.store_bytes();
             let mut store = Store::open(&mut work).map_err(|e| ExitError::Store(e.to_string()))?;
-            if let Some(r) = store.find(&v.name, &v.guid) {
-                let o = r.offset;
-                store.delete(o);
-            }
+            // Every copy: a stale in-transition one would otherwise come back.
+            store.delete_all(&v.name, &v.guid);
             img.commit(&work)
         }
         VarsCommand::Export { json: _, output } => {
