@@ -272,3 +272,34 @@ fn a_store_with_two_live_copies_of_a_variable_is_refused() {
     assert!(r.stderr.contains(&format!("{:#x}", offsets[2])) && r.stderr.contains("copy"), "{}", r.stderr);
     assert_eq!(std::fs::read(&vars).unwrap(), img);
 }
+
+/// Audit F7: `rt` prints JSON, which serde escapes only below U+0020; DEL,
+/// C1 (U+009B is CSI) and the bidirectional overrides are escaped too, so
+/// the output is safe on a terminal and still the same JSON.
+#[test]
+fn guest_text_is_escaped_in_the_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let evil = "\u{1b}]2;x\u{7}Evil\u{9b}31m\u{202e}\u{7f}\u{2069}";
+    rt_ok(&vars, &["set-variable", evil, TEST_GUID, "--attrs", "7", "--data-hex", "00"]);
+    for args in [&["list-variables"][..], &["get-next-variable-name"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_efivmm"))
+            .arg("rt")
+            .arg("--vars")
+            .arg(&vars)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let raw: Vec<char> = text
+            .trim_end()
+            .chars()
+            .filter(|&c| matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+            .collect();
+        assert_eq!(raw, [], "{args:?}: {text}");
+        assert!(text.contains(r"\u001b]2;x\u0007Evil\u009b31m\u202e\u007f\u2069"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let name = if args[0] == "list-variables" { &v["variables"][0]["name"] } else { &v["name"] };
+        assert_eq!(name, evil, "the same JSON string");
+    }
+}

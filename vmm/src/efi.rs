@@ -1,6 +1,7 @@
 //! Host-side helpers for UEFI values: status names, GUID text, UTF-16 names,
 //! `EFI_TIME` bytes and their RFC 3339 text form.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// The high bit of an error `EFI_STATUS`.
@@ -155,6 +156,34 @@ fn hex_value(digit: u8) -> u8 {
         b'A'..=b'F' => digit - b'A' + 10,
         _ => 0,
     }
+}
+
+/// Whether `c` can act on a terminal: a C0 control, DEL, a C1 control
+/// (U+009B is an 8-bit CSI), or a bidirectional override or isolate
+/// (U+202A-U+202E, U+2066-U+2069), which reorders what is shown.
+fn acts_on_terminal(c: char) -> bool {
+    matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character that can act on a terminal written as
+/// `\uXXXX` (e.g. ESC as `\u001b`): the one escaping for guest-chosen text
+/// (variable names, descriptions, device paths, certificate names) in
+/// every human-readable output of `efivmm vars` and `efivmm rt`. The form
+/// is also JSON's string escape, so serialized JSON (where such characters
+/// occur only inside strings) stays the same JSON.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Encodes bytes as lowercase hex.
@@ -361,6 +390,21 @@ mod tests {
             let _ = EfiTime::parse_rfc3339(text);
         }
         assert!(inputs.len() > 2000);
+    }
+
+    #[test]
+    fn terminal_controls_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape_controls("\\EFI\\Boot \u{e9}\u{1f600}"), "\\EFI\\Boot \u{e9}\u{1f600}");
+        assert!(matches!(escape_controls("plain"), Cow::Borrowed(_)));
+        assert_eq!(escape_controls("a\u{1b}[2Jb\n\u{7f}\u{9b}\u{a0}"), "a\\u001b[2Jb\\u000a\\u007f\\u009b\u{a0}");
+        assert_eq!(
+            escape_controls("\u{2029}\u{202a}\u{202e}\u{202f}\u{2065}\u{2066}\u{2069}"),
+            "\u{2029}\\u202a\\u202e\u{202f}\u{2065}\\u2066\\u2069"
+        );
+        let json = serde_json::json!({ "name": "x\u{1b}\u{9b}\u{202e}" }).to_string();
+        let escaped = escape_controls(&json);
+        assert_eq!(escaped, r#"{"name":"x\u001b\u009b\u202e"}"#);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&escaped).unwrap()["name"], "x\u{1b}\u{9b}\u{202e}");
     }
 
     #[test]

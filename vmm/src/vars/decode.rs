@@ -189,11 +189,14 @@ fn u16_list(d: &[u8]) -> Result<Vec<u16>, String> {
 
 /// Lines (without indentation) decoding `v`, if it is a well-known
 /// variable; empty if not. A malformed value gives a `malformed: ...` line.
+/// The lines are escaped for a terminal ([`efi::escape_controls`]): the
+/// guest chose the descriptions, device paths and certificate names.
 pub fn describe(v: &Var) -> Vec<String> {
-    match describe_inner(v) {
+    let lines = match describe_inner(v) {
         Ok(lines) => lines,
         Err(e) => vec![format!("malformed: {e}")],
-    }
+    };
+    lines.into_iter().map(|l| efi::escape_controls(&l).into_owned()).collect()
 }
 
 fn describe_inner(v: &Var) -> Result<Vec<String>, String> {
@@ -222,7 +225,7 @@ fn describe_inner(v: &Var) -> Result<Vec<String>, String> {
         "SecureBootEnable" | "CustomMode" | "VendorKeysNv" => one_byte("value"),
         "Lang" | "PlatformLang" | "LangCodes" | "PlatformLangCodes" if global => {
             let s: String = d.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
-            Ok(vec![format!("ascii: {s:?}")])
+            Ok(vec![format!("ascii: \"{s}\"")])
         }
         "ConIn" | "ConOut" | "ErrOut" | "ConInDev" | "ConOutDev" | "ErrOutDev" if global => {
             Ok(vec![format!("device path: {}", devpath::to_text(d))])
@@ -241,7 +244,7 @@ fn describe_inner(v: &Var) -> Result<Vec<String>, String> {
             }
             let mut lines = vec![
                 format!("load option: attributes {:#x} {}", o.attributes, flags.join("|")).trim_end().to_string(),
-                format!("description: {:?}", o.description),
+                format!("description: \"{}\"", o.description),
                 format!("device path: {}", o.path),
             ];
             if !o.optional.is_empty() {

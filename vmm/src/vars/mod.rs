@@ -287,9 +287,12 @@ fn print_out(bytes: &[u8]) -> Result<(), ExitError> {
     }
 }
 
-/// One listing line: GUID, attributes, size, name.
+/// One listing line: GUID, attributes, size, name (escaped: the guest
+/// chose it).
 fn summary(v: &Var) -> String {
-    format!("{}  {:#06x} {:<12} {:>6}  {}\n", v.guid, v.attr, decode::attr_letters(v.attr), v.data.len(), v.name_str())
+    let name = v.name_str();
+    let (attr, size) = (v.attr, v.data.len());
+    format!("{}  {attr:#06x} {:<12} {size:>6}  {}\n", v.guid, decode::attr_letters(attr), efi::escape_controls(&name))
 }
 
 /// The variable `name` with `guid`, or the only one named `name`.
