@@ -182,7 +182,7 @@ fn the_debian_4m_ms_store_is_read_and_written() {
         .iter()
         .filter(|v| v.attributes & 4 != 0)
         .map(|v| {
-            let guid = efivmm::efi::Guid(v.guid.0).to_string();
+            let guid = v.guid.to_string();
             (efivmm::efi::name_from_utf16(v.name), guid, v.data.len())
         })
         .collect();

@@ -7,7 +7,7 @@ use core::fmt;
 use core::ops::Range;
 
 use crate::index::{self, IN_TRANSITION};
-use crate::{FormatError, Guid, Layout};
+use crate::{FormatError, Guid, Layout, ParseGuidError};
 
 /// `sizeof (EFI_FIRMWARE_VOLUME_HEADER)` with one block-map entry and its
 /// terminator, as OVMF lays it out; the variable store starts here.
@@ -76,6 +76,58 @@ impl Guid {
         let b = d2.to_le_bytes();
         let c = d3.to_le_bytes();
         Guid([a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6], d4[7]])
+    }
+    /// Parses the registry form, `8be4df61-93ca-11d2-aa0d-00e098032b8c`
+    /// (hex digits in either case), byte by byte: any other text, ASCII or
+    /// not, is an error.
+    pub fn parse(text: &str) -> Result<Guid, ParseGuidError> {
+        let b = text.as_bytes();
+        if b.len() != 36 {
+            return Err(ParseGuidError);
+        }
+        let mut nibbles = [0u8; 32];
+        let mut n = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if c != b'-' {
+                    return Err(ParseGuidError);
+                }
+                continue;
+            }
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return Err(ParseGuidError),
+            };
+            nibbles[n] = v;
+            n += 1;
+        }
+        let mut r = [0u8; 16];
+        for (k, byte) in r.iter_mut().enumerate() {
+            *byte = (nibbles[2 * k] << 4) | nibbles[2 * k + 1];
+        }
+        Ok(Guid::from_fields(
+            u32::from_be_bytes([r[0], r[1], r[2], r[3]]),
+            u16::from_be_bytes([r[4], r[5]]),
+            u16::from_be_bytes([r[6], r[7]]),
+            [r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]],
+        ))
+    }
+    /// The two little-endian halves (bytes 0..8 and 8..16), as the
+    /// sandbox mailbox carries a GUID.
+    pub fn halves(&self) -> [u64; 2] {
+        let [lo, hi] = [&self.0[..8], &self.0[8..]].map(|h| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(h);
+            u64::from_le_bytes(w)
+        });
+        [lo, hi]
+    }
+    /// The GUID from the mailbox's two halves.
+    pub fn from_halves(lo: u64, hi: u64) -> Guid {
+        let (l, h) = (lo.to_le_bytes(), hi.to_le_bytes());
+        Guid([l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
     }
     /// `gEfiSystemNvDataFvGuid`, the vars volume's `FileSystemGuid`.
     pub const SYSTEM_NV_DATA_FV: Guid =

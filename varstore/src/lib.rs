@@ -55,9 +55,21 @@ pub use format::{
     VAR_ADDED, VAR_DELETED, VAR_HEADER_LEN, VAR_HEADER_VALID_ONLY, VAR_IN_DELETED_TRANSITION,
 };
 
-/// A GUID as its 16 bytes in the on-disk (little-endian `EFI_GUID`) order.
+/// A GUID as its 16 bytes in the on-disk (little-endian `EFI_GUID`) order;
+/// its [`Display`](core::fmt::Display) and [`Guid::parse`] use the registry
+/// form (`8be4df61-93ca-11d2-aa0d-00e098032b8c`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct Guid(pub [u8; 16]);
+
+/// Text that is not a GUID in the registry form.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ParseGuidError;
+
+impl core::fmt::Display for ParseGuidError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c)")
+    }
+}
 
 /// Which OVMF build's layout an image follows.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

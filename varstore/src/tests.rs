@@ -420,3 +420,26 @@ fn every_state_value() {
         }
     }
 }
+
+#[test]
+fn guid_text_and_halves_round_trip() {
+    let text = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    let g = Guid::parse(text).unwrap();
+    assert_eq!(g, Guid::GLOBAL_VARIABLE);
+    assert_eq!(format!("{g}"), text);
+    assert_eq!(Guid::parse("8BE4DF61-93CA-11D2-AA0D-00E098032B8C"), Ok(g));
+    let [lo, hi] = g.halves();
+    assert_eq!(lo, u64::from_le_bytes(g.0[..8].try_into().unwrap()));
+    assert_eq!(Guid::from_halves(lo, hi), g);
+    for bad in [
+        "",
+        "global",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8cc",
+        "8be4df6193ca-11d2-aa0d-00e098032b8c0",
+        "8be4df61-93ca-11d2-aa0d-00e098032bxx",
+        "abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c",
+    ] {
+        assert_eq!(Guid::parse(bad), Err(ParseGuidError), "{bad}");
+    }
+}

@@ -2,7 +2,6 @@
 //! `EFI_TIME` bytes and their RFC 3339 text form.
 
 use std::borrow::Cow;
-use std::fmt;
 
 /// The high bit of an error `EFI_STATUS`.
 pub const ERROR_BIT: u64 = 1 << 63;
@@ -78,60 +77,16 @@ pub fn status_name(status: u64) -> String {
     }
 }
 
-/// A GUID in its on-disk byte order, with the usual text form.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Guid(pub [u8; 16]);
+pub use varstore::Guid;
 
-/// `EFI_GLOBAL_VARIABLE` (8be4df61-93ca-11d2-aa0d-00e098032b8c).
-pub const GLOBAL_VARIABLE: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-
-impl Guid {
-    /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, or the alias `global`
-    /// for `EFI_GLOBAL_VARIABLE`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = if text.eq_ignore_ascii_case("global") { GLOBAL_VARIABLE } else { text };
-        let bad =
-            || format!("`{text}` is not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c, or `global`)");
-        let parts: Vec<&str> = text.split('-').collect();
-        let lens = [8, 4, 4, 4, 12];
-        if parts.len() != 5 || parts.iter().zip(lens).any(|(p, l)| p.len() != l) {
-            return Err(bad());
-        }
-        let hex = parts.concat();
-        let raw = decode_hex(&hex).map_err(|_| bad())?;
-        let mut b = [0u8; 16];
-        // The first three fields are little-endian on disk.
-        b[0..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
-        b[4..6].copy_from_slice(&[raw[5], raw[4]]);
-        b[6..8].copy_from_slice(&[raw[7], raw[6]]);
-        b[8..16].copy_from_slice(&raw[8..16]);
-        Ok(Guid(b))
+/// Parses a GUID given on the command line or in a JSON file: the registry
+/// form ([`Guid::parse`]), or the alias `global` for `EFI_GLOBAL_VARIABLE`.
+/// The message quotes the text (escaped for a terminal).
+pub fn parse_guid(text: &str) -> Result<Guid, String> {
+    if text.eq_ignore_ascii_case("global") {
+        return Ok(Guid::GLOBAL_VARIABLE);
     }
-
-    /// The two little-endian halves, as the mailbox carries a GUID.
-    pub fn halves(&self) -> [u64; 2] {
-        [u64::from_le_bytes(self.0[0..8].try_into().unwrap()), u64::from_le_bytes(self.0[8..16].try_into().unwrap())]
-    }
-
-    /// The GUID from the mailbox's two halves.
-    pub fn from_halves(lo: u64, hi: u64) -> Self {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&lo.to_le_bytes());
-        b[8..16].copy_from_slice(&hi.to_le_bytes());
-        Guid(b)
-    }
-}
-
-impl fmt::Display for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-",
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9]
-        )?;
-        b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
-    }
+    Guid::parse(text).map_err(|e| format!("`{}` is {e}, or `global`", escape_controls(text)))
 }
 
 /// Decodes hex text (even length, no separators). Works on the bytes, so
@@ -309,15 +264,18 @@ mod tests {
 
     #[test]
     fn guid_text_round_trip_and_byte_order() {
-        let g = Guid::parse(GLOBAL_VARIABLE).unwrap();
+        let text = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+        let g = parse_guid(text).unwrap();
         assert_eq!(g.0[0..4], [0x61, 0xdf, 0xe4, 0x8b]);
         assert_eq!(g.0[8..10], [0xaa, 0x0d]);
-        assert_eq!(g.to_string(), GLOBAL_VARIABLE);
-        assert_eq!(Guid::parse("global").unwrap(), g);
+        assert_eq!(g.to_string(), text);
+        assert_eq!(parse_guid("global").unwrap(), g);
+        assert_eq!(parse_guid("8BE4DF61-93CA-11D2-AA0D-00E098032B8C").unwrap(), g);
         let [lo, hi] = g.halves();
         assert_eq!(Guid::from_halves(lo, hi), g);
-        assert!(Guid::parse("8be4df61-93ca-11d2-aa0d-00e098032b8").is_err());
-        assert!(Guid::parse("8be4df61-93ca-11d2-aa0d-00e098032bxx").is_err());
+        assert!(parse_guid("8be4df61-93ca-11d2-aa0d-00e098032b8").is_err());
+        assert!(parse_guid("8be4df61-93ca-11d2-aa0d-00e098032bxx").is_err());
+        assert!(parse_guid("8be4df61+93ca-11d2-aa0d-00e098032b8c").is_err());
     }
 
     #[test]
@@ -334,7 +292,7 @@ mod tests {
     fn non_ascii_input_is_an_error_not_a_panic() {
         let e = decode_hex("a\u{e9}b").unwrap_err();
         assert!(e.contains("not a hex digit"), "{e}");
-        assert!(Guid::parse("abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c").unwrap_err().contains("not a GUID"));
+        assert!(parse_guid("abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c").unwrap_err().contains("not a GUID"));
         assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:5\u{e9}").unwrap_err().contains("not an RFC 3339 time"));
         assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:56.5\u{e9}").is_err());
         assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:56+0\u{e9}").is_err());
@@ -386,7 +344,7 @@ mod tests {
         }
         for text in &inputs {
             let _ = decode_hex(text);
-            let _ = Guid::parse(text);
+            let _ = parse_guid(text);
             let _ = EfiTime::parse_rfc3339(text);
         }
         assert!(inputs.len() > 2000);

@@ -317,7 +317,7 @@ mod tests {
         assert_eq!(describe(&var("SecureBoot", g, vec![1])), ["value: 1"]);
         assert!(describe(&var("Timeout", g, vec![5]))[0].starts_with("malformed"));
         let mut lo = vec![1, 0, 0, 0];
-        let g2 = crate::efi::Guid::parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").unwrap();
+        let g2 = Guid::parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").unwrap();
         lo.extend(24u16.to_le_bytes());
         lo.extend(efi::name_to_utf16("UiApp"));
         lo.extend([4, 6, 20, 0]);
@@ -334,7 +334,7 @@ mod tests {
 
     #[test]
     fn vars_decode_signature_lists() {
-        let sha = crate::efi::Guid::parse("c1c41626-504c-4092-aca9-41f936934328").unwrap();
+        let sha = Guid::parse("c1c41626-504c-4092-aca9-41f936934328").unwrap();
         let mut d = sha.0.to_vec();
         d.extend((28u32 + 2 * 48).to_le_bytes());
         d.extend(0u32.to_le_bytes());

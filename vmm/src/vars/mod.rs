@@ -152,7 +152,7 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
 }
 
 fn parse_guid(s: &str) -> Result<Guid, ExitError> {
-    efi::Guid::parse(s).map(|g| Guid(g.0)).map_err(ExitError::Usage)
+    efi::parse_guid(s).map_err(ExitError::Usage)
 }
 
 /// Checks `name`/`attrs`/`data` against the tool's policy (see the module
