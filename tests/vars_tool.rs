@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-#[allow(dead_code, unused_imports)]
 mod common;
 
 const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";

@@ -294,7 +294,7 @@ pub(crate) fn name_fault(name: &[u8], offset: usize) -> Option<Problem> {
     match first_nul {
         None => Some(Problem::RecordNameUnterminated { offset }),
         Some(0) => Some(Problem::RecordNameEmpty { offset }),
-        Some(i) if i + 1 != units || name.len() % 2 != 0 => Some(Problem::RecordNameEmbeddedNul { offset }),
+        Some(i) if i + 1 != units => Some(Problem::RecordNameEmbeddedNul { offset }),
         Some(_) => None,
     }
 }

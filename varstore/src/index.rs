@@ -50,7 +50,7 @@ fn key(buf: &[u8], offset: usize) -> (&[u8], &[u8]) {
 /// comparison.
 fn compare(buf: &[u8], a: u32, b: u32) -> Ordering {
     #[cfg(test)]
-    crate::store::probe::compared();
+    probe::compared();
     key(buf, a as usize).cmp(&key(buf, b as usize))
 }
 
@@ -101,4 +101,22 @@ pub(crate) fn live_in_transition(buf: &[u8], end: usize) -> RecordSet {
         Ok(())
     });
     live
+}
+
+/// A test-only count of record comparisons (by name and GUID), to assert
+/// on the complexity of a walk rather than on its time.
+#[cfg(test)]
+pub(crate) mod probe {
+    use core::cell::Cell;
+    std::thread_local! {
+        static COMPARISONS: Cell<u64> = const { Cell::new(0) };
+    }
+    /// Counts one comparison of two records' name and GUID.
+    pub(crate) fn compared() {
+        COMPARISONS.with(|c| c.set(c.get() + 1));
+    }
+    /// The comparisons counted on this thread since the last call.
+    pub(crate) fn take() -> u64 {
+        COMPARISONS.with(|c| c.replace(0))
+    }
 }

@@ -56,24 +56,6 @@ impl<'s> Iterator for LiveVars<'s> {
     }
 }
 
-/// A test-only count of record comparisons (by name and GUID), to assert
-/// on the complexity of a walk rather than on its time.
-#[cfg(test)]
-pub(crate) mod probe {
-    use core::cell::Cell;
-    std::thread_local! {
-        static COMPARISONS: Cell<u64> = const { Cell::new(0) };
-    }
-    /// Counts one comparison of two records' name and GUID.
-    pub(crate) fn compared() {
-        COMPARISONS.with(|c| c.set(c.get() + 1));
-    }
-    /// The comparisons counted on this thread since the last call.
-    pub(crate) fn take() -> u64 {
-        COMPARISONS.with(|c| c.replace(0))
-    }
-}
-
 /// The parsed records of the store in `buf` ending at `end`.
 fn raws(buf: &[u8], end: usize) -> impl Iterator<Item = Raw> + '_ {
     let mut records = Records::new(buf, end);

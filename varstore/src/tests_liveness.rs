@@ -4,7 +4,7 @@
 use std::string::ToString;
 use std::vec::Vec;
 
-use crate::store::probe;
+use crate::index::probe;
 use crate::tests::fresh;
 use crate::*;
 
@@ -117,7 +117,8 @@ fn two_live_copies_of_a_variable_are_refused_with_their_offsets() {
 #[test]
 fn interrupted_updates_still_open_with_one_live_copy() {
     let t = nm("Timeout");
-    let cases: [(&[(u8, &[u8], &[u8])], usize); 4] = [
+    type Records<'a> = &'a [(u8, &'a [u8], &'a [u8])];
+    let cases: [(Records, usize); 4] = [
         (&[(IN_TRANSITION, &t, b"old"), (VAR_ADDED, &t, b"new")], 1),
         (&[(VAR_ADDED, &t, b"new"), (IN_TRANSITION, &t, b"old")], 0),
         (&[(IN_TRANSITION, &t, b"a"), (IN_TRANSITION, &t, b"b"), (VAR_HEADER_VALID_ONLY, &t, b"c")], 1),
