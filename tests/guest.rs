@@ -71,6 +71,33 @@ fn launch_errors_say_what_to_do() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--kernel"));
 }
 
+/// Values at the edge of what the host can represent (audit F8): a usage
+/// error (exit 2) that says what is wrong, not a panic (exit 101).
+#[test]
+fn a_huge_timeout_or_initrd_is_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = halting_kernel(dir.path());
+    let initrd = dir.path().join("initrd");
+    std::fs::File::create(&initrd).unwrap().set_len(40 << 20).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--vars", dir.path().join("vars.fd").to_str().unwrap()])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = run(&["--timeout", "18446744073709551615"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--timeout") && !err.contains("panicked"), "{err}");
+    let (code, err) = run(&["--memory", "32M", "--initrd", initrd.to_str().unwrap(), "--timeout", "5"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("initrd") && err.contains("--memory") && !err.contains("panicked"), "{err}");
+}
+
 /// A minimal ELF kernel loaded at 2 MiB whose entry is `hlt; jmp $-1` with
 /// interrupts off: a guest that never stops by itself.
 fn halting_kernel(dir: &std::path::Path) -> std::path::PathBuf {

@@ -182,7 +182,7 @@ fn the_debian_4m_ms_store_is_read_and_written() {
         .iter()
         .filter(|v| v.attributes & 4 != 0)
         .map(|v| {
-            let guid = efivmm::efi::Guid(v.guid.0).to_string();
+            let guid = v.guid.to_string();
             (efivmm::efi::name_from_utf16(v.name), guid, v.data.len())
         })
         .collect();
@@ -320,4 +320,72 @@ fn a_huge_or_non_regular_data_file_is_refused_before_it_is_read() {
         assert!(stderr.contains("--data-file") && stderr.contains(data.to_str().unwrap()), "{stderr}");
     }
     assert!(std::fs::read(&vars).unwrap() == before, "the vars file changed");
+}
+
+/// Non-ASCII arguments (audit F8): a usage error (exit 2) that says what is
+/// wrong, not a panic (exit 101); the store is untouched.
+#[test]
+fn non_ascii_arguments_are_usage_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    rt_ok(&vars, &["get-time"]);
+    let before = std::fs::read(&vars).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["set-variable", "X", TEST_GUID, "--attrs", "7", "--data-hex", "a\u{e9}b"], "not a hex digit"),
+        (&["get-variable", "X", "abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c"], "not a GUID"),
+        (&["set-time", "2024-02-29T12:34:5\u{e9}"], "not an RFC 3339 time"),
+        (&["set-wakeup-time", "2024-02-29T12:34:5\u{e9}"], "not an RFC 3339 time"),
+    ];
+    for (args, msg) in cases {
+        let r = rt(&vars, args);
+        assert_eq!(r.code, 2, "efivmm rt {args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(msg) && !r.stderr.contains("panicked"), "efivmm rt {args:?}: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&vars).unwrap(), before);
+}
+
+/// Audit F11: a store holding two live copies of one variable (Dup, Other,
+/// Dup) would make GetNextVariableName cycle; it is refused at open (exit
+/// 4, saying where), the file untouched, instead of a 100k-step walk.
+#[test]
+fn a_store_with_two_live_copies_of_a_variable_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("dup.fd");
+    let (img, offsets) = common::raw_store(&[(0x3f, "Dup"), (0x3f, "Other"), (0x3f, "Dup")]);
+    std::fs::write(&vars, &img).unwrap();
+    let r = rt(&vars, &["list-variables"]);
+    assert_eq!(r.code, 4, "status {}: {}", status(&r.json), r.stderr);
+    assert!(r.stderr.contains(&format!("{:#x}", offsets[2])) && r.stderr.contains("copy"), "{}", r.stderr);
+    assert_eq!(std::fs::read(&vars).unwrap(), img);
+}
+
+/// Audit F7: `rt` prints JSON, which serde escapes only below U+0020; DEL,
+/// C1 (U+009B is CSI) and the bidirectional overrides are escaped too, so
+/// the output is safe on a terminal and still the same JSON.
+#[test]
+fn guest_text_is_escaped_in_the_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("vars.fd");
+    let evil = "\u{1b}]2;x\u{7}Evil\u{9b}31m\u{202e}\u{7f}\u{2069}";
+    rt_ok(&vars, &["set-variable", evil, TEST_GUID, "--attrs", "7", "--data-hex", "00"]);
+    for args in [&["list-variables"][..], &["get-next-variable-name"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_efivmm"))
+            .arg("rt")
+            .arg("--vars")
+            .arg(&vars)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let raw: Vec<char> = text
+            .trim_end()
+            .chars()
+            .filter(|&c| matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+            .collect();
+        assert_eq!(raw, [], "{args:?}: {text}");
+        assert!(text.contains(r"\u001b]2;x\u0007Evil\u009b31m\u202e\u007f\u2069"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let name = if args[0] == "list-variables" { &v["variables"][0]["name"] } else { &v["name"] };
+        assert_eq!(name, evil, "the same JSON string");
+    }
 }

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
+mod common;
+
 const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const OVMF_COMBINED: &str = "/usr/share/ovmf/OVMF.fd";
@@ -88,6 +90,12 @@ fn sorted(doc: &Value) -> Vec<Value> {
 /// An EFI_LOAD_OPTION for `desc` whose device path is
 /// PciRoot(0x0)/Pci(0x2,0x0)/HD(1,GPT,...)/\EFI\debian\shimx64.efi.
 fn load_option(desc: &str) -> Vec<u8> {
+    load_option_for(desc, "\\EFI\\debian\\shimx64.efi")
+}
+
+/// An EFI_LOAD_OPTION for `desc` whose device path is
+/// PciRoot(0x0)/Pci(0x2,0x0)/HD(1,GPT,...)/`file`.
+fn load_option_for(desc: &str, file: &str) -> Vec<u8> {
     fn node(t: u8, s: u8, d: &[u8]) -> Vec<u8> {
         let mut v = vec![t, s];
         v.extend(((d.len() + 4) as u16).to_le_bytes());
@@ -103,7 +111,7 @@ fn load_option(desc: &str) -> Vec<u8> {
     hd.extend([0x4e, 0x3d, 0x2c, 0x1b, 0x01, 0x00, 0x02, 0x00, 3, 4, 5, 6, 7, 8, 9, 10]);
     hd.extend([2, 2]);
     path.extend(node(4, 1, &hd));
-    path.extend(node(4, 4, &utf16("\\EFI\\debian\\shimx64.efi")));
+    path.extend(node(4, 4, &utf16(file)));
     path.extend([0x7f, 0xff, 4, 0]);
     let mut lo = 1u32.to_le_bytes().to_vec();
     lo.extend((path.len() as u16).to_le_bytes());
@@ -504,6 +512,123 @@ fn corrupt_locked_and_invalid_input_is_refused_and_nothing_changes() {
     vars_ok(&f, &["init", "--force", "--layout", "2m"]);
     assert_eq!(std::fs::metadata(&f).unwrap().len(), 0x20000);
     assert_eq!(export(&f)["variables"], json!([]));
+}
+
+/// Non-ASCII arguments and JSON fields (audit F8): a usage error (exit 2)
+/// that says what is wrong, not a panic (exit 101); the file is untouched.
+#[test]
+fn non_ascii_input_is_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = make_store(dir.path());
+    let before = std::fs::read(&f).unwrap();
+    let bad_guid = "abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c";
+    let json = |name: &str, guid: &str, data: &str| {
+        let p = dir.path().join(format!("{name}.json"));
+        let doc = json!({"version": 2, "variables": [{"name": name, "guid": guid, "attr": 7, "data": data}]});
+        std::fs::write(&p, doc.to_string()).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (j1, j2) = (json("Data", TEST_GUID, "a\u{e9}b"), json("Guid", bad_guid, "00"));
+    let cases: [(&[&str], &str); 5] = [
+        (&["set", "X", TEST_GUID, "--attrs", "7", "--data-hex", "a\u{e9}b"], "not a hex digit"),
+        (&["set", "X", bad_guid, "--attrs", "7", "--data-hex", "00"], "not a GUID"),
+        (&["get", "Timeout", bad_guid], "not a GUID"),
+        (&["import", "--json", &j1], "not a hex digit"),
+        (&["import", "--json", &j2], "not a GUID"),
+    ];
+    for (args, msg) in cases {
+        let r = vars(&f, args);
+        assert_eq!(r.code, 2, "efivmm vars {args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(msg) && !r.stderr.contains("panicked"), "efivmm vars {args:?}: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&f).unwrap(), before);
+}
+
+/// Audit F11: `delete` deletes every copy that is or could become live (a
+/// stale in-transition copy beside the live one, as an interrupted update
+/// leaves), so the variable does not come back; a store with two live
+/// copies of one variable is refused, saying where, and left untouched.
+#[test]
+fn delete_removes_every_copy_and_duplicates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("stale.fd");
+    let (img, _) = common::raw_store(&[(0x3e, "Timeout"), (0x3e, "Timeout"), (0x3f, "Other"), (0x3f, "Timeout")]);
+    std::fs::write(&f, &img).unwrap();
+    let listed = vars_ok(&f, &["list"]);
+    assert_eq!(listed.matches("Timeout").count(), 1, "{listed}");
+    vars_ok(&f, &["delete", "Timeout", TEST_GUID]);
+    let listed = vars_ok(&f, &["list"]);
+    assert!(!listed.contains("Timeout") && listed.contains("Other"), "the variable came back: {listed}");
+    let r = vars(&f, &["get", "Timeout", TEST_GUID]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+
+    let f = dir.path().join("dup.fd");
+    let (img, offsets) = common::raw_store(&[(0x3f, "Dup"), (0x3f, "Other"), (0x3f, "Dup")]);
+    std::fs::write(&f, &img).unwrap();
+    for args in
+        [&["list"][..], &["delete", "Dup", TEST_GUID], &["set", "Dup", TEST_GUID, "--attrs", "7", "--data-hex", "00"]]
+    {
+        let r = vars(&f, args);
+        assert_eq!(r.code, 4, "efivmm vars {args:?}: {}", r.stdout);
+        assert!(r.stderr.contains(&format!("{:#x}", offsets[2])), "efivmm vars {args:?}: {}", r.stderr);
+    }
+    assert_eq!(std::fs::read(&f).unwrap(), img);
+}
+
+/// Characters that act on a terminal: C0, DEL, C1 (U+009B is CSI) and the
+/// bidirectional overrides and isolates.
+fn terminal_unsafe(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| c != '\n')
+        .filter(
+            |&c| matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'),
+        )
+        .collect()
+}
+
+/// Audit F7: guest-chosen text (a variable name, a boot option's
+/// description and FilePath, a certificate's DN) reaches the terminal
+/// escaped, in every human-readable output; the JSON export is escaped too.
+#[test]
+fn guest_text_is_escaped_in_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vars.fd");
+    std::fs::copy(need(OVMF_VARS_4M_MS), &f).unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let evil = "\u{1b}]2;owned\u{7}Evil\u{9b}31m\u{202e}gnp.exe\u{7f}\u{2066}";
+    let escaped = r"\u001b]2;owned\u0007Evil\u009b31m\u202egnp.exe\u007f\u2066";
+    vars_ok(&f, &["set", evil, TEST_GUID, "--attrs", "7", "--data-hex", "00"]);
+    let option = load_option_for("Debian\u{1b}[2J\u{202e}", "\\EFI\\\u{1b}]52;c;Zm9v\u{7}\\x.efi");
+    vars_ok(&f, &["set", "Boot0007", "global", "--attrs", "7", "--data-hex", &hex(&option)]);
+    // A KEK certificate whose issuer and subject carry an OSC sequence.
+    let kek = std::process::Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .args(["vars", "--file", f.to_str().unwrap(), "get", "KEK", "global", "--raw"])
+        .output()
+        .unwrap()
+        .stdout;
+    let at = kek.windows(21).position(|w| w == b"Microsoft Corporation").expect("a Microsoft DN in KEK");
+    let mut kek = kek.clone();
+    kek[at..at + 6].copy_from_slice(b"\x1b]2;x\x07");
+    let kek_file = dir.path().join("kek.bin");
+    std::fs::write(&kek_file, &kek).unwrap();
+    vars_ok(&f, &["set", "KEK", "global", "--attrs", "27", "--data-file", kek_file.to_str().unwrap()]);
+
+    let list = vars_ok(&f, &["list"]);
+    let one = vars_ok(&f, &["get", evil, TEST_GUID]);
+    let boot = vars_ok(&f, &["get", "Boot0007", "global"]);
+    let keys = vars_ok(&f, &["get", "KEK", "global"]);
+    let export = vars_ok(&f, &["export", "--json"]);
+    let missing = vars(&f, &["get", evil, GLOBAL]);
+    for (what, out) in
+        [("list", &list), ("get", &one), ("get Boot0007", &boot), ("get KEK", &keys), ("export", &export)]
+    {
+        assert_eq!(terminal_unsafe(out), [], "{what}: {out}");
+    }
+    assert_eq!((missing.code, terminal_unsafe(&missing.stderr)), (1, vec![]), "{}", missing.stderr);
+    assert!(list.contains(escaped) && one.contains(escaped), "{list}");
+    assert!(boot.contains(r"\EFI\\u001b]52;c;Zm9v\u0007\x.efi"), "the FilePath, escaped: {boot}");
+    assert!(boot.contains(r"\u001b[2J") && !boot.contains('\u{202e}'), "the description, escaped: {boot}");
+    assert!(keys.contains(r"\u001b]2;x\u0007oft Corporation"), "the DN, escaped: {keys}");
 }
 
 #[test]

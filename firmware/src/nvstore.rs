@@ -16,11 +16,6 @@ use varstore::{Guid, Layout, NewVar, Store, StoreFull, VarRef};
 
 use crate::wellknown::VARIABLE_RUNTIME_ACCESS;
 
-/// A bound on the copies of one variable a delete removes (a live record
-/// plus a stale `VAR_ADDED & VAR_IN_DELETED_TRANSITION` one left by an
-/// interrupted update; more only in a crafted store).
-const MAX_COPIES: usize = 64;
-
 /// The opened store of one call, and whether the call changed its bytes.
 pub struct Nv<'a> {
     store: Store<'a>,
@@ -104,19 +99,12 @@ impl<'a> Nv<'a> {
     }
 
     /// Deletes every live copy of the variable (edk2 marks both the `ADDED`
-    /// and a stale `IN_DELETED_TRANSITION` record deleted). Returns whether
-    /// there was one.
+    /// and a stale `IN_DELETED_TRANSITION` record deleted; this marks every
+    /// in-transition one, so none comes back). Returns whether there was one.
     pub fn remove(&mut self, name: &[u8], guid: &Guid) -> bool {
-        let mut removed = false;
-        for _ in 0..MAX_COPIES {
-            match self.store.find(name, guid).map(|v| v.offset) {
-                Some(offset) => {
-                    self.store.delete(offset);
-                    self.dirty = true;
-                    removed = true;
-                }
-                None => break,
-            }
+        let removed = self.store.find(name, guid).is_some();
+        if self.store.delete_all(name, guid) > 0 {
+            self.dirty = true;
         }
         removed
     }

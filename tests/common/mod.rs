@@ -49,3 +49,48 @@ pub fn rt_ok(vars: &Path, args: &[&str]) -> Value {
 pub fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("<none>")
 }
+
+/// A 2 MiB-layout vars file holding exactly these records (state byte,
+/// name, one data byte), all with GUID `TEST_GUID` and attributes NV|BS|RT,
+/// as a crafted or interrupted store would hold them (nothing checks
+/// them); also returns the records' offsets.
+pub fn raw_store(records: &[(u8, &str)]) -> (Vec<u8>, Vec<usize>) {
+    let layout = varstore::Layout::Ovmf2M;
+    let mut img = vec![0u8; layout.file_size()];
+    varstore::Store::format(&mut img, layout);
+    let guid = guid_bytes(TEST_GUID);
+    let mut offsets = Vec::new();
+    let mut off = 0x64;
+    for &(state, name) in records {
+        let name: Vec<u8> = name.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
+        let mut rec = vec![0u8; varstore::VAR_HEADER_LEN];
+        rec[0..2].copy_from_slice(&varstore::VARIABLE_DATA.to_le_bytes());
+        rec[2] = state;
+        rec[4..8].copy_from_slice(&7u32.to_le_bytes());
+        rec[36..40].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        rec[40..44].copy_from_slice(&1u32.to_le_bytes());
+        rec[44..60].copy_from_slice(&guid);
+        rec.extend_from_slice(&name);
+        rec.push(offsets.len() as u8);
+        offsets.push(off);
+        img[off..off + rec.len()].copy_from_slice(&rec);
+        off += rec.len().next_multiple_of(4);
+    }
+    (img, offsets)
+}
+
+/// A GUID's 16 bytes in on-disk order, from its registry form.
+pub fn guid_bytes(text: &str) -> [u8; 16] {
+    let hex: Vec<u8> = text
+        .replace('-', "")
+        .as_bytes()
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect();
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&[hex[3], hex[2], hex[1], hex[0]]);
+    b[4..6].copy_from_slice(&[hex[5], hex[4]]);
+    b[6..8].copy_from_slice(&[hex[7], hex[6]]);
+    b[8..].copy_from_slice(&hex[8..]);
+    b
+}

@@ -6,7 +6,8 @@
 use core::fmt;
 use core::ops::Range;
 
-use crate::{FormatError, Guid, Layout};
+use crate::index::{self, IN_TRANSITION};
+use crate::{FormatError, Guid, Layout, ParseGuidError};
 
 /// `sizeof (EFI_FIRMWARE_VOLUME_HEADER)` with one block-map entry and its
 /// terminator, as OVMF lays it out; the variable store starts here.
@@ -75,6 +76,58 @@ impl Guid {
         let b = d2.to_le_bytes();
         let c = d3.to_le_bytes();
         Guid([a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6], d4[7]])
+    }
+    /// Parses the registry form, `8be4df61-93ca-11d2-aa0d-00e098032b8c`
+    /// (hex digits in either case), byte by byte: any other text, ASCII or
+    /// not, is an error.
+    pub fn parse(text: &str) -> Result<Guid, ParseGuidError> {
+        let b = text.as_bytes();
+        if b.len() != 36 {
+            return Err(ParseGuidError);
+        }
+        let mut nibbles = [0u8; 32];
+        let mut n = 0;
+        for (i, &c) in b.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if c != b'-' {
+                    return Err(ParseGuidError);
+                }
+                continue;
+            }
+            let v = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => return Err(ParseGuidError),
+            };
+            nibbles[n] = v;
+            n += 1;
+        }
+        let mut r = [0u8; 16];
+        for (k, byte) in r.iter_mut().enumerate() {
+            *byte = (nibbles[2 * k] << 4) | nibbles[2 * k + 1];
+        }
+        Ok(Guid::from_fields(
+            u32::from_be_bytes([r[0], r[1], r[2], r[3]]),
+            u16::from_be_bytes([r[4], r[5]]),
+            u16::from_be_bytes([r[6], r[7]]),
+            [r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]],
+        ))
+    }
+    /// The two little-endian halves (bytes 0..8 and 8..16), as the
+    /// sandbox mailbox carries a GUID.
+    pub fn halves(&self) -> [u64; 2] {
+        let [lo, hi] = [&self.0[..8], &self.0[8..]].map(|h| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(h);
+            u64::from_le_bytes(w)
+        });
+        [lo, hi]
+    }
+    /// The GUID from the mailbox's two halves.
+    pub fn from_halves(lo: u64, hi: u64) -> Guid {
+        let (l, h) = (lo.to_le_bytes(), hi.to_le_bytes());
+        Guid([l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
     }
     /// `gEfiSystemNvDataFvGuid`, the vars volume's `FileSystemGuid`.
     pub const SYSTEM_NV_DATA_FV: Guid =
@@ -202,6 +255,48 @@ pub enum Problem {
         /// The state byte.
         state: u8,
     },
+    /// A live record's name (`VAR_ADDED` or in transition) does not end
+    /// with a NUL: it would reach the guest unterminated.
+    RecordNameUnterminated {
+        /// Offset of the record.
+        offset: usize,
+    },
+    /// A live record's name has a NUL before its last character: the name
+    /// the guest sees is shorter than the one stored, and two records of
+    /// different bytes could be the same variable.
+    RecordNameEmbeddedNul {
+        /// Offset of the record.
+        offset: usize,
+    },
+    /// A live record's name is empty (only its NUL): no SetVariable can
+    /// create it, and GetNextVariableName would take it for "from the start".
+    RecordNameEmpty {
+        /// Offset of the record.
+        offset: usize,
+    },
+    /// A second `VAR_ADDED` record of a variable (same name and GUID):
+    /// edk2 would list the variable twice and GetNextVariableName cycle.
+    /// (An in-transition copy beside a `VAR_ADDED` one is normal: an
+    /// interrupted update, and the `VAR_ADDED` one is live.)
+    DuplicateVariable {
+        /// Offset of the second `VAR_ADDED` copy.
+        offset: usize,
+        /// Offset of the first.
+        first: usize,
+    },
+}
+
+/// What is wrong with a stored name (UTF-16LE with its NUL), if anything:
+/// it must be non-empty and end with its only NUL.
+pub(crate) fn name_fault(name: &[u8], offset: usize) -> Option<Problem> {
+    let units = name.len() / 2;
+    let first_nul = name.chunks_exact(2).position(|c| c == [0, 0]);
+    match first_nul {
+        None => Some(Problem::RecordNameUnterminated { offset }),
+        Some(0) => Some(Problem::RecordNameEmpty { offset }),
+        Some(i) if i + 1 != units => Some(Problem::RecordNameEmbeddedNul { offset }),
+        Some(_) => None,
+    }
 }
 
 impl Problem {
@@ -223,7 +318,11 @@ impl Problem {
             Problem::RecordHeaderPastEnd { offset }
             | Problem::RecordPastEnd { offset, .. }
             | Problem::RecordNameSize { offset, .. }
-            | Problem::RecordState { offset, .. } => FormatError::BadRecord { offset },
+            | Problem::RecordState { offset, .. }
+            | Problem::RecordNameUnterminated { offset }
+            | Problem::RecordNameEmbeddedNul { offset }
+            | Problem::RecordNameEmpty { offset } => FormatError::BadRecord { offset },
+            Problem::DuplicateVariable { offset, first } => FormatError::DuplicateVariable { offset, first },
         }
     }
 }
@@ -286,6 +385,22 @@ impl fmt::Display for Problem {
                 f,
                 "variable record at offset {offset:#x} has state byte {state:#04x}, which the state-bit protocol \
                  cannot produce"
+            ),
+            Problem::RecordNameUnterminated { offset } => write!(
+                f,
+                "live variable record at offset {offset:#x} has a name that does not end with a NUL character"
+            ),
+            Problem::RecordNameEmbeddedNul { offset } => write!(
+                f,
+                "live variable record at offset {offset:#x} has a name with a NUL character before its end"
+            ),
+            Problem::RecordNameEmpty { offset } => {
+                write!(f, "live variable record at offset {offset:#x} has an empty name (only its NUL)")
+            }
+            Problem::DuplicateVariable { offset, first } => write!(
+                f,
+                "variable record at offset {offset:#x} is a second live (VAR_ADDED) copy of the variable at offset \
+                 {first:#x} (same name and GUID); a store holds one live copy of each variable"
             ),
         }
     }
@@ -417,7 +532,9 @@ pub(crate) struct Parsed {
 /// healthy, `Size` within the variable region), and every record up to the
 /// first header whose `StartId` is not 0x55AA (state reachable by the
 /// protocol; `NameSize` non-zero and even; header, name and data inside the
-/// store). Not checked: the FTW working block and spare area, and the bytes
+/// store); and the live records (`VAR_ADDED` or in transition): each name
+/// non-empty and ending with its only NUL, and no two `VAR_ADDED` copies of
+/// one variable (same name and GUID). O(n log n) for n records. Not checked: the FTW working block and spare area, and the bytes
 /// after the last record (see [`crate::Store::free_area_dirty`]).
 pub fn check(image: &[u8]) -> Result<Layout, Problem> {
     parse(image).map(|p| p.layout)
@@ -495,10 +612,27 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, Problem> {
     loop {
         match step(b, off, end) {
             Step::End => break,
-            Step::Rec(r) => off = r.next,
+            Step::Rec(r) => {
+                if r.state == VAR_ADDED || r.state == IN_TRANSITION {
+                    if let Some(p) = b.get(r.name_range()).and_then(|name| name_fault(name, r.offset)) {
+                        return Err(p);
+                    }
+                }
+                off = r.next;
+            }
             Step::Bad(p) => return Err(p),
         }
     }
+    // One live copy per variable: at most one VAR_ADDED record each.
+    index::for_each_variable(b, end, |copies| {
+        let mut added = copies.iter().filter(|&&o| b.get(o as usize + R_STATE) == Some(&VAR_ADDED));
+        match (added.next(), added.next()) {
+            (Some(&first), Some(&second)) => {
+                Err(Problem::DuplicateVariable { offset: second as usize, first: first as usize })
+            }
+            _ => Ok(()),
+        }
+    })?;
     let dirty = b.get(off..end).is_some_and(|free| free.iter().any(|&x| x != 0xff));
     Ok(Parsed { layout, end, free: off, dirty })
 }

@@ -12,7 +12,10 @@
 //! API contract (implemented in the modules):
 //! - [`Store::open`] validates a whole image and never panics on any input.
 //! - [`Store::iter`] yields the live variables (state `VAR_ADDED`, or
-//!   `VAR_ADDED & VAR_IN_DELETED_TRANSITION` when no `VAR_ADDED` copy exists).
+//!   `VAR_ADDED & VAR_IN_DELETED_TRANSITION` when no `VAR_ADDED` copy exists),
+//!   one per variable: a store with two `VAR_ADDED` copies of a variable,
+//!   or a live record whose name is not one NUL-terminated string, does not
+//!   open.
 //! - Writes follow the state-bit protocol, in memory: [`Store::append`],
 //!   [`Store::delete`], and [`Store::compact`] (reclaim).
 //!
@@ -38,20 +41,35 @@
 extern crate std;
 
 mod format;
+mod index;
 mod store;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_fuzz;
+#[cfg(test)]
+mod tests_liveness;
 
 pub use format::{
     attr, check, find_vars_volume, Problem, FTW_WORKING_HEADER_LEN, FV_HEADER_LEN, STORE_HEADER_LEN, VARIABLE_DATA,
     VAR_ADDED, VAR_DELETED, VAR_HEADER_LEN, VAR_HEADER_VALID_ONLY, VAR_IN_DELETED_TRANSITION,
 };
 
-/// A GUID as its 16 bytes in the on-disk (little-endian `EFI_GUID`) order.
+/// A GUID as its 16 bytes in the on-disk (little-endian `EFI_GUID`) order;
+/// its [`Display`](core::fmt::Display) and [`Guid::parse`] use the registry
+/// form (`8be4df61-93ca-11d2-aa0d-00e098032b8c`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
 pub struct Guid(pub [u8; 16]);
+
+/// Text that is not a GUID in the registry form.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ParseGuidError;
+
+impl core::fmt::Display for ParseGuidError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c)")
+    }
+}
 
 /// Which OVMF build's layout an image follows.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -82,10 +100,19 @@ pub enum FormatError {
     /// expected format/state, or its size does not fit the volume.
     BadStoreHeader,
     /// A record at this offset (from the start of the image) is malformed:
-    /// its sizes run past the store, or its state byte is not a protocol value.
+    /// its sizes run past the store, its state byte is not a protocol value,
+    /// or it is live and its name is empty or not one NUL-terminated string.
     BadRecord {
         /// Offset of the record's header from the start of the image.
         offset: usize,
+    },
+    /// The record at `offset` is a second live (`VAR_ADDED`) copy of the
+    /// variable (same name and GUID) whose first is at `first`.
+    DuplicateVariable {
+        /// Offset of the second copy's header.
+        offset: usize,
+        /// Offset of the first copy's header.
+        first: usize,
     },
 }
 
@@ -189,8 +216,14 @@ impl core::fmt::Display for FormatError {
             FormatError::BadRecord { offset } => write!(
                 f,
                 "variable record at offset {offset:#x} is malformed: its header, name or data runs past \
-                 the end of the variable store, its name size is not a non-zero even number, or its \
-                 state byte is not a state-bit protocol value"
+                 the end of the variable store, its name size is not a non-zero even number, its \
+                 state byte is not a state-bit protocol value, or it is live and its name is empty or \
+                 not one NUL-terminated string"
+            ),
+            FormatError::DuplicateVariable { offset, first } => write!(
+                f,
+                "variable record at offset {offset:#x} is a second live copy of the variable at offset \
+                 {first:#x} (same name and GUID)"
             ),
         }
     }

@@ -4,10 +4,8 @@ use crate::format::{
     self, rd, rd_guid, rd_u32, rd_u64, step, wr, Raw, Step, FIRST_RECORD, VARIABLE_DATA, VAR_ADDED, VAR_DELETED,
     VAR_HEADER_LEN, VAR_HEADER_VALID_ONLY, VAR_IN_DELETED_TRANSITION,
 };
+use crate::index::{self, RecordSet, IN_TRANSITION};
 use crate::{FormatError, Guid, Layout, NewVar, Store, StoreFull, VarRef};
-
-/// `VAR_ADDED & VAR_IN_DELETED_TRANSITION`: the old copy during an update.
-const IN_TRANSITION: u8 = VAR_ADDED & VAR_IN_DELETED_TRANSITION;
 
 /// Every record of a store, in order (see [`Store::records`]).
 pub(crate) struct Records<'s> {
@@ -42,15 +40,16 @@ impl<'s> Iterator for Records<'s> {
 /// The live variables of a store, in order (see [`Store::iter`]).
 pub(crate) struct LiveVars<'s> {
     records: Records<'s>,
+    live_in_transition: RecordSet,
 }
 
 impl<'s> Iterator for LiveVars<'s> {
     type Item = VarRef<'s>;
     fn next(&mut self) -> Option<VarRef<'s>> {
-        let (buf, end) = (self.records.buf, self.records.end);
+        let buf = self.records.buf;
         loop {
             let r = self.records.next_raw()?;
-            if is_live(buf, end, &r) {
+            if is_live(&r, &self.live_in_transition) {
                 return Some(var_ref(buf, &r));
             }
         }
@@ -78,26 +77,16 @@ fn var_ref<'s>(buf: &'s [u8], r: &Raw) -> VarRef<'s> {
     }
 }
 
-/// Whether records `a` and `b` are the same variable (name and GUID).
-fn same_var(buf: &[u8], a: &Raw, b: &Raw) -> bool {
-    a.name_size == b.name_size
-        && rd_guid(buf, a.offset + 44) == rd_guid(buf, b.offset + 44)
-        && buf.get(a.name_range()) == buf.get(b.name_range())
-}
-
 /// The liveness rule. `VAR_ADDED` records are live. An in-transition record
 /// (`VAR_ADDED & VAR_IN_DELETED_TRANSITION`, the old copy of an interrupted
 /// update) is live when no `VAR_ADDED` copy of the variable exists anywhere
 /// in the store and no later in-transition copy does (so at most one copy
-/// shows, the one edk2's `FindVariableEx` returns). Others are not live.
-fn is_live(buf: &[u8], end: usize, r: &Raw) -> bool {
+/// shows, the one edk2's `FindVariableEx` returns): `live_in_transition`,
+/// from [`index::live_in_transition`]. Others are not live.
+fn is_live(r: &Raw, live_in_transition: &RecordSet) -> bool {
     match r.state {
         VAR_ADDED => true,
-        IN_TRANSITION => !raws(buf, end).any(|o| {
-            o.offset != r.offset
-                && (o.state == VAR_ADDED || (o.state == IN_TRANSITION && o.offset > r.offset))
-                && same_var(buf, &o, r)
-        }),
+        IN_TRANSITION => live_in_transition.contains(r.offset),
         _ => false,
     }
 }
@@ -139,9 +128,16 @@ impl<'a> Store<'a> {
     /// interrupted update) and the store holds no `VAR_ADDED` copy of the same
     /// name and GUID and no later in-transition copy (edk2:
     /// `VariableServiceGetNextVariableInternal` in `VariableParsing.c`).
-    /// Each step is O(records): only in-transition records need a second scan.
+    /// Which in-transition records those are is settled once, when the
+    /// iterator is made, in O(n log n) record comparisons; each step is then
+    /// O(1) per record.
     pub fn iter(&self) -> impl Iterator<Item = VarRef<'_>> {
-        LiveVars { records: Records::new(self.buf, self.end) }
+        LiveVars { records: Records::new(self.buf, self.end), live_in_transition: self.live_in_transition() }
+    }
+
+    /// The live in-transition records (see [`Store::iter`]).
+    fn live_in_transition(&self) -> RecordSet {
+        index::live_in_transition(self.buf, self.end)
     }
 
     /// Every record, live or not, in store order (for diagnostics and tests).
@@ -189,8 +185,9 @@ impl<'a> Store<'a> {
     /// Bytes held by records that are not live (what [`Store::compact`] frees).
     pub fn reclaimable(&self) -> usize {
         let used = self.free.saturating_sub(FIRST_RECORD);
+        let live_in_transition = self.live_in_transition();
         let live: usize =
-            raws(self.buf, self.end).filter(|r| is_live(self.buf, self.end, r)).map(|r| r.next - r.offset).sum();
+            raws(self.buf, self.end).filter(|r| is_live(r, &live_in_transition)).map(|r| r.next - r.offset).sum();
         used.saturating_sub(live)
     }
 
@@ -213,11 +210,41 @@ impl<'a> Store<'a> {
     /// Appends a live record (header written as `VAR_HEADER_VALID_ONLY`,
     /// then name and data, then state `VAR_ADDED`). Returns its offset.
     ///
+    /// If the variable already has a `VAR_ADDED` copy, that copy is retired
+    /// as [`Store::replace`] does: a store never holds two (it would no
+    /// longer open).
+    ///
     /// `StoreFull` if the record does not fit in [`Store::free_space`] (the
     /// caller may [`Store::compact`] and retry), and also if `var.name` is
-    /// not a valid stored name (empty, odd length) or a size exceeds `u32`,
-    /// since such a record can never be stored.
+    /// not a valid stored name (empty, odd length, not ending with its only
+    /// NUL) or a size exceeds `u32`, since such a record can never be stored.
     pub fn append(&mut self, var: &NewVar<'_>) -> Result<usize, StoreFull> {
+        self.write(None, var)
+    }
+
+    /// Writes `var` as the variable's live copy: marks `old` (if a record
+    /// starts there) and any other `VAR_ADDED` copy in transition, appends
+    /// `var`, then marks them deleted. Nothing changes on `StoreFull`.
+    fn write(&mut self, old: Option<usize>, var: &NewVar<'_>) -> Result<usize, StoreFull> {
+        self.room_for(var)?;
+        let added = self.find(var.name, &var.guid).filter(|v| v.state == VAR_ADDED).map(|v| v.offset);
+        let retire = [old, added.filter(|&a| Some(a) != old)];
+        let mut marked = [false; 2];
+        for (m, o) in marked.iter_mut().zip(retire) {
+            *m = o.is_some_and(|o| self.and_state(o, VAR_IN_DELETED_TRANSITION));
+        }
+        // Cannot fail: `push` needs only what `room_for` checked.
+        let new = self.push(var)?;
+        for (m, o) in marked.into_iter().zip(retire) {
+            if let (true, Some(o)) = (m, o) {
+                self.and_state(o, VAR_DELETED);
+            }
+        }
+        Ok(new)
+    }
+
+    /// Appends `var`'s record after the last one (see [`Store::append`]).
+    fn push(&mut self, var: &NewVar<'_>) -> Result<usize, StoreFull> {
         let size = self.room_for(var)?;
         if self.dirty {
             self.erase_free_area();
@@ -248,7 +275,11 @@ impl<'a> Store<'a> {
     /// The record size `var` needs, if it is storable and fits.
     fn room_for(&self, var: &NewVar<'_>) -> Result<usize, StoreFull> {
         let (n, d) = (var.name.len(), var.data.len());
-        if n == 0 || n % 2 != 0 || u32::try_from(n).is_err() || u32::try_from(d).is_err() {
+        if n % 2 != 0
+            || format::name_fault(var.name, 0).is_some()
+            || u32::try_from(n).is_err()
+            || u32::try_from(d).is_err()
+        {
             return Err(StoreFull);
         }
         let size = Self::record_size(n, d);
@@ -287,15 +318,30 @@ impl<'a> Store<'a> {
     /// `VAR_IN_DELETED_TRANSITION`, appends `var`, marks `old` deleted.
     ///
     /// On `StoreFull` (as [`Store::append`]) nothing changes. If no record
-    /// starts at `old`, `var` is only appended.
+    /// starts at `old`, `var` is only appended (retiring a `VAR_ADDED` copy
+    /// elsewhere, as [`Store::append`] does).
     pub fn replace(&mut self, old: usize, var: &NewVar<'_>) -> Result<usize, StoreFull> {
-        self.room_for(var)?;
-        let marked = self.and_state(old, VAR_IN_DELETED_TRANSITION);
-        let new = self.append(var)?;
-        if marked {
-            self.and_state(old, VAR_DELETED);
+        self.write(Some(old), var)
+    }
+
+    /// Marks deleted every copy of the variable with this name (UTF-16LE
+    /// incl. NUL) and GUID that is or could become live: the `VAR_ADDED`
+    /// one and every in-transition one, so no older copy comes back. One
+    /// pass; returns how many records were marked.
+    pub fn delete_all(&mut self, name: &[u8], guid: &Guid) -> usize {
+        let mut marked = 0;
+        let mut off = FIRST_RECORD;
+        while let Step::Rec(r) = step(self.buf, off, self.end) {
+            if (r.state == VAR_ADDED || r.state == IN_TRANSITION)
+                && self.buf.get(r.name_range()) == Some(name)
+                && rd_guid(self.buf, r.offset + 44).as_ref() == Some(guid)
+            {
+                wr(self.buf, r.offset + 2, &[r.state & VAR_DELETED]);
+                marked += 1;
+            }
+            off = r.next;
         }
-        Ok(new)
+        marked
     }
 
     /// Rewrites the store with live records only, in order; the freed space
@@ -306,14 +352,14 @@ impl<'a> Store<'a> {
     /// their order (edk2 moves promoted records to the end). Works in place:
     /// live records slide down over dead ones.
     pub fn compact(&mut self) {
-        // Pass 1: settle in-transition copies. Scanning in order, a copy is
-        // superseded iff a VAR_ADDED or later in-transition copy exists; the
-        // one that is not becomes VAR_ADDED. Marking earlier ones deleted
-        // does not change the verdict on later ones.
+        // Pass 1: settle in-transition copies, by the verdicts on the store
+        // as it is now: the live one becomes VAR_ADDED, the superseded ones
+        // (a VAR_ADDED or later in-transition copy exists) deleted.
+        let live_in_transition = self.live_in_transition();
         let mut off = FIRST_RECORD;
         while let Step::Rec(r) = step(self.buf, off, self.end) {
             if r.state == IN_TRANSITION {
-                let state = if is_live(self.buf, self.end, &r) { VAR_ADDED } else { r.state & VAR_DELETED };
+                let state = if is_live(&r, &live_in_transition) { VAR_ADDED } else { r.state & VAR_DELETED };
                 wr(self.buf, r.offset + 2, &[state]);
             }
             off = r.next;

@@ -360,8 +360,11 @@ fn invalid_names_are_refused() {
     let mut s = Store::open(&mut img).unwrap();
     assert_eq!(s.append(&NewVar::new(0, G, &[], b"x")), Err(StoreFull));
     assert_eq!(s.append(&NewVar::new(0, G, &[b'a', 0, 0], b"x")), Err(StoreFull));
+    // An empty name, or one whose NUL is not its end, is no variable.
+    assert_eq!(s.append(&NewVar::new(0, G, &[0, 0], b"")), Err(StoreFull));
+    assert_eq!(s.append(&NewVar::new(0, G, &[b'a', 0, 0, 0, b'b', 0], b"")), Err(StoreFull));
     assert_eq!(s.records().count(), 0);
-    assert_eq!(s.append(&NewVar::new(0, G, &[0, 0], b"")), Ok(0x64));
+    assert_eq!(s.append(&NewVar::new(0, G, &[b'a', 0, 0, 0], b"")), Ok(0x64));
 }
 
 #[test]
@@ -415,5 +418,28 @@ fn every_state_value() {
             assert_eq!(r.err(), Some(FormatError::BadRecord { offset: 0x64 }), "state {state:#x}");
             assert_eq!(check(&img), Err(Problem::RecordState { offset: 0x64, state }));
         }
+    }
+}
+
+#[test]
+fn guid_text_and_halves_round_trip() {
+    let text = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    let g = Guid::parse(text).unwrap();
+    assert_eq!(g, Guid::GLOBAL_VARIABLE);
+    assert_eq!(format!("{g}"), text);
+    assert_eq!(Guid::parse("8BE4DF61-93CA-11D2-AA0D-00E098032B8C"), Ok(g));
+    let [lo, hi] = g.halves();
+    assert_eq!(lo, u64::from_le_bytes(g.0[..8].try_into().unwrap()));
+    assert_eq!(Guid::from_halves(lo, hi), g);
+    for bad in [
+        "",
+        "global",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8",
+        "8be4df61-93ca-11d2-aa0d-00e098032b8cc",
+        "8be4df6193ca-11d2-aa0d-00e098032b8c0",
+        "8be4df61-93ca-11d2-aa0d-00e098032bxx",
+        "abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c",
+    ] {
+        assert_eq!(Guid::parse(bad), Err(ParseGuidError), "{bad}");
     }
 }

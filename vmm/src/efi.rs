@@ -1,7 +1,7 @@
 //! Host-side helpers for UEFI values: status names, GUID text, UTF-16 names,
 //! `EFI_TIME` bytes and their RFC 3339 text form.
 
-use std::fmt;
+use std::borrow::Cow;
 
 /// The high bit of an error `EFI_STATUS`.
 pub const ERROR_BIT: u64 = 1 << 63;
@@ -77,75 +77,68 @@ pub fn status_name(status: u64) -> String {
     }
 }
 
-/// A GUID in its on-disk byte order, with the usual text form.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Guid(pub [u8; 16]);
+pub use varstore::Guid;
 
-/// `EFI_GLOBAL_VARIABLE` (8be4df61-93ca-11d2-aa0d-00e098032b8c).
-pub const GLOBAL_VARIABLE: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-
-impl Guid {
-    /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, or the alias `global`
-    /// for `EFI_GLOBAL_VARIABLE`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = if text.eq_ignore_ascii_case("global") { GLOBAL_VARIABLE } else { text };
-        let bad =
-            || format!("`{text}` is not a GUID (expected the form 8be4df61-93ca-11d2-aa0d-00e098032b8c, or `global`)");
-        let parts: Vec<&str> = text.split('-').collect();
-        let lens = [8, 4, 4, 4, 12];
-        if parts.len() != 5 || parts.iter().zip(lens).any(|(p, l)| p.len() != l) {
-            return Err(bad());
-        }
-        let hex = parts.concat();
-        let raw = decode_hex(&hex).map_err(|_| bad())?;
-        let mut b = [0u8; 16];
-        // The first three fields are little-endian on disk.
-        b[0..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
-        b[4..6].copy_from_slice(&[raw[5], raw[4]]);
-        b[6..8].copy_from_slice(&[raw[7], raw[6]]);
-        b[8..16].copy_from_slice(&raw[8..16]);
-        Ok(Guid(b))
+/// Parses a GUID given on the command line or in a JSON file: the registry
+/// form ([`Guid::parse`]), or the alias `global` for `EFI_GLOBAL_VARIABLE`.
+/// The message quotes the text (escaped for a terminal).
+pub fn parse_guid(text: &str) -> Result<Guid, String> {
+    if text.eq_ignore_ascii_case("global") {
+        return Ok(Guid::GLOBAL_VARIABLE);
     }
-
-    /// The two little-endian halves, as the mailbox carries a GUID.
-    pub fn halves(&self) -> [u64; 2] {
-        [u64::from_le_bytes(self.0[0..8].try_into().unwrap()), u64::from_le_bytes(self.0[8..16].try_into().unwrap())]
-    }
-
-    /// The GUID from the mailbox's two halves.
-    pub fn from_halves(lo: u64, hi: u64) -> Self {
-        let mut b = [0u8; 16];
-        b[0..8].copy_from_slice(&lo.to_le_bytes());
-        b[8..16].copy_from_slice(&hi.to_le_bytes());
-        Guid(b)
-    }
+    Guid::parse(text).map_err(|e| format!("`{}` is {e}, or `global`", escape_controls(text)))
 }
 
-impl fmt::Display for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-",
-            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9]
-        )?;
-        b[10..].iter().try_for_each(|x| write!(f, "{x:02x}"))
-    }
-}
-
-/// Decodes hex text (even length, no separators).
+/// Decodes hex text (even length, no separators). Works on the bytes, so
+/// any non-hex character (ASCII or not) is an error, never a panic.
 pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
     let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("hex data has an odd number of digits ({})", text.len()));
+    if let Some((i, c)) = text.char_indices().find(|(_, c)| !c.is_ascii_hexdigit()) {
+        return Err(format!("{c:?} at byte {i} is not a hex digit"));
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16)
-                .map_err(|_| format!("`{}` at position {i} is not a hex byte", &text[i..i + 2]))
-        })
-        .collect()
+    let b = text.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return Err(format!("hex data has an odd number of digits ({})", b.len()));
+    }
+    Ok(b.chunks_exact(2).map(|p| (hex_value(p[0]) << 4) | hex_value(p[1])).collect())
+}
+
+/// The value of an ASCII hex digit (0 for anything else; callers check first).
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        b'A'..=b'F' => digit - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// Whether `c` can act on a terminal: a C0 control, DEL, a C1 control
+/// (U+009B is an 8-bit CSI), or a bidirectional override or isolate
+/// (U+202A-U+202E, U+2066-U+2069), which reorders what is shown.
+fn acts_on_terminal(c: char) -> bool {
+    matches!(c, '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character that can act on a terminal written as
+/// `\uXXXX` (e.g. ESC as `\u001b`): the one escaping for guest-chosen text
+/// (variable names, descriptions, device paths, certificate names) in
+/// every human-readable output of `efivmm vars` and `efivmm rt`. The form
+/// is also JSON's string escape, so serialized JSON (where such characters
+/// occur only inside strings) stays the same JSON.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Encodes bytes as lowercase hex.
@@ -194,12 +187,14 @@ impl Rfc3339 for EfiTime {
         {
             return Err(bad("layout"));
         }
+        // Everything below works on bytes: a non-ASCII character anywhere is
+        // a "not a digit" error, never a slice through a character.
         let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
-            let s = &text[r];
-            if !s.bytes().all(|c| c.is_ascii_digit()) {
+            let digits = b.get(r).ok_or_else(|| bad("layout"))?;
+            if !digits.iter().all(u8::is_ascii_digit) {
                 return Err(bad("digits"));
             }
-            s.parse().map_err(|_| bad("digits"))
+            Ok(digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
         };
         let mut t = EfiTime {
             year: num(0..4)? as u16,
@@ -211,16 +206,17 @@ impl Rfc3339 for EfiTime {
             time_zone: UNSPECIFIED_TIMEZONE,
             ..Default::default()
         };
-        let mut rest = &text[19..];
-        if let Some(frac) = rest.strip_prefix('.') {
-            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        let mut rest = &b[19..];
+        if let Some(frac) = rest.strip_prefix(b".") {
+            let digits = frac.iter().take_while(|c| c.is_ascii_digit()).count();
             if digits == 0 || digits > 9 {
                 return Err(bad("fraction must have 1 to 9 digits"));
             }
-            t.nanosecond = frac[..digits].parse::<u32>().unwrap() * 10u32.pow(9 - digits as u32);
+            let value = frac[..digits].iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+            t.nanosecond = value * 10u32.pow(9 - digits as u32);
             rest = &frac[digits..];
         }
-        match rest.as_bytes() {
+        match rest {
             [] | [b'Z'] | [b'z'] => {}
             [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
                 let digits = [*h1, *h2, *m1, *m2];
@@ -268,15 +264,18 @@ mod tests {
 
     #[test]
     fn guid_text_round_trip_and_byte_order() {
-        let g = Guid::parse(GLOBAL_VARIABLE).unwrap();
+        let text = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+        let g = parse_guid(text).unwrap();
         assert_eq!(g.0[0..4], [0x61, 0xdf, 0xe4, 0x8b]);
         assert_eq!(g.0[8..10], [0xaa, 0x0d]);
-        assert_eq!(g.to_string(), GLOBAL_VARIABLE);
-        assert_eq!(Guid::parse("global").unwrap(), g);
+        assert_eq!(g.to_string(), text);
+        assert_eq!(parse_guid("global").unwrap(), g);
+        assert_eq!(parse_guid("8BE4DF61-93CA-11D2-AA0D-00E098032B8C").unwrap(), g);
         let [lo, hi] = g.halves();
         assert_eq!(Guid::from_halves(lo, hi), g);
-        assert!(Guid::parse("8be4df61-93ca-11d2-aa0d-00e098032b8").is_err());
-        assert!(Guid::parse("8be4df61-93ca-11d2-aa0d-00e098032bxx").is_err());
+        assert!(parse_guid("8be4df61-93ca-11d2-aa0d-00e098032b8").is_err());
+        assert!(parse_guid("8be4df61-93ca-11d2-aa0d-00e098032bxx").is_err());
+        assert!(parse_guid("8be4df61+93ca-11d2-aa0d-00e098032b8c").is_err());
     }
 
     #[test]
@@ -285,6 +284,85 @@ mod tests {
         assert_eq!(n.len(), 18);
         assert_eq!(&n[16..], &[0, 0]);
         assert_eq!(name_from_utf16(&n), "Boot0001");
+    }
+
+    /// The audit's inputs (F8): errors, not "byte index is not a char
+    /// boundary" panics.
+    #[test]
+    fn non_ascii_input_is_an_error_not_a_panic() {
+        let e = decode_hex("a\u{e9}b").unwrap_err();
+        assert!(e.contains("not a hex digit"), "{e}");
+        assert!(parse_guid("abcde\u{e9}1-93ca-11d2-aa0d-00e098032b8c").unwrap_err().contains("not a GUID"));
+        assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:5\u{e9}").unwrap_err().contains("not an RFC 3339 time"));
+        assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:56.5\u{e9}").is_err());
+        assert!(EfiTime::parse_rfc3339("2024-02-29T12:34:56+0\u{e9}").is_err());
+    }
+
+    /// Every single-character edit of valid inputs (each character replaced
+    /// by, or preceded by, multi-byte, control and separator characters)
+    /// and every truncation: each parser returns, never panics.
+    #[test]
+    fn parsers_survive_every_single_character_edit() {
+        let valid = [
+            "00ff10a5",
+            "8be4df61-93ca-11d2-aa0d-00e098032b8c",
+            "2024-02-29T12:34:56.123456789+01:30",
+            "1999-12-31T23:59:59Z",
+        ];
+        let odd = [
+            '\u{e9}',
+            '\u{20ac}',
+            '\u{1f600}',
+            '\u{0}',
+            '\u{1b}',
+            '\u{9b}',
+            '\u{202e}',
+            '-',
+            ':',
+            '.',
+            'T',
+            'Z',
+            '+',
+            '0',
+        ];
+        let mut inputs: Vec<String> = Vec::new();
+        for v in valid {
+            let chars: Vec<char> = v.chars().collect();
+            for i in 0..=chars.len() {
+                inputs.push(chars[..i].iter().collect());
+                for c in odd {
+                    let mut replaced = chars.clone();
+                    if i < chars.len() {
+                        replaced[i] = c;
+                        inputs.push(replaced.iter().collect());
+                    }
+                    let mut inserted = chars.clone();
+                    inserted.insert(i, c);
+                    inputs.push(inserted.iter().collect());
+                }
+            }
+        }
+        for text in &inputs {
+            let _ = decode_hex(text);
+            let _ = parse_guid(text);
+            let _ = EfiTime::parse_rfc3339(text);
+        }
+        assert!(inputs.len() > 2000);
+    }
+
+    #[test]
+    fn terminal_controls_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape_controls("\\EFI\\Boot \u{e9}\u{1f600}"), "\\EFI\\Boot \u{e9}\u{1f600}");
+        assert!(matches!(escape_controls("plain"), Cow::Borrowed(_)));
+        assert_eq!(escape_controls("a\u{1b}[2Jb\n\u{7f}\u{9b}\u{a0}"), "a\\u001b[2Jb\\u000a\\u007f\\u009b\u{a0}");
+        assert_eq!(
+            escape_controls("\u{2029}\u{202a}\u{202e}\u{202f}\u{2065}\u{2066}\u{2069}"),
+            "\u{2029}\\u202a\\u202e\u{202f}\u{2065}\\u2066\\u2069"
+        );
+        let json = serde_json::json!({ "name": "x\u{1b}\u{9b}\u{202e}" }).to_string();
+        let escaped = escape_controls(&json);
+        assert_eq!(escaped, r#"{"name":"x\u001b\u009b\u202e"}"#);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&escaped).unwrap()["name"], "x\u{1b}\u{9b}\u{202e}");
     }
 
     #[test]

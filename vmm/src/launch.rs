@@ -57,10 +57,14 @@ pub struct LaunchArgs {
     /// returns EFI_UNSUPPORTED).
     #[arg(long, value_enum, default_value = "accept")]
     pub svam_policy: Option<SvamPolicy>,
-    /// Stop the guest after this many seconds (exit code 5).
-    #[arg(long, value_name = "SECS")]
+    /// Stop the guest after this many seconds (exit code 5); at most
+    /// 315360000 (ten years).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(..=MAX_TIMEOUT_SECS))]
     pub timeout: Option<u64>,
 }
+
+/// The largest `--timeout`: ten years, far inside what `Instant` can add.
+pub const MAX_TIMEOUT_SECS: u64 = 10 * 365 * 24 * 3600;
 
 /// Parses `256M`, `1G`, `65536K` or a byte count.
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use efivmm::demo::DemoArgs;
+use efivmm::efi::escape_controls;
 use efivmm::launch::LaunchArgs;
 use efivmm::rt::RtArgs;
 use efivmm::vars::VarsArgs;
@@ -67,7 +68,10 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result: Result<i32, ExitError> = match cli.command {
-        Some(Command::Rt(args)) => efivmm::rt::run(args).map(|json| println!("{json}")).map(|()| 0),
+        // serde escapes only C0 in strings; DEL, C1 and bidi overrides too.
+        Some(Command::Rt(args)) => {
+            efivmm::rt::run(args).map(|json| println!("{}", escape_controls(&json.to_string()))).map(|()| 0)
+        }
         Some(Command::Vars(args)) => efivmm::vars::run(args).map(|()| 0),
         Some(Command::Demo(args)) => efivmm::demo::run(args),
         None => efivmm::launch::run(cli.launch),
@@ -75,7 +79,8 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("efivmm: error: {e}");
+            // Messages may quote names from a vars file or a JSON file.
+            eprintln!("efivmm: error: {}", escape_controls(&e.to_string()));
             std::process::exit(e.exit_code());
         }
     }

@@ -169,7 +169,7 @@ fn name_arg(name: &str) -> Result<Vec<u8>, ExitError> {
 }
 
 fn guid_arg(guid: &str) -> Result<Guid, ExitError> {
-    Guid::parse(guid).map_err(ExitError::Usage)
+    efi::parse_guid(guid).map_err(ExitError::Usage)
 }
 
 fn time_arg(text: &str) -> Result<EfiTime, ExitError> {

@@ -189,11 +189,14 @@ fn u16_list(d: &[u8]) -> Result<Vec<u16>, String> {
 
 /// Lines (without indentation) decoding `v`, if it is a well-known
 /// variable; empty if not. A malformed value gives a `malformed: ...` line.
+/// The lines are escaped for a terminal ([`efi::escape_controls`]): the
+/// guest chose the descriptions, device paths and certificate names.
 pub fn describe(v: &Var) -> Vec<String> {
-    match describe_inner(v) {
+    let lines = match describe_inner(v) {
         Ok(lines) => lines,
         Err(e) => vec![format!("malformed: {e}")],
-    }
+    };
+    lines.into_iter().map(|l| efi::escape_controls(&l).into_owned()).collect()
 }
 
 fn describe_inner(v: &Var) -> Result<Vec<String>, String> {
@@ -222,7 +225,7 @@ fn describe_inner(v: &Var) -> Result<Vec<String>, String> {
         "SecureBootEnable" | "CustomMode" | "VendorKeysNv" => one_byte("value"),
         "Lang" | "PlatformLang" | "LangCodes" | "PlatformLangCodes" if global => {
             let s: String = d.iter().take_while(|&&b| b != 0).map(|&b| b as char).collect();
-            Ok(vec![format!("ascii: {s:?}")])
+            Ok(vec![format!("ascii: \"{s}\"")])
         }
         "ConIn" | "ConOut" | "ErrOut" | "ConInDev" | "ConOutDev" | "ErrOutDev" if global => {
             Ok(vec![format!("device path: {}", devpath::to_text(d))])
@@ -241,7 +244,7 @@ fn describe_inner(v: &Var) -> Result<Vec<String>, String> {
             }
             let mut lines = vec![
                 format!("load option: attributes {:#x} {}", o.attributes, flags.join("|")).trim_end().to_string(),
-                format!("description: {:?}", o.description),
+                format!("description: \"{}\"", o.description),
                 format!("device path: {}", o.path),
             ];
             if !o.optional.is_empty() {
@@ -314,7 +317,7 @@ mod tests {
         assert_eq!(describe(&var("SecureBoot", g, vec![1])), ["value: 1"]);
         assert!(describe(&var("Timeout", g, vec![5]))[0].starts_with("malformed"));
         let mut lo = vec![1, 0, 0, 0];
-        let g2 = crate::efi::Guid::parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").unwrap();
+        let g2 = Guid::parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").unwrap();
         lo.extend(24u16.to_le_bytes());
         lo.extend(efi::name_to_utf16("UiApp"));
         lo.extend([4, 6, 20, 0]);
@@ -331,7 +334,7 @@ mod tests {
 
     #[test]
     fn vars_decode_signature_lists() {
-        let sha = crate::efi::Guid::parse("c1c41626-504c-4092-aca9-41f936934328").unwrap();
+        let sha = Guid::parse("c1c41626-504c-4092-aca9-41f936934328").unwrap();
         let mut d = sha.0.to_vec();
         d.extend((28u32 + 2 * 48).to_le_bytes());
         d.extend(0u32.to_le_bytes());

@@ -227,7 +227,7 @@ mod tests {
         let mut hd = vec![1, 0, 0, 0];
         hd.extend(0x800u64.to_le_bytes());
         hd.extend(0x100000u64.to_le_bytes());
-        let g = crate::efi::Guid::parse("1b2c3d4e-0001-0002-0304-05060708090a").unwrap();
+        let g = Guid::parse("1b2c3d4e-0001-0002-0304-05060708090a").unwrap();
         hd.extend(g.0);
         hd.extend([2, 2]);
         p.extend(n(4, 1, &hd));
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn vars_devpath_fv_mac_uri_unknown_and_malformed() {
-        let g = crate::efi::Guid::parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").unwrap();
+        let g = Guid::parse("7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1").unwrap();
         let mut p = n(4, 7, &g.0);
         p.extend(n(4, 6, &g.0));
         p.extend([0x7f, 0x01, 4, 0]);

@@ -83,7 +83,7 @@ pub fn import(text: &str) -> Result<Vec<Var>, String> {
                 field(k)?.as_str().map(str::to_owned).ok_or_else(|| format!("variables[{i}]: \"{k}\" is not a string"))
             };
             let name = string("name")?;
-            let guid = efi::Guid::parse(&string("guid")?).map_err(|m| format!("variables[{i}] ({name}): {m}"))?;
+            let guid = efi::parse_guid(&string("guid")?).map_err(|m| format!("variables[{i}] ({name}): {m}"))?;
             let attr = field("attr")?
                 .as_u64()
                 .and_then(|a| u32::try_from(a).ok())
@@ -97,7 +97,7 @@ pub fn import(text: &str) -> Result<Vec<Var>, String> {
                     .try_into()
                     .map_err(|_| format!("variables[{i}] ({name}): \"time\" must be 16 bytes (an EFI_TIME) of hex"))?;
             }
-            Ok(Var { name: efi::name_to_utf16(&name), guid: varstore::Guid(guid.0), attr, data, timestamp })
+            Ok(Var { name: efi::name_to_utf16(&name), guid, attr, data, timestamp })
         })
         .collect()
 }

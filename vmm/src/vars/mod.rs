@@ -152,7 +152,7 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
 }
 
 fn parse_guid(s: &str) -> Result<Guid, ExitError> {
-    efi::Guid::parse(s).map(|g| Guid(g.0)).map_err(ExitError::Usage)
+    efi::parse_guid(s).map_err(ExitError::Usage)
 }
 
 /// Checks `name`/`attrs`/`data` against the tool's policy (see the module
@@ -251,10 +251,8 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             let v = pick(&vars, &name, guid.as_deref())?;
             let mut work = img.store_bytes();
             let mut store = Store::open(&mut work).map_err(|e| ExitError::Store(e.to_string()))?;
-            if let Some(r) = store.find(&v.name, &v.guid) {
-                let o = r.offset;
-                store.delete(o);
-            }
+            // Every copy: a stale in-transition one would otherwise come back.
+            store.delete_all(&v.name, &v.guid);
             img.commit(&work)
         }
         VarsCommand::Export { json: _, output } => {
@@ -295,9 +293,12 @@ fn print_out(bytes: &[u8]) -> Result<(), ExitError> {
     }
 }
 
-/// One listing line: GUID, attributes, size, name.
+/// One listing line: GUID, attributes, size, name (escaped: the guest
+/// chose it).
 fn summary(v: &Var) -> String {
-    format!("{}  {:#06x} {:<12} {:>6}  {}\n", v.guid, v.attr, decode::attr_letters(v.attr), v.data.len(), v.name_str())
+    let name = v.name_str();
+    let (attr, size) = (v.attr, v.data.len());
+    format!("{}  {attr:#06x} {:<12} {size:>6}  {}\n", v.guid, decode::attr_letters(attr), efi::escape_controls(&name))
 }
 
 /// The variable `name` with `guid`, or the only one named `name`.

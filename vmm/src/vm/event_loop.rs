@@ -169,7 +169,9 @@ impl Drop for RawTerminal {
 /// Runs the loop until a stop is requested or `timeout` passes (then the stop
 /// is `Exit::Timeout`).
 pub(super) fn run(shared: &Arc<Shared>, console_input: bool, timeout: Option<Duration>) {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout too far away to be an `Instant` is no deadline at all (the
+    // CLI caps --timeout; this keeps the library from panicking too).
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     let mut manager = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
         Ok(m) => m,
         Err(e) => {

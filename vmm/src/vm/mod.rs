@@ -317,9 +317,16 @@ impl Vm {
         write(&mem, shim.bytes(), shim_base)?;
         let initrd = match &config.initrd {
             Some(bytes) => {
-                let addr = (shim_base - bytes.len() as u64) & !0xfff;
+                let too_big = || {
+                    VmError::Config(format!(
+                        "the initrd ({} bytes) does not fit between the kernel and the top of guest memory: give \
+                         more --memory",
+                        bytes.len()
+                    ))
+                };
+                let addr = shim_base.checked_sub(bytes.len() as u64).ok_or_else(too_big)? & !0xfff;
                 if addr < loaded.kernel_end {
-                    return Err(VmError::Config("the initrd does not fit above the kernel: give more --memory".into()));
+                    return Err(too_big());
                 }
                 write(&mem, bytes, addr)?;
                 Some((addr, bytes.len() as u64))
