@@ -59,6 +59,12 @@ struct Run {
 
 impl Run {
     fn start(append: &str) -> Run {
+        Run::start_with(append, &[])
+    }
+
+    /// Starts QEMU with `extra` arguments (relative paths in them are
+    /// resolved by QEMU's working directory, the run's temporary folder).
+    fn start_with(append: &str, extra: &[&str]) -> Run {
         require_tools();
         let dir = tempfile::tempdir().unwrap();
         let loader = dir.path().join("loader.efi");
@@ -78,6 +84,8 @@ impl Run {
             .arg("-kernel")
             .arg(&loader)
             .args(["-append", append])
+            .args(extra)
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -97,6 +105,13 @@ impl Run {
     /// Waits for QEMU to exit (true) or for `until` to hold on the log
     /// (false: QEMU is then killed), up to [`TIMEOUT`].
     fn wait(&mut self, until: impl Fn(&str) -> bool) -> bool {
+        let exited = self.wait_keep(until);
+        self.kill();
+        exited
+    }
+
+    /// As [`Run::wait`], but leaves QEMU running when `until` holds.
+    fn wait_keep(&mut self, until: impl Fn(&str) -> bool) -> bool {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -106,7 +121,6 @@ impl Run {
                 return true;
             }
             if until(&self.log()) {
-                self.kill();
                 return false;
             }
             if start.elapsed() > TIMEOUT {
@@ -126,6 +140,79 @@ impl Run {
 impl Drop for Run {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A QMP connection to a run's monitor socket.
+struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let start = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < TIMEOUT => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("no QMP socket: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut qmp = Qmp { reader: std::io::BufReader::new(stream.try_clone().unwrap()), writer: stream };
+        qmp.reply(); // the greeting
+        qmp.execute(r#"{"execute":"qmp_capabilities"}"#);
+        qmp
+    }
+
+    /// The next message that is not an event.
+    fn reply(&mut self) -> serde_json::Value {
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut self.reader, &mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn execute(&mut self, json: &str) -> serde_json::Value {
+        std::io::Write::write_all(&mut self.writer, format!("{json}\n").as_bytes()).unwrap();
+        let v = self.reply();
+        assert!(v.get("return").is_some(), "QMP {json}: {v}");
+        v["return"].clone()
+    }
+
+    /// A human-monitor command's output.
+    fn hmp(&mut self, command: &str) -> String {
+        let json = serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": command}});
+        self.execute(&json.to_string()).as_str().unwrap().to_owned()
+    }
+
+    /// The value of register `name` in `info registers`.
+    fn register(&mut self, name: &str) -> u64 {
+        let regs = self.hmp("info registers");
+        let at = regs.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {regs}")) + name.len() + 1;
+        let hex: String = regs[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+        u64::from_str_radix(&hex, 16).unwrap()
+    }
+
+    /// `count` values of `unit` (`g` or `b`) at physical address `addr`.
+    fn read(&mut self, addr: u64, count: usize, unit: char) -> Vec<u64> {
+        let out = self.hmp(&format!("xp /{count}{unit}x {addr:#x}"));
+        out.lines()
+            .flat_map(|l| l.split_once(':').map(|(_, v)| v.to_owned()))
+            .flat_map(|v| {
+                v.split_whitespace()
+                    .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -200,4 +287,43 @@ fn without_selftest_the_loader_reaches_ready() {
     assert!(!exited, "QEMU exited before the loader was ready:\n{log}");
     assert!(log.contains("ovmf-loader: SetVirtualAddressMap status 0x0"), "{log}");
     assert!(!log.contains("SELFTEST"), "{log}");
+}
+
+/// `DiagFault` served through the loader's header path after
+/// ExitBootServices: the loader's own IDT stub for #UD must write the vector
+/// to EXCEPTION_PORT and halt with RSP at the CPU's frame, whose RIP is the
+/// faulting `ud2` — what efivmm's `fault_report` reads.
+#[test]
+fn fault_stub_reports_the_vector_and_leaves_the_frame_at_rsp() {
+    let mut run = Run::start_with(
+        "faulttest",
+        &[
+            "-chardev",
+            "file,id=exc,path=exception.bin",
+            "-device",
+            "isa-debugcon,iobase=0xef2,chardev=exc",
+            "-qmp",
+            "unix:qmp.sock,server=on,wait=off",
+        ],
+    );
+    let exception = run.path("exception.bin");
+    let exited = run.wait_keep(|_| std::fs::read(&exception).is_ok_and(|b| !b.is_empty()));
+    assert!(!exited, "QEMU exited:\n{}", run.log());
+    let log = run.log();
+    assert!(log.contains("ovmf-loader: faulttest"), "{log}");
+    assert_eq!(std::fs::read(&exception).unwrap(), [6], "one byte: vector 6 (#UD)");
+
+    let mut qmp = Qmp::connect(&run.path("qmp.sock"));
+    // Wait for the stub's `hlt`.
+    let start = Instant::now();
+    while !qmp.hmp("info registers").contains("HLT=1") {
+        assert!(start.elapsed() < TIMEOUT, "the CPU never halted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rsp, cs) = (qmp.register("RSP"), qmp.register("CS "));
+    let frame = qmp.read(rsp, 3, 'g');
+    // #UD has no error code: [RIP, CS, RFLAGS] (CPL0, no stack switch).
+    assert_eq!(frame[1], cs & 0xffff, "frame {frame:x?}");
+    assert_eq!(qmp.read(frame[0], 2, 'b'), [0x0f, 0x0b], "the frame's RIP {:#x} is not a ud2", frame[0]);
+    assert!(!log.contains("did not fault"), "{log}");
 }
