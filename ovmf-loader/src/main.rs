@@ -299,9 +299,10 @@ mod efi {
         let mut kept = 0usize;
         for i in 0..map.size / map.desc_size {
             // SAFETY: descriptor `i` lies within the `size` bytes the firmware
-            // wrote; `desc_size` is a multiple of 8 and the buffer page
-            // aligned, so the descriptor is aligned for MemoryDescriptor.
-            let d = unsafe { ptr::read(map.buf.add(i * map.desc_size) as *const MemoryDescriptor) };
+            // wrote, and desc_size >= size_of::<MemoryDescriptor>() (checked
+            // when the map was read); unaligned reads make no assumption on
+            // desc_size's alignment.
+            let d = unsafe { ptr::read_unaligned(map.buf.add(i * map.desc_size) as *const MemoryDescriptor) };
             if !d.att.contains(MemoryAttribute::RUNTIME) {
                 continue;
             }
@@ -313,11 +314,13 @@ mod efi {
                 d.att.bits()
             );
             // SAFETY: source and destination are whole descriptors within the
-            // buffer (kept <= i); `copy` allows the overlap of kept == i.
+            // buffer (kept <= i); `copy` allows the overlap of kept == i; the
+            // VirtualStart field lies within the destination descriptor.
             unsafe {
                 let dst = map.buf.add(kept * map.desc_size);
                 ptr::copy(map.buf.add(i * map.desc_size), dst, map.desc_size);
-                (*(dst as *mut MemoryDescriptor)).virt_start = d.phys_start;
+                let virt = dst.add(core::mem::offset_of!(MemoryDescriptor, virt_start));
+                ptr::write_unaligned(virt as *mut u64, d.phys_start);
             }
             kept += 1;
         }
