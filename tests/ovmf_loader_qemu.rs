@@ -6,8 +6,13 @@
 //! and shuts the machine down; the variable it set must then be in the
 //! pflash image.
 //!
-//! Needs `qemu-system-x86_64` and `/usr/share/ovmf/OVMF.fd`: without them
-//! the tests fail and say to run `scripts/setup.sh`.
+//! Also: the fault path (`faulttest`: the #UD stub's report and frame, read
+//! through QMP), the normal path up to `LOADER_READY`, and Secure Boot (the
+//! Microsoft-enrolled 4 MiB store refuses the unsigned loader).
+//!
+//! Needs `qemu-system-x86_64` and Debian's `ovmf` files (`OVMF.fd`,
+//! `OVMF_CODE_4M.fd`, `OVMF_VARS_4M.ms.fd`): without them the tests fail
+//! and say to run `scripts/setup.sh`. About 10-20 s in all on TCG.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,17 +64,28 @@ struct Run {
 
 impl Run {
     fn start(append: &str) -> Run {
+        Run::start_with(append, &[OVMF_FD], &[])
+    }
+
+    /// Starts QEMU with writable copies of the `flash` images as pflash
+    /// units (in the run's folder, under their own names) and `extra`
+    /// arguments (relative paths in them are resolved in the run's folder,
+    /// QEMU's working directory).
+    fn start_with(append: &str, flash: &[&str], extra: &[&str]) -> Run {
         require_tools();
         let dir = tempfile::tempdir().unwrap();
         let loader = dir.path().join("loader.efi");
         std::fs::write(&loader, efivmm::firmware::OVMF_LOADER).unwrap();
-        let flash = dir.path().join("OVMF.fd");
-        std::fs::copy(OVMF_FD, &flash).unwrap();
         let log = dir.path().join("debugcon.log");
-        let child = Command::new(QEMU)
-            .args(["-accel", "tcg", "-machine", "pc", "-m", "256", "-nographic", "-nodefaults", "-no-reboot"])
-            .arg("-drive")
-            .arg(format!("if=pflash,format=raw,file={}", flash.display()))
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-accel", "tcg", "-machine", "pc", "-m", "256", "-nographic", "-nodefaults", "-no-reboot"]);
+        for image in flash {
+            assert!(Path::new(image).is_file(), "{image} is missing: run scripts/setup.sh (Debian package ovmf)");
+            let copy = dir.path().join(Path::new(image).file_name().unwrap());
+            std::fs::copy(image, &copy).unwrap();
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", copy.display()));
+        }
+        let child = cmd
             // QEMU's debugcon listens on 0xe9 unless told otherwise; the
             // loader writes to sandbox_abi::DEBUGCON_PORT (0x402).
             .arg("-debugcon")
@@ -78,6 +94,8 @@ impl Run {
             .arg("-kernel")
             .arg(&loader)
             .args(["-append", append])
+            .args(extra)
+            .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -97,6 +115,13 @@ impl Run {
     /// Waits for QEMU to exit (true) or for `until` to hold on the log
     /// (false: QEMU is then killed), up to [`TIMEOUT`].
     fn wait(&mut self, until: impl Fn(&str) -> bool) -> bool {
+        let exited = self.wait_keep(until);
+        self.kill();
+        exited
+    }
+
+    /// As [`Run::wait`], but leaves QEMU running when `until` holds.
+    fn wait_keep(&mut self, until: impl Fn(&str) -> bool) -> bool {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -106,7 +131,6 @@ impl Run {
                 return true;
             }
             if until(&self.log()) {
-                self.kill();
                 return false;
             }
             if start.elapsed() > TIMEOUT {
@@ -126,6 +150,79 @@ impl Run {
 impl Drop for Run {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A QMP connection to a run's monitor socket.
+struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+}
+
+impl Qmp {
+    fn connect(path: &Path) -> Qmp {
+        let start = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() < TIMEOUT => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("no QMP socket: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut qmp = Qmp { reader: std::io::BufReader::new(stream.try_clone().unwrap()), writer: stream };
+        qmp.reply(); // the greeting
+        qmp.execute(r#"{"execute":"qmp_capabilities"}"#);
+        qmp
+    }
+
+    /// The next message that is not an event.
+    fn reply(&mut self) -> serde_json::Value {
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut self.reader, &mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn execute(&mut self, json: &str) -> serde_json::Value {
+        std::io::Write::write_all(&mut self.writer, format!("{json}\n").as_bytes()).unwrap();
+        let v = self.reply();
+        assert!(v.get("return").is_some(), "QMP {json}: {v}");
+        v["return"].clone()
+    }
+
+    /// A human-monitor command's output.
+    fn hmp(&mut self, command: &str) -> String {
+        let json = serde_json::json!({"execute": "human-monitor-command", "arguments": {"command-line": command}});
+        self.execute(&json.to_string()).as_str().unwrap().to_owned()
+    }
+
+    /// The value of register `name` in `info registers`.
+    fn register(&mut self, name: &str) -> u64 {
+        let regs = self.hmp("info registers");
+        let at = regs.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name} in {regs}")) + name.len() + 1;
+        let hex: String = regs[at..].chars().take_while(char::is_ascii_hexdigit).collect();
+        u64::from_str_radix(&hex, 16).unwrap()
+    }
+
+    /// `count` values of `unit` (`g` or `b`) at physical address `addr`.
+    fn read(&mut self, addr: u64, count: usize, unit: char) -> Vec<u64> {
+        let out = self.hmp(&format!("xp /{count}{unit}x {addr:#x}"));
+        out.lines()
+            .flat_map(|l| l.split_once(':').map(|(_, v)| v.to_owned()))
+            .flat_map(|v| {
+                v.split_whitespace()
+                    .map(|w| u64::from_str_radix(w.trim_start_matches("0x"), 16).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 }
 
@@ -200,4 +297,69 @@ fn without_selftest_the_loader_reaches_ready() {
     assert!(!exited, "QEMU exited before the loader was ready:\n{log}");
     assert!(log.contains("ovmf-loader: SetVirtualAddressMap status 0x0"), "{log}");
     assert!(!log.contains("SELFTEST"), "{log}");
+}
+
+/// `DiagFault` served through the loader's header path after
+/// ExitBootServices: the loader's own IDT stub for #UD must write the vector
+/// to EXCEPTION_PORT and halt with RSP at the CPU's frame, whose RIP is the
+/// faulting `ud2` — what efivmm's `fault_report` reads.
+#[test]
+fn fault_stub_reports_the_vector_and_leaves_the_frame_at_rsp() {
+    let mut run = Run::start_with(
+        "faulttest",
+        &[OVMF_FD],
+        &[
+            "-chardev",
+            "file,id=exc,path=exception.bin",
+            "-device",
+            "isa-debugcon,iobase=0xef2,chardev=exc",
+            "-qmp",
+            "unix:qmp.sock,server=on,wait=off",
+        ],
+    );
+    let exception = run.path("exception.bin");
+    let exited = run.wait_keep(|_| std::fs::read(&exception).is_ok_and(|b| !b.is_empty()));
+    assert!(!exited, "QEMU exited:\n{}", run.log());
+    let log = run.log();
+    assert!(log.contains("ovmf-loader: faulttest"), "{log}");
+    assert_eq!(std::fs::read(&exception).unwrap(), [6], "one byte: vector 6 (#UD)");
+
+    let mut qmp = Qmp::connect(&run.path("qmp.sock"));
+    // Wait for the stub's `hlt`.
+    let start = Instant::now();
+    while !qmp.hmp("info registers").contains("HLT=1") {
+        assert!(start.elapsed() < TIMEOUT, "the CPU never halted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (rsp, cs) = (qmp.register("RSP"), qmp.register("CS "));
+    let frame = qmp.read(rsp, 3, 'g');
+    // #UD has no error code: [RIP, CS, RFLAGS] (CPL0, no stack switch).
+    assert_eq!(frame[1], cs & 0xffff, "frame {frame:x?}");
+    assert_eq!(qmp.read(frame[0], 2, 'b'), [0x0f, 0x0b], "the frame's RIP {:#x} is not a ud2", frame[0]);
+    assert!(!log.contains("did not fault"), "{log}");
+}
+
+/// With a Secure Boot store (Debian's Microsoft-enrolled vars, SecureBoot
+/// enforced by the non-SMM 4 MiB OVMF) OVMF refuses the unsigned loader:
+/// LoadImage fails verification, X86QemuLoadImageLib's legacy fallback finds
+/// no bzImage setup (SETUP_SIZE = 0), and BDS moves on without ever running
+/// it. (The same firmware with Debian's empty vars runs it: see the other
+/// tests.) efivmm's OVMF backend must keep its vars store out of Secure Boot
+/// mode, or the loader must be signed or take the legacy (bzImage) path.
+#[test]
+fn secure_boot_store_refuses_the_unsigned_loader() {
+    let mut run = Run::start_with(
+        "selftest",
+        &["/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"],
+        &["-serial", "file:serial.log"],
+    );
+    let serial = run.path("serial.log");
+    let serial_text = || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    let exited = run.wait(|_| serial_text().contains("BdsDxe: No bootable option or device was found."));
+    let text = serial_text();
+    assert!(!exited, "QEMU exited:\n{text}\n{}", run.log());
+    // Secure Boot is enforced: Debian's OVMF refuses its own shell then.
+    assert!(text.contains("\"EFI Internal Shell\""), "{text}");
+    assert!(text.contains("Security Violation"), "{text}");
+    assert_eq!(run.log(), "", "the loader ran under Secure Boot");
 }

@@ -18,15 +18,19 @@ pub type Var = (Vec<u8>, [u8; 16], u32, Vec<u8>);
 /// The fake runtime services.
 #[derive(Default)]
 pub struct Fake {
+    /// The variables, in GetNextVariableName order.
     pub vars: Vec<Var>,
+    /// The high monotonic count last returned.
     pub counter: u32,
+    /// What GetTime returns (and SetTime sets).
     pub time: EfiTime,
+    /// The wake-up alarm: enabled, pending, time.
     pub wakeup: (u8, u8, EfiTime),
     /// One line per call: the service and which pointers were NULL.
     pub log: Vec<String>,
-    /// Capsule header addresses and the ScatterGatherList of the last
-    /// capsule call.
+    /// The capsule header addresses of the last capsule call.
     pub capsule_ptrs: Vec<u64>,
+    /// The ScatterGatherList of the last UpdateCapsule.
     pub sg_list: u64,
     /// The status the capsule services return.
     pub capsule_status: u64,

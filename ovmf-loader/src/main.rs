@@ -25,8 +25,10 @@
 //!    run `ovmf_loader::serve` over OVMF's runtime-services table, write the
 //!    header back and ring `LOADER_REPLY`.
 //!
-//! With `selftest` in the load options (the fw_cfg command line), step 3–4
-//! are replaced by `ovmf_loader::selftest` and a shutdown.
+//! With `selftest` in the load options (the fw_cfg command line), steps 3–4
+//! are replaced by `ovmf_loader::selftest` and a shutdown; with `faulttest`,
+//! the loader first serves one `DiagFault` request it wrote into its own
+//! header (for the QEMU test of the exception stubs).
 //!
 //! Built for the host (as the workspace's tests do) this is an empty program.
 #![cfg_attr(target_os = "uefi", no_std, no_main)]
@@ -43,8 +45,9 @@ mod efi {
     use ovmf_loader::{options, selftest, serve, SCRATCH_OFFSET, SCRATCH_SIZE};
     use sandbox_abi::time::EfiTime;
     use sandbox_abi::{
-        LoaderStep, Mailbox, DATA_IN_OFFSET, DATA_OUT_OFFSET, DATA_SIZE, DEBUGCON_PORT, DOORBELL_PORT, EXCEPTION_PORT,
-        LOADER_FAILED, LOADER_READY, LOADER_REPLY, MAILBOX_BLOCK_SIZE, NAME_OFFSET, NAME_SIZE,
+        LoaderStep, Mailbox, Service, DATA_IN_OFFSET, DATA_OUT_OFFSET, DATA_SIZE, DEBUGCON_PORT, DOORBELL_PORT,
+        EXCEPTION_PORT, LOADER_FAILED, LOADER_READY, LOADER_REPLY, MAILBOX_BLOCK_SIZE, MAILBOX_MAGIC, NAME_OFFSET,
+        NAME_SIZE,
     };
     use uefi_raw::capsule::CapsuleHeader;
     use uefi_raw::protocol::loaded_image::LoadedImageProtocol;
@@ -296,9 +299,10 @@ mod efi {
         let mut kept = 0usize;
         for i in 0..map.size / map.desc_size {
             // SAFETY: descriptor `i` lies within the `size` bytes the firmware
-            // wrote; `desc_size` is a multiple of 8 and the buffer page
-            // aligned, so the descriptor is aligned for MemoryDescriptor.
-            let d = unsafe { ptr::read(map.buf.add(i * map.desc_size) as *const MemoryDescriptor) };
+            // wrote, and desc_size >= size_of::<MemoryDescriptor>() (checked
+            // when the map was read); unaligned reads make no assumption on
+            // desc_size's alignment.
+            let d = unsafe { ptr::read_unaligned(map.buf.add(i * map.desc_size) as *const MemoryDescriptor) };
             if !d.att.contains(MemoryAttribute::RUNTIME) {
                 continue;
             }
@@ -310,11 +314,13 @@ mod efi {
                 d.att.bits()
             );
             // SAFETY: source and destination are whole descriptors within the
-            // buffer (kept <= i); `copy` allows the overlap of kept == i.
+            // buffer (kept <= i); `copy` allows the overlap of kept == i; the
+            // VirtualStart field lies within the destination descriptor.
             unsafe {
                 let dst = map.buf.add(kept * map.desc_size);
                 ptr::copy(map.buf.add(i * map.desc_size), dst, map.desc_size);
-                (*(dst as *mut MemoryDescriptor)).virt_start = d.phys_start;
+                let virt = dst.add(core::mem::offset_of!(MemoryDescriptor, virt_start));
+                ptr::write_unaligned(virt as *mut u64, d.phys_start);
             }
             kept += 1;
         }
@@ -354,29 +360,36 @@ mod efi {
         }
     }
 
+    /// Serves the call whose request is in the block's header: reads the
+    /// header (volatile), serves it, writes the reply back. Faults or hangs
+    /// for the diagnostics that ask for it.
+    fn serve_one(ovmf: &mut Ovmf, block: u64) {
+        let header = block as *mut Mailbox;
+        // SAFETY: the header is at the block's start, page aligned; the host
+        // wrote it while we were stopped at the doorbell.
+        let mut mb = unsafe { ptr::read_volatile(header) };
+        // SAFETY: the view is dropped at the end of this statement, before
+        // the caller rings the doorbell.
+        let outcome = serve(ovmf, &mut mb, &mut unsafe { block_view(block) });
+        match outcome {
+            Outcome::Reply => {}
+            Outcome::Fault => loop {
+                // SAFETY: deliberately raises #UD, reported by our IDT.
+                unsafe { asm!("ud2", options(nomem, nostack)) };
+            },
+            Outcome::Hang => loop {
+                core::hint::spin_loop();
+            },
+        }
+        // SAFETY: as the read above.
+        unsafe { ptr::write_volatile(header, mb) };
+    }
+
     /// Serves calls forever: efivmm resumes the vCPU after each doorbell
     /// with the next request in the block.
     fn serve_forever(ovmf: &mut Ovmf, block: u64) -> ! {
-        let header = block as *mut Mailbox;
         loop {
-            // SAFETY: the header is at the block's start, page aligned; the
-            // host wrote it while we were stopped at the doorbell.
-            let mut mb = unsafe { ptr::read_volatile(header) };
-            // SAFETY: the view is dropped at the end of this statement,
-            // before the doorbell.
-            let outcome = serve(ovmf, &mut mb, &mut unsafe { block_view(block) });
-            match outcome {
-                Outcome::Reply => {}
-                Outcome::Fault => loop {
-                    // SAFETY: deliberately raises #UD, reported by our IDT.
-                    unsafe { asm!("ud2", options(nomem, nostack)) };
-                },
-                Outcome::Hang => loop {
-                    core::hint::spin_loop();
-                },
-            }
-            // SAFETY: as the read above.
-            unsafe { ptr::write_volatile(header, mb) };
+            serve_one(ovmf, block);
             doorbell(LOADER_REPLY, 0, 0, 0);
         }
     }
@@ -585,6 +598,7 @@ mod efi {
         // longer used.
         let (bs, rt) = unsafe { (&*(*system_table).boot_services, (*system_table).runtime_services as *const _) };
         let selftest = load_options_have(bs, image, "selftest");
+        let faulttest = load_options_have(bs, image, "faulttest");
 
         let block = match allocate(bs, MAILBOX_BLOCK_SIZE as usize / PAGE) {
             Ok(a) => a,
@@ -626,6 +640,18 @@ mod efi {
                 // SAFETY: interrupts are off: halts this CPU for good.
                 unsafe { asm!("hlt", options(nomem, nostack)) };
             }
+        }
+        if faulttest {
+            // Plays host for one DiagFault call through the header, as
+            // efivmm sends it: exercises the exception stubs (the QEMU test
+            // listens on EXCEPTION_PORT and reads the frame at RSP).
+            say!("faulttest");
+            let mb = Mailbox { magic: MAILBOX_MAGIC, service: Service::DiagFault as u64, ..Default::default() };
+            // SAFETY: the header is ours and page aligned; nothing else uses
+            // the block in this mode.
+            unsafe { ptr::write_volatile(block as *mut Mailbox, mb) };
+            serve_one(&mut ovmf, block);
+            say!("DiagFault did not fault");
         }
         say!("ready");
         doorbell(LOADER_READY, block, system_table as u64, svam.0 as u64);
