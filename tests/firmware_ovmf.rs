@@ -61,7 +61,8 @@ fn ovmf_either_serves_the_call_or_exits_3_saying_kvm_cannot_run_its_boot_code() 
         3 => {
             assert!(stderr.contains("cannot run the firmware's boot code"), "{stderr}");
             assert!(stderr.contains("--firmware builtin"), "the message says what to do: {stderr}");
-            assert_eq!(stderr.matches("error").count().max(1), 1, "one clear message, not a cascade: {stderr}");
+            assert_eq!(stderr.matches("error").count(), 1, "one clear message, not a cascade: {stderr}");
+            assert!(!vars.exists(), "a run that cannot start leaves no vars file behind");
         }
         other => panic!("exit {other}: {stderr}"),
     }
@@ -98,4 +99,32 @@ fn a_vars_file_of_the_other_build_is_refused_and_left_untouched() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("vars file"), "{stderr}");
     assert_eq!(std::fs::read(&vars).unwrap(), before);
+}
+
+#[test]
+fn a_store_that_enforces_secure_boot_is_refused_before_booting_with_what_to_do() {
+    let code = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    let ms = Path::new("/usr/share/OVMF/OVMF_VARS_4M.ms.fd");
+    assert!(code.exists() && ms.exists(), "Debian's ovmf package is missing: run scripts/setup.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let vars = dir.path().join("ms.fd");
+    std::fs::copy(ms, &vars).unwrap();
+    let before = std::fs::read(&vars).unwrap();
+    let (code_, _, stderr) = efivmm(
+        &["rt", "--firmware", code.to_str().unwrap(), "--vars", vars.to_str().unwrap(), "get-time"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code_, 4, "{stderr}");
+    assert!(stderr.contains("enforces Secure Boot") && stderr.contains("--firmware builtin"), "{stderr}");
+    assert!(!stderr.contains("booting OVMF"), "refused before booting: {stderr}");
+    assert_eq!(std::fs::read(&vars).unwrap(), before);
+}
+
+#[test]
+fn secure_boot_state_is_read_from_debians_stores() {
+    use efivmm::firmware::ovmf::secure_boot_enforced;
+    let read = |p: &str| std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}: run scripts/setup.sh"));
+    assert!(secure_boot_enforced(&read("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")).is_some());
+    assert!(secure_boot_enforced(&read("/usr/share/OVMF/OVMF_VARS_4M.fd")).is_none());
+    assert!(secure_boot_enforced(&read("/usr/share/OVMF/OVMF_VARS.fd")).is_none());
 }

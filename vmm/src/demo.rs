@@ -139,8 +139,7 @@ pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
 }
 
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
-    let vars = VarsFile::open_or_create(vars_path, args.firmware.vars_layout()?)?;
-    let firmware = Firmware::start(&args.firmware, vars)?;
+    let firmware = Firmware::start_on(&args.firmware, vars_path)?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
         kernel: TEST_KERNEL.to_vec(),

@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::firmware::{Firmware, FirmwareSource};
-use crate::varsfile::VarsFile;
 use crate::vm::{Exit, SerialOut, SvamPolicy, Vm, VmConfig};
 use crate::ExitError;
 
@@ -103,10 +102,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
             (dir.path().join("vars.fd"), Some(dir))
         }
     };
-    crate::sandbox::kvm_available()?;
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
-    let vars = VarsFile::open_or_create(&vars_path, source.vars_layout()?)?;
-    let firmware = Firmware::start(&source, vars)?;
+    let firmware = Firmware::start_on(&source, &vars_path)?;
     let config = VmConfig {
         kernel,
         initrd,

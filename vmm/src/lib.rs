@@ -56,6 +56,7 @@ impl ExitError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitError::Usage(_) | ExitError::Setup(sandbox::SetupError::FirmwareFile { .. }) => 2,
+            ExitError::Setup(sandbox::SetupError::SecureBootStore(_)) => 4,
             ExitError::Setup(_) | ExitError::Kvm(_) => 3,
             ExitError::Vars(_) | ExitError::Store(_) => 4,
             ExitError::NotFound(_) => 1,

@@ -10,7 +10,6 @@ use serde_json::{json, Map, Value};
 
 use crate::efi::{self, EfiTime, Guid, Rfc3339, EFI_BUFFER_TOO_SMALL, EFI_NOT_FOUND, EFI_SUCCESS};
 use crate::firmware::{calls, Firmware, FirmwareSource};
-use crate::varsfile::VarsFile;
 use crate::ExitError;
 
 /// Options of `efivmm rt`.
@@ -139,10 +138,7 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
 
 /// Runs `efivmm rt`, returning the JSON object to print.
 pub fn run(args: RtArgs) -> Result<Value, ExitError> {
-    crate::sandbox::kvm_available().map_err(ExitError::Setup)?;
-    let layout = args.firmware.vars_layout().map_err(ExitError::Setup)?;
-    let vars = VarsFile::open_or_create(&args.vars, layout).map_err(ExitError::Vars)?;
-    let mut fw = Firmware::start(&args.firmware, vars).map_err(ExitError::Setup)?;
+    let mut fw = Firmware::start_on(&args.firmware, &args.vars)?;
     if let Some(ms) = args.deadline_ms {
         fw.set_deadline(Duration::from_millis(ms));
     }

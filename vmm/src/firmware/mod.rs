@@ -129,6 +129,26 @@ pub struct Firmware {
 }
 
 impl Firmware {
+    /// Checks KVM, opens the vars file at `path` (creating it in `source`'s
+    /// layout if missing) and starts `source` on it. A vars file this call
+    /// created is removed again if the firmware cannot start, so a run that
+    /// cannot start leaves nothing behind.
+    pub fn start_on(source: &FirmwareSource, path: &std::path::Path) -> Result<Self, crate::ExitError> {
+        crate::sandbox::kvm_available()?;
+        let layout = source.vars_layout()?;
+        let existed = std::fs::symlink_metadata(path).is_ok();
+        let vars = VarsFile::open_or_create(path, layout)?;
+        let created = (!existed).then(|| vars.path().to_path_buf());
+        Firmware::start(source, vars).map_err(|e| {
+            if let Some(p) = created {
+                if let Err(rm) = std::fs::remove_file(&p) {
+                    tracing::warn!("cannot remove the vars file {} created for this run: {rm}", p.display());
+                }
+            }
+            e.into()
+        })
+    }
+
     /// Starts `source` in a new sandbox on `vars`. For OVMF this boots the
     /// image to runtime (seconds; needs hardware virtualization).
     pub fn start(source: &FirmwareSource, vars: VarsFile) -> Result<Self, SetupError> {

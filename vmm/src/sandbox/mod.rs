@@ -71,6 +71,10 @@ pub enum SetupError {
     /// PEI, DXE run at CPL0 in the sandbox and need hardware virtualization).
     #[error("this KVM cannot run the firmware's boot code: {0}. Booting OVMF needs KVM with hardware virtualization (VMX/SVM); this host's KVM emulates guest CPL0 code (for example the PVM module) and fails at the firmware's first x87/SSE instruction. Use `--firmware builtin`, or run efivmm on a host with hardware virtualization (tests/lab/ shows one under QEMU with nested SVM)")]
     NoHardwareVirtualization(String),
+    /// The vars file has Secure Boot enforced, under which OVMF does not run
+    /// efivmm's unsigned loader.
+    #[error("the vars file enforces Secure Boot ({0}): OVMF then runs only signed images, and efivmm's loader, which brings OVMF to runtime in the sandbox, is not signed by the store's keys, so OVMF would never reach runtime. Serve this store with `--firmware builtin`, or give OVMF a store in setup mode (no PK; e.g. a copy of Debian's OVMF_VARS.fd). The vars file is unchanged")]
+    SecureBootStore(String),
     /// The firmware did not reach runtime.
     #[error("the firmware did not reach runtime: {0}")]
     FirmwareBoot(String),

@@ -115,6 +115,9 @@ impl Ovmf {
                 ),
             });
         }
+        if let Some(why) = secure_boot_enforced(store) {
+            return Err(SetupError::SecureBootStore(why));
+        }
         Self::boot_image(image, store.to_vec())
     }
 
@@ -346,6 +349,33 @@ impl Ovmf {
         self.ram
             .write_slice(bytes, GuestAddress(self.mailbox + offset))
             .expect("the mailbox block was checked to lie in sandbox RAM");
+    }
+}
+
+/// Whether OVMF would boot `store` with Secure Boot enforced, and why.
+///
+/// OVMF then runs only signed images, so efivmm's unsigned loader never
+/// runs: BDS reports the fw_cfg kernel's boot option "Not Found" and waits
+/// for a key (seen under QEMU with Debian's `OVMF_VARS_4M.ms.fd`, and
+/// tested in `tests/ovmf_loader_qemu.rs`). Secure Boot is on when a platform
+/// key is enrolled (user mode) and `SecureBootEnable` is not 0
+/// (`SecurityPkg/Library/AuthVariableLib` initialisation: an absent
+/// `SecureBootEnable` with a PK is created enabled).
+pub fn secure_boot_enforced(store: &[u8]) -> Option<String> {
+    const SECURE_BOOT_ENABLE_GUID: varstore::Guid = varstore::Guid([
+        0xc7, 0x0b, 0xa3, 0xf0, 0x08, 0xaf, 0x56, 0x45, 0x99, 0xc4, 0x00, 0x10, 0x09, 0xc9, 0x3a, 0x44,
+    ]);
+    let mut image = store.to_vec();
+    let store = varstore::Store::open(&mut image).ok()?;
+    let pk = store.find(&crate::efi::name_to_utf16("PK"), &varstore::Guid::GLOBAL_VARIABLE)?;
+    if pk.data.is_empty() {
+        return None;
+    }
+    let enable = store.find(&crate::efi::name_to_utf16("SecureBootEnable"), &SECURE_BOOT_ENABLE_GUID);
+    match enable.map(|v| v.data.first().copied().unwrap_or(0)) {
+        Some(0) => None,
+        Some(_) => Some("a platform key (PK) is enrolled and SecureBootEnable is 1".into()),
+        None => Some("a platform key (PK) is enrolled (SecureBootEnable absent: on)".into()),
     }
 }
 
