@@ -114,8 +114,11 @@ fn two_efivmm_racing_to_create_one_new_vars_file_lose_no_acknowledged_write() {
                 (name, child)
             })
             .collect();
-        for (name, child) in racers {
-            let out = child.wait_with_output().unwrap();
+        // Both end before the file is read back (a reader would itself be
+        // refused while the other racer holds the lock).
+        let outcomes: Vec<_> =
+            racers.into_iter().map(|(name, child)| (name, child.wait_with_output().unwrap())).collect();
+        for (name, out) in outcomes {
             let stderr = String::from_utf8_lossy(&out.stderr);
             if out.status.success() {
                 // Acknowledged: it must be in the file.
