@@ -62,3 +62,47 @@ fn a_hang_ends_at_the_deadline_and_the_next_call_works() {
     assert!(start.elapsed() >= Duration::from_millis(200));
     assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
 }
+
+/// An ELF64 x86-64 with one PT_LOAD per `(address, size, flags)`, each
+/// `size` bytes of `0xcc` (int3).
+fn crafted_elf(entry: u64, segments: &[(u64, u64, u32)]) -> Vec<u8> {
+    let mut out = vec![0u8; 0x1000];
+    out[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    out[16] = 2; // ET_EXEC
+    out[18] = 62; // EM_X86_64
+    out[20] = 1;
+    out[24..32].copy_from_slice(&entry.to_le_bytes());
+    out[32..40].copy_from_slice(&64u64.to_le_bytes());
+    out[52] = 64;
+    out[54] = 56;
+    out[56] = segments.len() as u8;
+    let mut offset = 0x1000u64;
+    for (i, &(addr, size, flags)) in segments.iter().enumerate() {
+        let ph = 64 + i * 56;
+        out[ph] = 1; // PT_LOAD
+        out[ph + 4..ph + 8].copy_from_slice(&flags.to_le_bytes());
+        for (o, v) in [(8, offset), (16, addr), (24, addr), (32, size), (40, size), (48, 0x1000)] {
+            out[ph + o..ph + o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        offset += size;
+    }
+    out.resize(offset as usize, 0xcc);
+    out
+}
+
+#[test]
+fn a_firmware_segment_outside_the_firmware_region_is_refused() {
+    use efivmm::sandbox::SetupError;
+    use sandbox_abi::FIRMWARE_ADDR;
+    // A well-formed image loads ...
+    let good = crafted_elf(FIRMWARE_ADDR, &[(FIRMWARE_ADDR, 0x1000, 5)]);
+    assert!(Sandbox::new(&good, &empty_store()).is_ok());
+    // ... one with a segment on the IDT (0x3000) does not, although its
+    // entry point and end lie in the firmware region.
+    let bad = crafted_elf(FIRMWARE_ADDR, &[(FIRMWARE_ADDR, 0x1000, 5), (0x3000, 0x1000, 6)]);
+    match Sandbox::new(&bad, &empty_store()) {
+        Err(SetupError::BadFirmware(why)) => assert!(why.contains("0x3000"), "{why}"),
+        Err(e) => panic!("expected BadFirmware, got {e}"),
+        Ok(_) => panic!("a firmware with a segment at 0x3000 was loaded"),
+    }
+}

@@ -11,21 +11,21 @@
 //! and the next call starts clean. Restoring the store is the caller's job:
 //! it owns the last good store image.
 
+pub mod image;
 pub mod layout;
 pub(crate) mod watchdog;
 
 /// A per-thread deadline that interrupts `KVM_RUN` (also used for the guest's timeout).
 pub(crate) use watchdog::{install_handler as install_kick_handler, kick_signal};
 
-use std::io::Cursor;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_sregs;
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use linux_loader::loader::{elf::Elf, KernelLoader};
 use sandbox_abi::*;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use image::FirmwareImage;
 use watchdog::Watchdog;
 
 /// The firmware built into efivmm (an ELF for `x86_64-unknown-none`).
@@ -136,6 +136,11 @@ impl Sandbox {
         if store.len() as u64 > STORE_MAX {
             return Err(SetupError::StoreTooLarge(store.len()));
         }
+        // Every segment is checked before anything is loaded: a segment
+        // outside the firmware region would overwrite the system structures.
+        let image = FirmwareImage::parse(firmware).map_err(SetupError::BadFirmware)?;
+        let entry = image.entry;
+        let pristine = image.region(firmware);
         let kvm = Kvm::new().map_err(SetupError::NoKvm)?;
         let kvm_err = |what| move |source| SetupError::Kvm { what, source };
         let vm = kvm.create_vm().map_err(kvm_err("create the sandbox VM"))?;
@@ -157,17 +162,7 @@ impl Sandbox {
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map sandbox memory"))?;
 
         layout::write_system_structures(&mem).map_err(|e| SetupError::Memory(e.to_string()))?;
-        let loaded = Elf::load(&mem, None, &mut Cursor::new(firmware), None)
-            .map_err(|e| SetupError::BadFirmware(e.to_string()))?;
-        let entry = loaded.kernel_load.raw_value();
-        if !(FIRMWARE_ADDR..FIRMWARE_END).contains(&entry) || loaded.kernel_end > FIRMWARE_END {
-            return Err(SetupError::BadFirmware(format!(
-                "it occupies up to {:#x} with entry {entry:#x}; it must lie within {FIRMWARE_ADDR:#x}..{FIRMWARE_END:#x}",
-                loaded.kernel_end
-            )));
-        }
-        let mut pristine = vec![0u8; (FIRMWARE_END - FIRMWARE_ADDR) as usize];
-        mem.read_slice(&mut pristine, GuestAddress(FIRMWARE_ADDR)).map_err(|e| SetupError::Memory(e.to_string()))?;
+        mem.write_slice(&pristine, GuestAddress(FIRMWARE_ADDR)).map_err(|e| SetupError::Memory(e.to_string()))?;
 
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("create the sandbox vCPU"))?;
         let cpuid = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("report CPUID"))?;
