@@ -106,3 +106,65 @@ fn a_firmware_segment_outside_the_firmware_region_is_refused() {
         Ok(_) => panic!("a firmware with a segment at 0x3000 was loaded"),
     }
 }
+
+fn diag_args(service: Service, args: &[u64]) -> Mailbox {
+    let mut m = diag(service);
+    m.args[..args.len()].copy_from_slice(args);
+    m
+}
+
+/// The firmware cannot patch its own code: the write faults, the call
+/// fails, and the next call runs the image's code.
+#[test]
+fn the_firmware_cannot_patch_its_own_text() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    let before = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
+    let (byte, addr) = (before.outs[0], before.outs[1]);
+    assert_eq!(byte, 0x5a);
+    match sb.call(&diag_args(Service::DiagPatchText, &[0xa5]), &[], &[]) {
+        Err(CallFailure::Fault { vector: 14, cr2, error_code, .. }) => {
+            assert_eq!(cr2, addr);
+            assert_eq!(error_code & 0b111, 0b111, "a user-mode write to a present page: {error_code:#x}");
+        }
+        other => panic!("the firmware wrote its own text: {other:?}"),
+    }
+    let after = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
+    assert_eq!(after.outs[0], 0x5a, "the next call must run the unpatched image");
+}
+
+/// `.data`/`.bss` start from the image on every call.
+#[test]
+fn no_firmware_data_survives_a_call() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(sb.call(&diag(Service::DiagCounter), &[], &[]).unwrap().outs[0], 0);
+    }
+}
+
+/// A failed call leaves no FPU/SSE state to the next.
+#[test]
+fn fpu_state_is_reset_after_a_failed_call() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
+    // FTZ | DAZ | all exceptions masked, rounding toward zero.
+    match sb.call(&diag_args(Service::DiagFpu, &[0xffc0]), &[], &[]) {
+        Err(CallFailure::Fault { vector: 6, .. }) => {}
+        other => panic!("expected #UD, got {other:?}"),
+    }
+    assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
+}
+
+/// The input buffers hold this call's inputs only; a failed call clears
+/// the output buffer too.
+#[test]
+fn buffers_hold_no_stale_tails() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    let r = sb.call(&diag_args(Service::DiagBuffers, &[0x3000]), &[7; 100], &[9; 5000]).unwrap();
+    assert_eq!(r.outs[..3], [100, 5000, 0]);
+    let r = sb.call(&diag(Service::DiagBuffers), &[7; 2], &[9; 10]).unwrap();
+    assert_eq!(r.outs[..2], [2, 10], "stale input tails");
+    assert_eq!(r.outs[2], 0x3000, "DATA_OUT is the firmware's own between completed calls");
+    sb.call(&diag(Service::DiagFault), &[], &[]).unwrap_err();
+    let r = sb.call(&diag(Service::DiagBuffers), &[], &[]).unwrap();
+    assert_eq!(r.outs[..3], [0, 0, 0], "a failed call leaves nothing in the buffers");
+}

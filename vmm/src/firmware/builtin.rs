@@ -32,7 +32,12 @@ impl Backend for Sandbox {
         (reply.store_dirty != 0).then(|| self.store())
     }
 
+    /// Also restores the rest of the sandbox (firmware image, buffers, vCPU):
+    /// the caller throws a call's outcome away after a sandbox failure, an
+    /// invalid store or a failed commit, and in each case the firmware that
+    /// produced it must not run on with whatever state it left.
     fn restore_store(&mut self, image: &[u8]) {
+        self.restore();
         if let Err(e) = self.load_store(image) {
             tracing::error!("cannot restore the sandbox store: {e}");
         }

@@ -6,8 +6,11 @@
 //! a segment below `FIRMWARE_ADDR` would land on the page tables, GDT or
 //! IDT (written before the firmware), i.e. give the firmware CPL0. Here every
 //! `PT_LOAD` must lie within `FIRMWARE_ADDR..FIRMWARE_END`, be identity
-//! mapped (`p_vaddr == p_paddr`) and not overlap another segment; the entry
-//! point must lie in an executable segment.
+//! mapped (`p_vaddr == p_paddr`), not overlap another segment, share a page
+//! only with segments of the same permissions, and not be writable and
+//! executable at once; the
+//! segments' flags then give the firmware pages' permissions
+//! ([`super::layout`]).
 
 use std::ops::Range;
 
@@ -25,7 +28,7 @@ const PAGE: u64 = 4096;
 /// One loadable segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
-    /// Sandbox-physical (= virtual) address of its first byte, page aligned.
+    /// Sandbox-physical (= virtual) address of its first byte.
     pub addr: u64,
     /// Bytes in memory (`p_memsz`); the part past `file` is zeroed.
     pub mem_size: u64,
@@ -38,7 +41,7 @@ pub struct Segment {
 impl Segment {
     /// The pages it occupies.
     pub fn pages(&self) -> Range<u64> {
-        self.addr..(self.addr + self.mem_size).next_multiple_of(PAGE)
+        self.addr / PAGE * PAGE..(self.addr + self.mem_size).next_multiple_of(PAGE)
     }
 
     /// Whether the firmware may write it.
@@ -118,12 +121,21 @@ impl FirmwareImage {
                 .and_then(|o| Some(o..o.checked_add(usize::try_from(file_size).ok()?)?))
                 .filter(|r| r.end <= elf.len())
                 .ok_or_else(|| format!("segment {i}: its bytes lie past the end of the file"))?;
+            if flags & PF_W != 0 && flags & PF_X != 0 {
+                return Err(format!("segment {i} at {paddr:#x} is writable and executable"));
+            }
             segments.push(Segment { addr: paddr, mem_size, file, flags });
         }
         segments.sort_by_key(|s| s.addr);
         for w in segments.windows(2) {
             if w[0].addr + w[0].mem_size > w[1].addr {
                 return Err(format!("segments at {:#x} and {:#x} overlap", w[0].addr, w[1].addr));
+            }
+            if w[0].pages().end > w[1].pages().start && w[0].flags != w[1].flags {
+                return Err(format!(
+                    "segments at {:#x} and {:#x} share a page with different permissions",
+                    w[0].addr, w[1].addr
+                ));
             }
         }
         if !segments.iter().any(|s| s.flags & PF_X != 0 && (s.addr..s.addr + s.mem_size).contains(&entry)) {
@@ -141,6 +153,17 @@ impl FirmwareImage {
             region[at..at + s.file.len()].copy_from_slice(&elf[s.file.clone()]);
         }
         region
+    }
+
+    /// The byte ranges of [`Self::region`] the firmware may write (whole
+    /// pages of its writable segments): what is reset before every call.
+    pub fn writable_ranges(&self) -> Vec<Range<usize>> {
+        let base = FIRMWARE_ADDR as usize;
+        self.segments
+            .iter()
+            .filter(|s| s.writable())
+            .map(|s| s.pages().start as usize - base..s.pages().end as usize - base)
+            .collect()
     }
 }
 
@@ -179,6 +202,14 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_builtin_firmware_is_split_by_permission() {
+        let image = FirmwareImage::parse(crate::sandbox::BUILTIN_FIRMWARE).unwrap();
+        assert!(image.segments.iter().any(|s| s.flags == PF_R | PF_X));
+        assert!(image.segments.iter().any(|s| s.flags == PF_R | PF_W));
+        assert!(!image.writable_ranges().is_empty());
+    }
+
+    #[test]
     fn segments_outside_the_firmware_region_are_refused() {
         let x = PF_R | PF_X;
         assert!(FirmwareImage::parse(&elf(0x10_0000, &[(0x10_0000, 0x1000, x)])).is_ok());
@@ -186,6 +217,7 @@ pub(crate) mod tests {
             elf(0x10_0000, &[(0x10_0000, 0x1000, x), (0x3000, 0x1000, PF_R | PF_W)]),
             elf(0x10_0000, &[(0x10_0000, 0x1000, x), (FIRMWARE_END - 0x1000, 0x2000, PF_R)]),
             elf(0x10_0000, &[(0x10_0000, 0x1000, x), (u64::MAX - 0xfff, 0x2000, PF_R)]),
+            elf(0x10_0000, &[(0x10_0000, 0x1000, PF_R | PF_W | PF_X)]),
             elf(0x10_0000, &[(0x10_0000, 0x1800, x), (0x10_1000, 0x1000, PF_R | PF_W)]),
             elf(0x20_0000, &[(0x10_0000, 0x1000, x)]),
         ] {
