@@ -219,7 +219,7 @@ impl Sandbox {
             vcpu_dirty: true,
             store_len: store.len(),
             deadline: DEFAULT_DEADLINE,
-            watchdog: Watchdog::new().map_err(SetupError::Watchdog)?,
+            watchdog: Watchdog::on_thread_cpu_time().map_err(SetupError::Watchdog)?,
         };
         sandbox.load_store(store).map_err(|e| SetupError::Memory(e.to_string()))?;
         tracing::debug!(elapsed = ?started.elapsed(), entry = format_args!("{entry:#x}"), "sandbox ready");
