@@ -147,6 +147,9 @@ pub struct Stats {
     /// Host time spent serving the calls, from the trampoline's exit to the
     /// guest's registers set (waiting for the runtime lock included).
     pub call_time: Duration,
+    /// Runtime-call exits refused because they came from guest user mode
+    /// (not counted in `calls`).
+    pub refused_calls: u64,
 }
 
 /// A built guest, ready to run.
@@ -170,6 +173,7 @@ pub(crate) struct Shared {
     calls: AtomicU64,
     svam_calls: AtomicU64,
     call_ns: AtomicU64,
+    refused_calls: AtomicU64,
 }
 
 /// The state behind the runtime-services lock.
@@ -339,6 +343,7 @@ impl Vm {
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
             call_ns: AtomicU64::new(0),
+            refused_calls: AtomicU64::new(0),
         };
         Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout })
     }
@@ -349,6 +354,7 @@ impl Vm {
             calls: self.shared.calls.load(Ordering::Relaxed),
             svam_calls: self.shared.svam_calls.load(Ordering::Relaxed),
             call_time: Duration::from_nanos(self.shared.call_ns.load(Ordering::Relaxed)),
+            refused_calls: self.shared.refused_calls.load(Ordering::Relaxed),
         }
     }
 

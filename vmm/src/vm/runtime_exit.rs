@@ -9,6 +9,16 @@
 //! the lock. A call that got the lock after a stop was requested (e.g. a
 //! ResetSystem on another vCPU) is dropped without reaching the firmware:
 //! the vCPU is about to stop, and nothing may commit after a shutdown.
+//!
+//! Only the guest's kernel may call: an exit from CPL1-3 (a user process
+//! given I/O permission with iopl/ioperm, or a TSS I/O bitmap) is refused
+//! with `EFI_UNSUPPORTED` in RAX before any of its pointers is looked at,
+//! counted ([`super::Stats::refused_calls`]) and logged (rate-limited).
+//! efivmm walks the caller's page tables without checking U/S, so serving
+//! a user-mode caller would let it read and write supervisor memory through
+//! the firmware (a confused deputy). The caller's RIP is not checked: at
+//! CPL0 the guest kernel can reach guest memory itself, wherever the `out`
+//! comes from.
 
 use std::sync::atomic::Ordering;
 
@@ -50,6 +60,20 @@ impl Shared {
 
     /// Serves one call made with `regs` and `sregs`.
     fn serve_regs(&self, regs: &kvm_regs, sregs: &kvm_sregs, service: u64) -> Served {
+        let cpl = caller_cpl(regs, sregs);
+        if cpl != 0 {
+            let refused = self.refused_calls.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    cpl,
+                    service,
+                    rip = format_args!("{:#x}", regs.rip),
+                    refused,
+                    "runtime call from guest user mode refused"
+                );
+            }
+            return Served::Status(EFI_UNSUPPORTED);
+        }
         let paging = GuestPaging { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
         self.calls.fetch_add(1, Ordering::Relaxed);
         // A panic while serving a call leaves nothing half-done that the
@@ -98,6 +122,21 @@ enum Served {
     /// Leave the vCPU as it is: the guest is stopping (a stop was
     /// requested, maybe by this very call).
     Dropped,
+}
+
+/// The privilege level of the code that made the exit: 0 in real mode, 3
+/// in virtual-8086 mode, else the RPL of CS (= CPL), or SS.DPL (also = CPL)
+/// if that is higher: a disagreement is never taken for kernel mode.
+fn caller_cpl(regs: &kvm_regs, sregs: &kvm_sregs) -> u8 {
+    const CR0_PE: u64 = 1;
+    const RFLAGS_VM: u64 = 1 << 17;
+    if sregs.cr0 & CR0_PE == 0 {
+        0
+    } else if regs.rflags & RFLAGS_VM != 0 {
+        3
+    } else {
+        ((sregs.cs.selector & 3) as u8).max(sregs.ss.dpl)
+    }
 }
 
 impl Runtime {
@@ -196,6 +235,7 @@ mod tests {
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
             call_ns: AtomicU64::new(0),
+            refused_calls: AtomicU64::new(0),
         };
         (shared, g)
     }
@@ -222,6 +262,30 @@ mod tests {
         let mut rt = shared.runtime.lock().unwrap();
         let got = rt.firmware.get_variable(&name_to_utf16("Stolen"), &Guid::parse(GUID).unwrap(), 64);
         (got.status, got.data)
+    }
+
+    /// F9: a guest user process with I/O permission cannot use efivmm to
+    /// copy a supervisor-only page into a variable.
+    #[test]
+    fn a_runtime_call_from_guest_user_mode_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, g) = shared(&dir);
+        let set = Service::SetVariable as u64;
+        assert_eq!(shared.serve_regs(&set_variable_regs(), &sregs(&g, 3), set), Served::Status(EFI_UNSUPPORTED));
+        assert_eq!(stored(&shared).0, EFI_NOT_FOUND, "the variable must not be created");
+        assert_eq!(shared.refused_calls.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.calls.load(Ordering::Relaxed), 0);
+        // The same call from the kernel is served (the page is the kernel's to give).
+        assert_eq!(shared.serve_regs(&set_variable_regs(), &sregs(&g, 0), set), Served::Status(EFI_SUCCESS));
+        assert_eq!(stored(&shared), (EFI_SUCCESS, b"kernel secret!!!".to_vec()));
+        // CPL 1 and 2 count as user mode; so does virtual-8086 mode.
+        let mut vm86 = set_variable_regs();
+        vm86.rflags |= 1 << 17;
+        for (regs, cpl) in [(set_variable_regs(), 1), (set_variable_regs(), 2), (vm86, 0)] {
+            let mut s = sregs(&g, cpl);
+            s.cs.selector = (s.cs.selector & !3) | u16::from(cpl);
+            assert_eq!(shared.serve_regs(&regs, &s, set), Served::Status(EFI_UNSUPPORTED), "cpl {cpl}");
+        }
     }
 
     /// F14: a call that gets the runtime lock after a stop was requested
