@@ -12,6 +12,7 @@
 pub mod devices;
 mod event_loop;
 mod runtime_exit;
+pub mod serial_out;
 mod vcpu;
 
 use std::fs::File;
@@ -322,10 +323,21 @@ impl Vm {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Memory(e.to_string()))?;
         vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm("connect the serial interrupt"))?;
         let has_sink = config.serial_sink.is_some();
+        // Stdout and files are written by a thread of their own through a
+        // bounded queue (serial_out): a stalled reader never blocks a vCPU.
+        // Stdout is a duplicate of fd 1, so that thread never holds the
+        // process's stdout lock.
+        let queued = |out: Box<dyn Write + Send>| -> Result<Box<dyn Write + Send>, VmError> {
+            Ok(Box::new(serial_out::QueuedOutput::new(out).map_err(VmError::Serial)?))
+        };
         let out: Box<dyn Write + Send> = match (config.serial_sink, &config.serial) {
             (Some(sink), _) => sink,
-            (None, SerialOut::Stdio) => Box::new(std::io::stdout()),
-            (None, SerialOut::File(p)) => Box::new(File::create(p).map_err(VmError::Serial)?),
+            (None, SerialOut::Stdio) => {
+                use std::os::fd::AsFd;
+                let fd = std::io::stdout().as_fd().try_clone_to_owned().map_err(VmError::Serial)?;
+                queued(Box::new(File::from(fd)))?
+            }
+            (None, SerialOut::File(p)) => queued(Box::new(File::create(p).map_err(VmError::Serial)?))?,
             (None, SerialOut::Off) => Box::new(std::io::sink()),
         };
         tracing::info!(
