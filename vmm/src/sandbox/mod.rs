@@ -18,10 +18,12 @@
 //! else NX), so its code cannot be patched; its `.data`/`.bss` (one page
 //! today) are reset from the image before each call, so no firmware state
 //! survives a call; the input buffers hold exactly this call's input. The
-//! output buffer DATA_OUT is not cleared between completed calls (1 MiB per
-//! call would cost about as much as the call itself): the firmware keeps it
-//! write-only by convention, and efivmm reads back only the length a reply
-//! names, clamped to the caller's buffer.
+//! output buffer DATA_OUT is not cleared between completed calls: zeroing
+//! its 1 MiB costs about 7 us even cache-hot, a quarter of a bare call
+//! (~28 us here), and it holds only what the firmware itself wrote, which
+//! is no way to keep state that the guest could not hand it in DATA_IN
+//! anyway. efivmm reads back only the length a reply names, clamped to the
+//! caller's buffer.
 
 pub mod image;
 pub mod layout;
