@@ -62,3 +62,23 @@ fn a_store_left_invalid_is_never_written_to_disk() {
     req.mailbox.args = [0x100, 0, 0, 0, 0, 0, 0, 0];
     contained(req, Duration::from_secs(1));
 }
+
+/// An invalid store is a failed call: the whole sandbox is restored, not
+/// just the store (here seen through DATA_OUT, which only a restore clears).
+#[test]
+fn an_invalid_store_restores_the_whole_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fw = firmware(&dir);
+    let mut fill = Request::new(Service::DiagBuffers, 0);
+    fill.mailbox.args[0] = 0x100;
+    assert_eq!(fw.request(&fill).reply.status, EFI_SUCCESS);
+    assert_eq!(fw.request(&Request::new(Service::DiagBuffers, 0)).reply.outs[2], 0x100);
+    let mut bad = Request::new(Service::DiagScribble, 0);
+    bad.mailbox.args = [0x100, 0, 0, 0, 0, 0, 0, 0];
+    let done = fw.request(&bad);
+    assert_eq!(done.reply.status, EFI_DEVICE_ERROR);
+    assert!(done.failure.unwrap().contains("invalid store"));
+    let after = fw.request(&Request::new(Service::DiagBuffers, 0));
+    assert_eq!(after.reply.status, EFI_SUCCESS);
+    assert_eq!(after.reply.outs[2], 0, "the sandbox was not restored after the invalid store");
+}

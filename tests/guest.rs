@@ -101,8 +101,18 @@ fn a_huge_timeout_or_initrd_is_a_usage_error_not_a_panic() {
 /// A minimal ELF kernel loaded at 2 MiB whose entry is `hlt; jmp $-1` with
 /// interrupts off: a guest that never stops by itself.
 fn halting_kernel(dir: &std::path::Path) -> std::path::PathBuf {
+    tiny_kernel(dir, "halt.elf", &[0xfa, 0xf4, 0xeb, 0xfd]) // cli; hlt; jmp -3
+}
+
+/// A minimal ELF kernel that writes `x` to COM1 forever.
+fn printing_kernel(dir: &std::path::Path) -> std::path::PathBuf {
+    // cli; mov dx, 0x3f8; mov al, 'x'; 1: out dx, al; jmp 1b
+    tiny_kernel(dir, "print.elf", &[0xfa, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'x', 0xee, 0xeb, 0xfd])
+}
+
+/// A minimal ELF kernel loaded at 2 MiB whose entry is `code`.
+fn tiny_kernel(dir: &std::path::Path, name: &str, code: &[u8]) -> std::path::PathBuf {
     const LOAD: u64 = 0x20_0000;
-    let code = [0xfa, 0xf4, 0xeb, 0xfd]; // cli; hlt; jmp -3
     let mut elf = Vec::new();
     elf.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
     elf.extend_from_slice(&[0; 8]);
@@ -124,8 +134,8 @@ fn halting_kernel(dir: &std::path::Path) -> std::path::PathBuf {
         elf.extend_from_slice(&v.to_le_bytes());
     }
     assert_eq!(elf.len(), 0x78);
-    elf.extend_from_slice(&code);
-    let path = dir.join("halt.elf");
+    elf.extend_from_slice(code);
+    let path = dir.join(name);
     std::fs::write(&path, elf).unwrap();
     path
 }
@@ -182,6 +192,70 @@ fn a_running_guest_stops_on_signals_timeout_and_the_console_escape() {
     assert_eq!(child.try_wait().unwrap(), None);
     stdin.write_all(b"\x01x").unwrap();
     assert_eq!(wait(&mut child), Some(0));
+}
+
+/// A guest that prints continuously to a stdout nobody reads (the pipe is
+/// full, so every write would block) still stops on SIGTERM, at once, with
+/// console input arriving too.
+#[test]
+fn a_stalled_console_does_not_keep_efivmm_from_stopping() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = printing_kernel(dir.path());
+    let stderr = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+    // Wait until the pipe is full (64 KiB on Linux, in pages: a large
+    // write may leave part of the last one unused): from then on, a write
+    // to efivmm's stdout blocks.
+    let start = Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD stores the pipe's byte count in `queued`.
+        assert_eq!(unsafe { libc::ioctl(stdout.as_raw_fd(), libc::FIONREAD, &mut queued) }, 0);
+        if queued >= 60 * 1024 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(30) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("the guest's output never filled the pipe ({queued} bytes): {}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(child.try_wait().unwrap(), None, "the printing guest must still be running: {}", log());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"console input while the output is stalled").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let stopping = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if stopping.elapsed() > Duration::from_secs(10) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("efivmm did not stop within 10 s of SIGTERM with its stdout stalled: {}", log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(143), "{}", log());
+    assert!(stopping.elapsed() < Duration::from_secs(3), "stopping took {:?}", stopping.elapsed());
+    drop(stdout);
 }
 
 /// Boots the embedded test kernel with `cmdline` on `cpus` vCPUs; returns

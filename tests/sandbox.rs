@@ -62,3 +62,109 @@ fn a_hang_ends_at_the_deadline_and_the_next_call_works() {
     assert!(start.elapsed() >= Duration::from_millis(200));
     assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
 }
+
+/// An ELF64 x86-64 with one PT_LOAD per `(address, size, flags)`, each
+/// `size` bytes of `0xcc` (int3).
+fn crafted_elf(entry: u64, segments: &[(u64, u64, u32)]) -> Vec<u8> {
+    let mut out = vec![0u8; 0x1000];
+    out[..7].copy_from_slice(b"\x7fELF\x02\x01\x01");
+    out[16] = 2; // ET_EXEC
+    out[18] = 62; // EM_X86_64
+    out[20] = 1;
+    out[24..32].copy_from_slice(&entry.to_le_bytes());
+    out[32..40].copy_from_slice(&64u64.to_le_bytes());
+    out[52] = 64;
+    out[54] = 56;
+    out[56] = segments.len() as u8;
+    let mut offset = 0x1000u64;
+    for (i, &(addr, size, flags)) in segments.iter().enumerate() {
+        let ph = 64 + i * 56;
+        out[ph] = 1; // PT_LOAD
+        out[ph + 4..ph + 8].copy_from_slice(&flags.to_le_bytes());
+        for (o, v) in [(8, offset), (16, addr), (24, addr), (32, size), (40, size), (48, 0x1000)] {
+            out[ph + o..ph + o + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        offset += size;
+    }
+    out.resize(offset as usize, 0xcc);
+    out
+}
+
+#[test]
+fn a_firmware_segment_outside_the_firmware_region_is_refused() {
+    use efivmm::sandbox::SetupError;
+    use sandbox_abi::FIRMWARE_ADDR;
+    // A well-formed image loads ...
+    let good = crafted_elf(FIRMWARE_ADDR, &[(FIRMWARE_ADDR, 0x1000, 5)]);
+    assert!(Sandbox::new(&good, &empty_store()).is_ok());
+    // ... one with a segment on the IDT (0x3000) does not, although its
+    // entry point and end lie in the firmware region.
+    let bad = crafted_elf(FIRMWARE_ADDR, &[(FIRMWARE_ADDR, 0x1000, 5), (0x3000, 0x1000, 6)]);
+    match Sandbox::new(&bad, &empty_store()) {
+        Err(SetupError::BadFirmware(why)) => assert!(why.contains("0x3000"), "{why}"),
+        Err(e) => panic!("expected BadFirmware, got {e}"),
+        Ok(_) => panic!("a firmware with a segment at 0x3000 was loaded"),
+    }
+}
+
+fn diag_args(service: Service, args: &[u64]) -> Mailbox {
+    let mut m = diag(service);
+    m.args[..args.len()].copy_from_slice(args);
+    m
+}
+
+/// The firmware cannot patch its own code: the write faults, the call
+/// fails, and the next call runs the image's code.
+#[test]
+fn the_firmware_cannot_patch_its_own_text() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    let before = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
+    let (byte, addr) = (before.outs[0], before.outs[1]);
+    assert_eq!(byte, 0x5a);
+    match sb.call(&diag_args(Service::DiagPatchText, &[0xa5]), &[], &[]) {
+        Err(CallFailure::Fault { vector: 14, cr2, error_code, .. }) => {
+            assert_eq!(cr2, addr);
+            assert_eq!(error_code & 0b111, 0b111, "a user-mode write to a present page: {error_code:#x}");
+        }
+        other => panic!("the firmware wrote its own text: {other:?}"),
+    }
+    let after = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
+    assert_eq!(after.outs[0], 0x5a, "the next call must run the unpatched image");
+}
+
+/// `.data`/`.bss` start from the image on every call.
+#[test]
+fn no_firmware_data_survives_a_call() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(sb.call(&diag(Service::DiagCounter), &[], &[]).unwrap().outs[0], 0);
+    }
+}
+
+/// A failed call leaves no FPU/SSE state to the next.
+#[test]
+fn fpu_state_is_reset_after_a_failed_call() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
+    // FTZ | DAZ | all exceptions masked, rounding toward zero.
+    match sb.call(&diag_args(Service::DiagFpu, &[0xffc0]), &[], &[]) {
+        Err(CallFailure::Fault { vector: 6, .. }) => {}
+        other => panic!("expected #UD, got {other:?}"),
+    }
+    assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
+}
+
+/// The input buffers hold this call's inputs only; a failed call clears
+/// the output buffer too.
+#[test]
+fn buffers_hold_no_stale_tails() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    let r = sb.call(&diag_args(Service::DiagBuffers, &[0x3000]), &[7; 100], &[9; 5000]).unwrap();
+    assert_eq!(r.outs[..3], [100, 5000, 0]);
+    let r = sb.call(&diag(Service::DiagBuffers), &[7; 2], &[9; 10]).unwrap();
+    assert_eq!(r.outs[..2], [2, 10], "stale input tails");
+    assert_eq!(r.outs[2], 0x3000, "DATA_OUT is the firmware's own between completed calls");
+    sb.call(&diag(Service::DiagFault), &[], &[]).unwrap_err();
+    let r = sb.call(&diag(Service::DiagBuffers), &[], &[]).unwrap();
+    assert_eq!(r.outs[..3], [0, 0, 0], "a failed call leaves nothing in the buffers");
+}

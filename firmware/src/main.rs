@@ -5,8 +5,10 @@
 //! of `sandbox_abi`. The firmware serves the call, rings the doorbell
 //! (`out DOORBELL_PORT`) and jumps back to `_start` on a fresh stack, where the
 //! next call begins when efivmm resumes the vCPU. Each call starts afresh, so
-//! no state survives a call except the store. (After a failed call efivmm
-//! sets the registers to the entry state itself.)
+//! no state survives a call except the store. efivmm enforces this: the
+//! text and rodata are mapped read-only, `.data`/`.bss` are reset from the
+//! image before every call, and after a failed call it also resets the
+//! registers (general, special, FPU/SSE) and the buffers.
 //!
 //! Built for the host (as the workspace's tests do) this is an empty program.
 #![cfg_attr(target_os = "none", no_std, no_main)]
@@ -20,6 +22,14 @@ mod entry {
     const EFI_SUCCESS: u64 = 0;
     const EFI_INVALID_PARAMETER: u64 = 0x8000_0000_0000_0002;
     const EFI_BAD_BUFFER_SIZE: u64 = 0x8000_0000_0000_0004;
+
+    /// A byte of the firmware's text for `DiagPatchText` (never executed).
+    #[link_section = ".text.diag"]
+    #[used]
+    static DIAG_TEXT_BYTE: u8 = 0x5a;
+
+    /// A `.bss` counter for `DiagCounter`.
+    static mut DIAG_COUNTER: u64 = 0;
 
     /// The firmware's entry for one call.
     #[no_mangle]
@@ -68,6 +78,58 @@ mod entry {
                     mailbox.outs[0] = u64::from(v);
                 }
                 mailbox.store_dirty = 1;
+                mailbox.status = EFI_SUCCESS;
+            }
+            Some(Service::DiagPatchText) => {
+                let at = core::ptr::addr_of!(DIAG_TEXT_BYTE);
+                // SAFETY: reads a byte of the firmware's own text (mapped
+                // readable); volatile, as efivmm's test may have changed it.
+                mailbox.outs[0] = u64::from(unsafe { core::ptr::read_volatile(at) });
+                mailbox.outs[1] = at as u64;
+                if mailbox.args[0] != 0 {
+                    // SAFETY: deliberately writes the firmware's own text,
+                    // which efivmm maps read-only: a #PF ends the call.
+                    unsafe {
+                        asm!("mov byte ptr [{0}], {1}", in(reg) at, in(reg_byte) mailbox.args[0] as u8, options(nostack))
+                    };
+                }
+                mailbox.status = EFI_SUCCESS;
+            }
+            Some(Service::DiagCounter) => {
+                // SAFETY: a counter in .bss; the firmware is single-threaded
+                // and nothing else refers to it.
+                unsafe {
+                    let counter = core::ptr::addr_of_mut!(DIAG_COUNTER);
+                    mailbox.outs[0] = core::ptr::read_volatile(counter);
+                    core::ptr::write_volatile(counter, mailbox.outs[0].wrapping_add(1));
+                }
+                mailbox.status = EFI_SUCCESS;
+            }
+            Some(Service::DiagFpu) => {
+                let mut mxcsr = 0u32;
+                // SAFETY: stmxcsr stores 4 bytes into `mxcsr` (CR4.OSFXSR is set).
+                unsafe { asm!("stmxcsr [{0}]", in(reg) &mut mxcsr, options(nostack)) };
+                mailbox.outs[0] = u64::from(mxcsr);
+                if mailbox.args[0] != 0 {
+                    let value = mailbox.args[0] as u32;
+                    // SAFETY: loads MXCSR (a #GP if reserved bits are set),
+                    // then faults deliberately with #UD.
+                    unsafe { asm!("ldmxcsr [{0}]", "ud2", in(reg) &value, options(nostack, noreturn)) };
+                }
+                mailbox.status = EFI_SUCCESS;
+            }
+            Some(Service::DiagBuffers) => {
+                let extent = |addr: u64, size: u64| {
+                    // SAFETY: the buffers are mapped readable for CPL3.
+                    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, size as usize) };
+                    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+                };
+                mailbox.outs[0] = extent(NAME_ADDR, NAME_SIZE);
+                mailbox.outs[1] = extent(DATA_IN_ADDR, DATA_SIZE);
+                mailbox.outs[2] = extent(DATA_OUT_ADDR, DATA_SIZE);
+                let fill = mailbox.args[0].min(DATA_SIZE) as usize;
+                // SAFETY: DATA_OUT is mapped writable for CPL3; `fill` <= DATA_SIZE.
+                unsafe { core::ptr::write_bytes(DATA_OUT_ADDR as *mut u8, 0xaa, fill) };
                 mailbox.status = EFI_SUCCESS;
             }
             Some(Service::DiagPrivileged) => {

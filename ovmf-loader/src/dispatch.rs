@@ -260,8 +260,15 @@ pub fn serve<R: Runtime>(rt: &mut R, mb: &mut Mailbox, block: &mut Block<'_>) ->
         Some(Service::QueryVariableInfo) => query_variable_info(rt, mb),
         Some(Service::SetVirtualAddressMap)
         | Some(Service::ConvertPointer)
+        // The built-in firmware's own diagnostics (its privilege, its store
+        // image, its text and data, its FPU state and buffers) have no
+        // meaning for OVMF.
         | Some(Service::DiagPrivileged)
         | Some(Service::DiagScribble)
+        | Some(Service::DiagPatchText)
+        | Some(Service::DiagCounter)
+        | Some(Service::DiagFpu)
+        | Some(Service::DiagBuffers)
         | None => UNSUPPORTED,
     };
     Outcome::Reply

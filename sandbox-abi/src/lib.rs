@@ -42,6 +42,16 @@
 //! | UpdateCapsule(**Headers, Count, SgList) | `args[0]` count, `args[1]` SgList value; the capsule headers (28 bytes each) at DATA_IN | |
 //! | QueryCapsuleCapabilities(**Headers, Count, *MaxSize, *ResetType) | `args[0]` count; headers at DATA_IN | `outs[0]` max size, `outs[1]` reset type |
 //!
+//! ## Buffers between calls
+//!
+//! efivmm writes exactly the name and input data of a call and zeroes what
+//! is left of the previous call's longer input in NAME and DATA_IN; the
+//! firmware must still take lengths from `args`, never from the buffers'
+//! contents. The firmware's `.data`/`.bss` are reset from the image before
+//! every call (its text and rodata are read-only), so no firmware state
+//! survives a call except the store and DATA_OUT; DATA_OUT and NAME are
+//! zeroed after a failed call (see `efivmm::sandbox`).
+//!
 //! Names are UTF-16LE including the terminating NUL, exactly as the caller
 //! gave them (efivmm copies up to and including the first NUL it finds within
 //! `NAME_SIZE` bytes; without one, it passes the bytes it has and the firmware
@@ -270,6 +280,24 @@ pub enum Service {
     /// returns EFI_SUCCESS with `store_dirty` set (a firmware that corrupts
     /// its store).
     DiagScribble = 0x105,
+    /// Diagnostic: `outs[0]` = a byte in the firmware's own `.text`
+    /// (`outs[1]` = its address); if `args[0]` is non-zero, the firmware
+    /// then writes `args[0] as u8` there (its text is read-only: a #PF) and
+    /// returns EFI_SUCCESS.
+    DiagPatchText = 0x106,
+    /// Diagnostic: `outs[0]` = a counter in the firmware's `.bss`, which the
+    /// call then increments (efivmm resets `.data`/`.bss` before every call,
+    /// so it always reads 0).
+    DiagCounter = 0x107,
+    /// Diagnostic: `outs[0]` = MXCSR as the call found it; if `args[0]` is
+    /// non-zero, loads MXCSR with `args[0]` and faults (#UD), leaving the
+    /// FPU state changed behind a failed call.
+    DiagFpu = 0x108,
+    /// Diagnostic: how far each buffer holds non-zero bytes: `outs[0]` for
+    /// NAME, `outs[1]` for DATA_IN, `outs[2]` for DATA_OUT (offset of the
+    /// last non-zero byte + 1); then the firmware fills the first `args[0]`
+    /// bytes of DATA_OUT with 0xAA.
+    DiagBuffers = 0x109,
 }
 
 impl Service {
@@ -297,6 +325,10 @@ impl Service {
             0x103 => DiagPrivileged,
             0x104 => DiagNop,
             0x105 => DiagScribble,
+            0x106 => DiagPatchText,
+            0x107 => DiagCounter,
+            0x108 => DiagFpu,
+            0x109 => DiagBuffers,
             _ => return None,
         })
     }
@@ -347,7 +379,7 @@ mod tests {
 
     #[test]
     fn service_numbers_round_trip() {
-        for n in (0..14).chain(0x100..0x106) {
+        for n in (0..14).chain(0x100..0x10a) {
             assert_eq!(Service::from_u64(n).unwrap() as u64, n);
         }
         assert!(Service::from_u64(14).is_none());

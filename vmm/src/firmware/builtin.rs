@@ -83,9 +83,14 @@ impl Backend for Builtin {
         (reply.store_dirty != 0).then(|| self.sandbox.store())
     }
 
+    /// Also restores the rest of the sandbox (firmware image, buffers, vCPU):
+    /// the caller throws a call's outcome away after a sandbox failure, an
+    /// invalid store or a failed commit, and in each case the firmware that
+    /// produced it must not run on with whatever state it left.
     fn restore_store(&mut self, image: &[u8]) {
         // The reservation may not have reached the disk.
         self.lease = None;
+        self.sandbox.restore();
         if let Err(e) = self.sandbox.load_store(image) {
             tracing::error!("cannot restore the sandbox store: {e}");
         }

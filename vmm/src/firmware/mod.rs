@@ -94,7 +94,10 @@ pub trait Backend: Send {
     fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8>;
     /// The store image, if the last call changed it (`reply` is its mailbox).
     fn changed_store(&mut self, reply: &Mailbox) -> Option<Vec<u8>>;
-    /// Puts the store back to `image` (the last committed one).
+    /// Puts the store back to `image` (the last committed one). Called
+    /// after every failed call (a sandbox failure, an invalid store, a failed
+    /// commit); a backend that can also reset the firmware's own state
+    /// there does (the built-in one restores its whole sandbox).
     fn restore_store(&mut self, image: &[u8]);
     /// Sets the deadline of each call.
     fn set_deadline(&mut self, deadline: Duration);

@@ -166,7 +166,7 @@ pub fn call_service(
 }
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 #[cfg(test)]
 mod tests;

@@ -4,9 +4,13 @@
 //!
 //! Memory map (see `sandbox_abi`): page 0 is unmapped; the system pages
 //! (GDT..page tables) are supervisor-only; everything from
-//! `FIRMWARE_ADDR` up is user-accessible, and everything from `STACK_BOTTOM`
-//! up (stack, mailbox, buffers, store) is no-execute.
+//! `FIRMWARE_ADDR` up is user-accessible. The firmware image is mapped from
+//! its ELF program headers: text read-only and executable, rodata read-only,
+//! data and bss writable and no-execute (pages outside its segments are not
+//! mapped); everything from `STACK_BOTTOM` up (stack, mailbox, buffers,
+//! store) is writable and no-execute. EFER.NXE is set ([`firmware_sregs`]).
 
+use super::image::{FirmwareImage, PF_W, PF_X};
 use crate::segments;
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use sandbox_abi::*;
@@ -42,8 +46,28 @@ const TSS_SEL: u16 = 0x28;
 const IOPB_OFFSET: u64 = 0x68;
 const TSS_LIMIT: u32 = (IOPB_OFFSET + 32) as u32;
 
-/// Writes page tables, GDT, TSS, IDT and exception stubs into `mem`.
-pub fn write_system_structures(mem: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
+/// The page-table flags of a firmware page in a segment with ELF `p_flags`:
+/// user-accessible; writable only if the segment is (then never executable);
+/// executable only if the segment is (then never writable). A segment is
+/// never both ([`FirmwareImage::parse`] refuses it).
+pub fn firmware_page_flags(p_flags: u32) -> u64 {
+    let mut flags = PTE_PRESENT | PTE_USER;
+    if p_flags & PF_W != 0 {
+        flags |= PTE_WRITE;
+    }
+    if p_flags & PF_X == 0 || p_flags & PF_W != 0 {
+        flags |= PTE_NX;
+    }
+    flags
+}
+
+/// Writes page tables, GDT, TSS, IDT and exception stubs into `mem`. The
+/// firmware region is mapped per `image`'s segments ([`firmware_page_flags`]);
+/// its pages outside every segment are not mapped.
+pub fn write_system_structures(
+    mem: &GuestMemoryMmap,
+    image: &FirmwareImage,
+) -> Result<(), vm_memory::GuestMemoryError> {
     const _: () = assert!(PAGE_TABLES_END <= FIRMWARE_ADDR);
     const _: () = assert!(SANDBOX_MEM_SIZE.is_multiple_of(512 * 4096) && PT_PAGES <= 512);
 
@@ -60,8 +84,9 @@ pub fn write_system_structures(mem: &GuestMemoryMmap) -> Result<(), vm_memory::G
             0 // not present: null guard, and the unused gap
         } else if addr < PAGE_TABLES_END {
             PTE_PRESENT | PTE_WRITE // CPL0 only
-        } else if addr < STACK_BOTTOM {
-            PTE_PRESENT | PTE_WRITE | PTE_USER // firmware image
+        } else if addr < FIRMWARE_END {
+            // The firmware image: R-X text, R rodata, RW-NX data and bss.
+            image.segments.iter().find(|s| s.pages().contains(&addr)).map_or(0, |s| firmware_page_flags(s.flags))
         } else {
             PTE_PRESENT | PTE_WRITE | PTE_USER | PTE_NX // stack, mailbox, buffers, store
         };
@@ -169,6 +194,26 @@ pub fn entry_stub_state(firmware: &kvm_sregs) -> (kvm_sregs, kvm_regs) {
     (sregs, regs)
 }
 
+/// A clean x87/SSE state (as after FNINIT, MXCSR at its reset value, all
+/// data registers zero), set on every (re-)entry through the stub. (AVX
+/// and later XSAVE components are not reset: the firmware is built
+/// soft-float and the sandbox's CR4 does not enable OSXSAVE.)
+pub fn clean_fpu() -> kvm_bindings::kvm_fpu {
+    kvm_bindings::kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+}
+
+/// Makes the legacy (FXSAVE) part of an XSAVE image clean like
+/// [`clean_fpu`]: FCW, FSW, FTW, the x87 and XMM registers, MXCSR.
+pub fn clean_xsave_legacy(xsave: &mut kvm_bindings::kvm_xsave) {
+    // 512 bytes = 128 u32: FCW|FSW, FTW|FOP, FIP, FDP, MXCSR at byte 24,
+    // ST0-7 from byte 32, XMM0-15 from byte 160.
+    let mxcsr_mask = xsave.region[7];
+    xsave.region[..128].fill(0);
+    xsave.region[0] = 0x37f;
+    xsave.region[6] = 0x1f80;
+    xsave.region[7] = mxcsr_mask;
+}
+
 /// Whether an exception vector pushes an error code.
 pub fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
@@ -215,9 +260,13 @@ pub fn firmware_regs(entry: u64) -> kvm_regs {
 mod tests {
     use super::*;
 
+    fn image() -> FirmwareImage {
+        FirmwareImage::parse(crate::sandbox::BUILTIN_FIRMWARE).unwrap()
+    }
+
     fn mem() -> GuestMemoryMmap {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), SANDBOX_MEM_SIZE as usize)]).unwrap();
-        write_system_structures(&mem).unwrap();
+        write_system_structures(&mem, &image()).unwrap();
         mem
     }
 
@@ -244,8 +293,8 @@ mod tests {
         assert_eq!(walk(&mem, UNMAPPED_ADDR), None);
         let sys = walk(&mem, IDT_ADDR).unwrap();
         assert_eq!(sys & PTE_USER, 0, "IDT must be CPL0-only");
-        let fw = walk(&mem, FIRMWARE_ADDR + 0x5000).unwrap();
-        assert_eq!(fw & 0x000f_ffff_ffff_f000, FIRMWARE_ADDR + 0x5000);
+        let fw = walk(&mem, FIRMWARE_ADDR).unwrap();
+        assert_eq!(fw & 0x000f_ffff_ffff_f000, FIRMWARE_ADDR);
         assert_ne!(fw & PTE_USER, 0);
         assert_eq!(fw & PTE_NX, 0);
         let store = walk(&mem, STORE_ADDR + 0x1000).unwrap();
@@ -253,6 +302,39 @@ mod tests {
         assert_ne!(store & PTE_NX, 0, "data must not be executable");
         assert!(walk(&mem, SANDBOX_MEM_SIZE - 4096).is_some());
         assert_eq!(walk(&mem, SANDBOX_MEM_SIZE), None);
+    }
+
+    /// Text is R-X, rodata R, data and bss RW-NX: no firmware page is both
+    /// writable and executable, and none outside the segments is mapped.
+    #[test]
+    fn firmware_pages_follow_the_program_headers() {
+        let mem = mem();
+        let image = image();
+        let (mut text, mut data) = (0, 0);
+        for page in (FIRMWARE_ADDR..FIRMWARE_END).step_by(4096) {
+            let pte = walk(&mem, page);
+            let Some(seg) = image.segments.iter().find(|s| s.pages().contains(&page)) else {
+                assert_eq!(pte, None, "{page:#x} lies outside every segment");
+                continue;
+            };
+            let pte = pte.unwrap();
+            assert_ne!(pte & PTE_USER, 0);
+            assert!(pte & PTE_WRITE == 0 || pte & PTE_NX != 0, "{page:#x} is writable and executable");
+            if seg.flags & PF_X != 0 {
+                text += 1;
+                assert_eq!(pte & PTE_WRITE, 0, "text page {page:#x} must not be writable");
+                assert_eq!(pte & PTE_NX, 0, "text page {page:#x} must be executable");
+            } else if seg.flags & PF_W != 0 {
+                data += 1;
+                assert_ne!(pte & PTE_WRITE, 0, "data page {page:#x} must be writable");
+                assert_ne!(pte & PTE_NX, 0, "data page {page:#x} must not be executable");
+            } else {
+                assert_eq!(pte & (PTE_WRITE | PTE_NX), PTE_NX, "rodata page {page:#x} must be read-only, NX");
+            }
+        }
+        assert!(text > 0 && data > 0, "{text} text pages, {data} data pages");
+        // The CPU enforces NX only with EFER.NXE.
+        assert_ne!(firmware_sregs(kvm_sregs::default()).efer & 0x800, 0);
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! can read. Everything else on the port bus reads as all-ones.
 //!
 //! Console input (efivmm's stdin) waits in a bounded queue and moves into the
-//! UART's 64-byte receive FIFO as the guest drains it.
+//! UART's 64-byte receive FIFO as the guest drains it. Output goes to a
+//! writer that never blocks ([`super::serial_out`]): these devices sit
+//! behind a lock every vCPU and the event loop take.
 
 use std::collections::VecDeque;
 use std::io::Write;

@@ -12,6 +12,7 @@
 pub mod devices;
 mod event_loop;
 mod runtime_exit;
+pub mod serial_out;
 mod vcpu;
 
 use std::fs::File;
@@ -196,6 +197,9 @@ pub struct Stats {
     /// Host time spent serving the calls, from the trampoline's exit to the
     /// guest's registers set (waiting for the runtime lock included).
     pub call_time: Duration,
+    /// Runtime-call exits refused because they came from guest user mode
+    /// (not counted in `calls`).
+    pub refused_calls: u64,
 }
 
 /// A built guest, ready to run.
@@ -219,6 +223,7 @@ pub(crate) struct Shared {
     calls: AtomicU64,
     svam_calls: AtomicU64,
     call_ns: AtomicU64,
+    refused_calls: AtomicU64,
 }
 
 /// The state behind the runtime-services lock.
@@ -374,12 +379,25 @@ impl Vm {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Memory(e.to_string()))?;
         vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm("connect the serial interrupt"))?;
         let has_sink = config.serial_sink.is_some();
+        // Stdout and files are written by a thread of their own through a
+        // bounded queue (serial_out): a stalled reader never blocks a vCPU.
+        // Stdout is a duplicate of fd 1, so that thread never holds the
+        // process's stdout lock.
+        let queued = |out: Box<dyn Write + Send>| -> Result<Box<dyn Write + Send>, VmError> {
+            Ok(Box::new(serial_out::QueuedOutput::new(out).map_err(VmError::Serial)?))
+        };
         let out: Box<dyn Write + Send> = match (config.serial_sink, &config.serial) {
             (Some(sink), _) => sink,
-            (None, SerialOut::Stdio) => Box::new(std::io::stdout()),
-            (None, SerialOut::File(p)) => {
-                Box::new(SerialFile::new(File::create(p).map_err(VmError::Serial)?, p.clone(), config.serial_limit))
+            (None, SerialOut::Stdio) => {
+                use std::os::fd::AsFd;
+                let fd = std::io::stdout().as_fd().try_clone_to_owned().map_err(VmError::Serial)?;
+                queued(Box::new(File::from(fd)))?
             }
+            (None, SerialOut::File(p)) => queued(Box::new(SerialFile::new(
+                File::create(p).map_err(VmError::Serial)?,
+                p.clone(),
+                config.serial_limit,
+            )))?,
             (None, SerialOut::Off) => Box::new(std::io::sink()),
         };
         tracing::info!(
@@ -397,6 +415,7 @@ impl Vm {
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
             call_ns: AtomicU64::new(0),
+            refused_calls: AtomicU64::new(0),
         };
         Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout })
     }
@@ -407,6 +426,7 @@ impl Vm {
             calls: self.shared.calls.load(Ordering::Relaxed),
             svam_calls: self.shared.svam_calls.load(Ordering::Relaxed),
             call_time: Duration::from_nanos(self.shared.call_ns.load(Ordering::Relaxed)),
+            refused_calls: self.shared.refused_calls.load(Ordering::Relaxed),
         }
     }
 
