@@ -33,6 +33,12 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     launch: LaunchArgs,
+    /// Run without host confinement: no seccomp filters, no no_new_privs,
+    /// core dumps and ptrace by the same user allowed. For debugging with
+    /// strace or gdb only: UNSAFE with an untrusted guest, firmware or vars
+    /// file (see docs/security.md).
+    #[arg(long, global = true)]
+    no_seccomp: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +72,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    efivmm::confine::set_enabled(!cli.no_seccomp);
+    if !cli.no_seccomp {
+        if let Err(e) = efivmm::confine::harden_process() {
+            eprintln!("efivmm: error: {e}");
+            std::process::exit(3);
+        }
+    }
     let result: Result<i32, ExitError> = match cli.command {
         Some(Command::Rt(args)) => efivmm::rt::run(args).map(|json| println!("{json}")).map(|()| 0),
         Some(Command::Vars(args)) => efivmm::vars::run(args).map(|()| 0),
