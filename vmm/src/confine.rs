@@ -288,9 +288,10 @@ fn common(r: &mut Rules) {
     // Clocks (the vDSO normally answers), thread id, HashMap keys.
     allow(r, &[SYS_clock_gettime, SYS_gettid, SYS_getrandom]);
     // Logs and panics to stderr; closing what the thread owns (Rust's std
-    // checks a descriptor is open before closing it: F_GETFD).
+    // checks a descriptor is open before closing it: F_GETFD; musl's open
+    // sets FD_CLOEXEC again: F_SETFD).
     allow(r, &[SYS_write, SYS_close]);
-    allow_values(r, SYS_fcntl, 1, &[F_GETFD as u64]);
+    allow_values(r, SYS_fcntl, 1, &[F_GETFD as u64, F_SETFD as u64]);
     // The thread or the process ends.
     allow(r, &[SYS_exit, SYS_exit_group]);
 }
@@ -301,11 +302,21 @@ fn common(r: &mut Rules) {
 /// the console writer: a panic there prints its message only.
 fn backtrace(r: &mut Rules) {
     use libc::*;
-    allow(r, &[SYS_getcwd, SYS_lseek, SYS_read, SYS_statx]);
-    allow_without_bits(r, SYS_openat, 2, (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) as u64);
+    allow(r, &[SYS_getcwd, SYS_lseek, SYS_read, SYS_statx, SYS_fstat]);
+    read_only_opens(r);
+}
+
+/// Opening files for reading only: `openat` (glibc) or `open` (musl, the
+/// lab's static build), with none of the flags that write or create.
+fn read_only_opens(r: &mut Rules) {
+    use libc::*;
+    let writes = (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) as u64;
+    allow_without_bits(r, SYS_openat, 2, writes);
+    allow_without_bits(r, SYS_open, 1, writes);
 }
 
 /// The main thread while a guest runs, and after.
+#[allow(clippy::unnecessary_cast)] // libc::Ioctl: u64 with glibc, i32 with musl
 fn event_loop(r: &mut Rules) {
     use libc::*;
     // The event loop: epoll over the stop eventfd, the signal eventfd and
@@ -314,13 +325,14 @@ fn event_loop(r: &mut Rules) {
     // Stopping the vCPU threads: the kick signal (pthread_kill: tgkill
     // with glibc, tkill with musl), a 1 ms sleep between rounds.
     allow(r, &[SYS_tgkill, SYS_tkill, SYS_getpid, SYS_clock_nanosleep, SYS_nanosleep]);
-    // The terminal on stdin back to canonical mode at exit.
-    allow_values(r, SYS_ioctl, 1, &[TCGETS as u64, TCSETS as u64]);
+    // The terminal on stdin back to canonical mode at exit (isatty is
+    // TCGETS with glibc, TIOCGWINSZ with musl).
+    allow_values(r, SYS_ioctl, 1, &[TCGETS as u64, TCSETS as u64, TIOCGWINSZ as u64]);
     // Tear-down: the temporary vars directory is removed (remove_dir_all:
     // read-only opens of directories, fdopendir, listing, unlinks); nothing
     // is opened for writing or created.
-    allow_without_bits(r, SYS_openat, 2, (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC) as u64);
-    allow(r, &[SYS_getdents64, SYS_unlinkat, SYS_newfstatat, SYS_statx]);
+    read_only_opens(r);
+    allow(r, &[SYS_getdents64, SYS_unlinkat, SYS_newfstatat, SYS_statx, SYS_fstat, SYS_lstat]);
     allow_values(r, SYS_fcntl, 1, &[F_GETFL as u64, F_SETFD as u64]);
     // The POSIX timer of the sandbox's deadline is deleted with the
     // firmware at exit.
@@ -349,6 +361,8 @@ fn vcpu(r: &mut Rules) {
 fn vars_commit(r: &mut Rules) {
     use libc::*;
     allow(r, &[SYS_openat, SYS_read, SYS_lseek, SYS_flock, SYS_fchmod, SYS_fsync, SYS_rename, SYS_statx]);
+    // The same with musl (the lab's static build): open, stat, fstat.
+    allow(r, &[SYS_open, SYS_stat, SYS_fstat]);
     // The vars-file hardening (audit F1, F2, F3, F16; another branch):
     // random temp names (getrandom, common) created O_EXCL relative to
     // the directory, renamed with RENAME_NOREPLACE (or linked) when
@@ -370,8 +384,6 @@ fn sandbox_rebuild(r: &mut Rules) {
         SYS_ioctl,
         1,
         &[
-            kvm::GET_API_VERSION,
-            kvm::CHECK_EXTENSION,
             kvm::GET_VCPU_MMAP_SIZE,
             kvm::GET_SUPPORTED_CPUID,
             kvm::CREATE_VM,
@@ -397,6 +409,7 @@ fn console_writer(r: &mut Rules) {
 /// `efivmm vars` (besides vars_commit): paths resolved (realpath reads
 /// each link), reading at offsets, directory listings (stale temp files),
 /// isatty for the output.
+#[allow(clippy::unnecessary_cast)] // libc::Ioctl: u64 with glibc, i32 with musl
 fn offline(r: &mut Rules) {
     use libc::*;
     allow(r, &[SYS_readlink, SYS_getdents64]);
@@ -426,9 +439,7 @@ pub mod kvm {
     }
 
     // /dev/kvm
-    pub const GET_API_VERSION: u64 = io(0x00);
     pub const CREATE_VM: u64 = io(0x01);
-    pub const CHECK_EXTENSION: u64 = io(0x03);
     pub const GET_VCPU_MMAP_SIZE: u64 = io(0x04);
     pub const GET_SUPPORTED_CPUID: u64 = iowr(0x05, size_of::<kvm_cpuid2>());
     // VM fd
