@@ -676,6 +676,7 @@ mod tests {
             Role::Offline,
         ] {
             let filter = Filter::new(role).unwrap();
+            eprintln!("{role:?}: {} system calls, {} BPF instructions", rules(role).len(), filter.program.len());
             assert!(filter.program.len() < 4096, "{role:?}: {} instructions", filter.program.len());
         }
     }
