@@ -36,7 +36,8 @@ struct Cli {
     /// Run without host confinement: no seccomp filters, no no_new_privs,
     /// core dumps and ptrace by the same user allowed. For debugging with
     /// strace or gdb only: UNSAFE with an untrusted guest, firmware or vars
-    /// file (see docs/security.md).
+    /// file (see docs/security.md). With a command, give it after the
+    /// command's name: `efivmm rt --no-seccomp ...`.
     #[arg(long, global = true)]
     no_seccomp: bool,
 }
