@@ -341,3 +341,87 @@ fn serial_output_to_a_file_stops_at_its_size_limit_with_one_warning() {
     assert_eq!(cut, full[..30]);
     assert_eq!(stderr.matches("--serial-limit").count(), 1, "{stderr}");
 }
+
+/// Host confinement (audit F15): every thread of a running `efivmm
+/// --kernel` (the main thread's event loop, each vCPU thread) has its
+/// seccomp filter (mode 2) and no_new_privs; guest and sandbox memory are
+/// marked to stay out of core dumps (`dd`). With `--no-seccomp`, no filter.
+#[test]
+fn every_thread_of_a_running_guest_is_confined() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = halting_kernel(dir.path());
+    let status_of = |pid: u32, confined: bool| -> Vec<String> {
+        // Wait for the main thread and both vCPU threads to be confined.
+        let want = if confined { "2" } else { "0" };
+        let start = Instant::now();
+        loop {
+            let mut threads = Vec::new();
+            for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+                let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+                let field = |k: &str| {
+                    status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string()).unwrap_or_default()
+                };
+                threads.push(format!(
+                    "{} Seccomp={} NoNewPrivs={}",
+                    field("Name:"),
+                    field("Seccomp:"),
+                    field("NoNewPrivs:")
+                ));
+            }
+            let named = ["efivmm ", "vcpu0 ", "vcpu1 "].iter().all(|n| threads.iter().any(|t| t.starts_with(n)));
+            let done = named && threads.iter().all(|t| t.contains(&format!("Seccomp={want} ")));
+            if done || start.elapsed() > Duration::from_secs(10) {
+                return threads;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let spawn = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_efivmm"))
+            .arg("--kernel")
+            .arg(&kernel)
+            .args(["--cpus", "2"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    let mut child = spawn(&[]);
+    let threads = status_of(child.id(), true);
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id())).unwrap_or_default();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let code = child.wait().unwrap().code();
+    // The main thread, two vCPU threads, and KVM's own worker threads
+    // (e.g. `kvm-nx-lpage-recovery`, started by a vCPU thread's first
+    // KVM_RUN; kernel code only, but it inherits the filter).
+    assert!(threads.len() >= 3, "main + 2 vCPUs: {threads:?}");
+    for t in &threads {
+        assert!(t.ends_with("Seccomp=2 NoNewPrivs=1"), "{threads:?}");
+    }
+    assert_eq!(code, Some(143), "SIGTERM still stops a confined guest");
+    // Guest RAM (256 MiB) and the sandbox's memory are not dumped.
+    let dontdump_sizes: Vec<u64> = smaps
+        .split("\nSize:")
+        .skip(1)
+        .filter(|m| m.lines().any(|l| l.starts_with("VmFlags:") && l.split_whitespace().any(|f| f == "dd")))
+        .filter_map(|m| m.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(dontdump_sizes.contains(&(256 << 10)), "guest RAM not marked dd: {dontdump_sizes:?}");
+    assert!(
+        dontdump_sizes.contains(&(sandbox_abi::SANDBOX_MEM_SIZE >> 10)),
+        "sandbox memory not marked dd: {dontdump_sizes:?}"
+    );
+
+    let mut child = spawn(&["--no-seccomp"]);
+    let threads = status_of(child.id(), false);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(threads.iter().all(|t| t.ends_with("Seccomp=0 NoNewPrivs=0")), "{threads:?}");
+}

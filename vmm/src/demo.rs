@@ -362,6 +362,9 @@ pub fn bench_guest(iters: u64, which: &str) -> Result<BenchRun, String> {
 /// their ratio.
 fn run_bench(iters: u32) -> Result<i32, ExitError> {
     eprintln!("efivmm demo: {iters} bare exits and {iters} GetVariable calls timed in the guest");
+    // Asked before the guest runs: once it has, this thread is confined and
+    // may no longer create VMs.
+    let kvm_hz = kvm_tsc_hz();
     let run = run_test_kernel(
         &format!("efivmm.mode=bench efivmm.iters={iters}"),
         Duration::from_secs(120 + u64::from(iters) / 1000),
@@ -381,7 +384,6 @@ fn run_bench(iters: u32) -> Result<i32, ExitError> {
             return Ok(1);
         }
     };
-    let kvm_hz = kvm_tsc_hz();
     if let Some(hz) = kvm_hz.or(b.tsc_hz_calibrated) {
         let per = |tsc: u64, n: u64| if n == 0 { f64::NAN } else { tsc as f64 / n as f64 / hz * 1e6 };
         println!(

@@ -11,8 +11,10 @@
 //! - [`boot`]: the Linux boot path (e820, zero page with `efi_info`, 64-bit entry).
 //! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
 //! - [`devices`]: platform device models for running OVMF in the sandbox.
+//! - [`confine`]: host confinement: per-thread seccomp filters, no core dumps of guest memory.
 
 pub mod boot;
+pub mod confine;
 pub mod demo;
 pub mod devices;
 pub mod efi;
@@ -48,16 +50,20 @@ pub enum ExitError {
     /// `efivmm vars`: the variable does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The process could not confine itself (seccomp).
+    #[error(transparent)]
+    Confine(#[from] confine::ConfineError),
 }
 
 impl ExitError {
-    /// The process exit code: 1 variable not found, 2 usage, 3 KVM/sandbox,
+    /// The process exit code: 1 variable not found, 2 usage, 3 KVM/sandbox
+    /// (or seccomp unavailable),
     /// 4 vars file (unusable, locked, or no room for a change).
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitError::Usage(_) | ExitError::Setup(sandbox::SetupError::FirmwareFile { .. }) => 2,
             ExitError::Setup(sandbox::SetupError::SecureBootStore(_)) => 4,
-            ExitError::Setup(_) | ExitError::Kvm(_) => 3,
+            ExitError::Setup(_) | ExitError::Kvm(_) | ExitError::Confine(_) => 3,
             ExitError::Vars(_) | ExitError::Store(_) => 4,
             ExitError::NotFound(_) => 1,
         }
@@ -68,6 +74,7 @@ impl From<vm::VmError> for ExitError {
     fn from(e: vm::VmError) -> Self {
         match e {
             vm::VmError::Kvm(..) | vm::VmError::Event(_) => ExitError::Kvm(e.to_string()),
+            vm::VmError::Confine(c) => ExitError::Confine(c),
             _ => ExitError::Usage(e.to_string()),
         }
     }

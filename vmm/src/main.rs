@@ -34,6 +34,13 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     launch: LaunchArgs,
+    /// Run without host confinement: no seccomp filters, no no_new_privs,
+    /// core dumps and ptrace by the same user allowed. For debugging with
+    /// strace or gdb only: UNSAFE with an untrusted guest, firmware or vars
+    /// file (see docs/security.md). With a command, give it after the
+    /// command's name: `efivmm rt --no-seccomp ...`.
+    #[arg(long, global = true)]
+    no_seccomp: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,6 +74,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    efivmm::confine::set_enabled(!cli.no_seccomp);
+    if !cli.no_seccomp {
+        if let Err(e) = efivmm::confine::harden_process() {
+            eprintln!("efivmm: error: {e}");
+            std::process::exit(3);
+        }
+    }
     let result: Result<i32, ExitError> = match cli.command {
         // serde escapes only C0 in strings; DEL, C1 and bidi overrides too.
         Some(Command::Rt(args)) => {

@@ -142,6 +142,9 @@ pub fn run(args: RtArgs) -> Result<Value, ExitError> {
     if let Some(ms) = args.deadline_ms {
         fw.set_deadline(Duration::from_millis(ms));
     }
+    // This thread now serves the call: confined as a vCPU thread is.
+    let rebuild_sandbox = matches!(args.firmware, FirmwareSource::Ovmf(_));
+    crate::confine::install_if_enabled(crate::confine::Role::Vcpu { rebuild_sandbox })?;
     serve(&mut fw, args.service)
 }
 

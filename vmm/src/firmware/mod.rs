@@ -157,7 +157,7 @@ impl Firmware {
     pub fn start(source: &FirmwareSource, vars: VarsFile) -> Result<Self, SetupError> {
         let backend: Box<dyn Backend> = match source {
             FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
-            FirmwareSource::Ovmf(path) => Box::new(ovmf::Ovmf::boot(path, vars.image())?),
+            FirmwareSource::Ovmf(path) => Box::new(boot_ovmf(path, vars.image())?),
         };
         Ok(Firmware {
             backend,
@@ -256,6 +256,34 @@ impl Firmware {
         }
         Ok(reply)
     }
+}
+
+/// Boots OVMF to runtime. When this process confines itself, the boot runs
+/// on a thread of its own under the filter of a thread that serves calls
+/// and may rebuild the sandbox (`confine::Role::Vcpu`): OVMF's boot code
+/// (SEC, PEI, DXE, BDS at CPL0 in its sandbox) is the first firmware code
+/// to run, and the thread that runs it is confined like every later one.
+/// The `Ovmf` moves to the caller's thread afterwards (its deadline timer
+/// follows the thread that arms it).
+fn boot_ovmf(path: &std::path::Path, store: &[u8]) -> Result<ovmf::Ovmf, SetupError> {
+    use crate::confine::{Filter, Role};
+    if !crate::confine::enabled() {
+        return ovmf::Ovmf::boot(path, store);
+    }
+    let confine_err = |e: crate::confine::ConfineError| SetupError::FirmwareBoot(e.to_string());
+    // The kick signal's handler is installed before the filter forbids
+    // rt_sigaction.
+    crate::sandbox::install_kick_handler().map_err(SetupError::Watchdog)?;
+    let filter = Filter::new(Role::Vcpu { rebuild_sandbox: true }).map_err(confine_err)?;
+    let (path, store) = (path.to_path_buf(), store.to_vec());
+    let boot = std::thread::Builder::new()
+        .name("ovmf-boot".into())
+        .spawn(move || {
+            filter.install().map_err(confine_err)?;
+            ovmf::Ovmf::boot(&path, &store)
+        })
+        .map_err(SetupError::Watchdog)?;
+    boot.join().unwrap_or_else(|_| Err(SetupError::FirmwareBoot("the OVMF boot thread panicked".into())))
 }
 
 /// The host's UTC clock in ns since the Unix epoch.

@@ -191,6 +191,7 @@ impl Sandbox {
         // bytes long; `mem` lives in the same struct as the VM and is dropped
         // after it (field order), so the mapping outlives the slot.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map sandbox memory"))?;
+        crate::confine::dont_dump(&mem, "sandbox memory");
 
         layout::write_system_structures(&mem, &image).map_err(|e| SetupError::Memory(e.to_string()))?;
         mem.write_slice(&pristine, GuestAddress(FIRMWARE_ADDR)).map_err(|e| SetupError::Memory(e.to_string()))?;

@@ -197,6 +197,8 @@ pub fn validate(name: &str, attrs: u32, data: &[u8]) -> Result<(), String> {
 
 /// Runs `efivmm vars`.
 pub fn run(args: VarsArgs) -> Result<(), ExitError> {
+    // The file's content may be hostile: parse it under the offline filter.
+    crate::confine::install_if_enabled(crate::confine::Role::Offline)?;
     let path = args.file.ok_or_else(|| {
         ExitError::Usage("`efivmm vars` needs --file PATH (the vars file or OVMF.fd to work on)".into())
     })?;

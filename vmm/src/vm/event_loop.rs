@@ -20,6 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::terminal::Terminal;
 
 use super::{Exit, Shared};
+use crate::confine::Filter;
 
 /// The signals that stop the guest.
 const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -167,8 +168,9 @@ impl Drop for RawTerminal {
 }
 
 /// Runs the loop until a stop is requested or `timeout` passes (then the stop
-/// is `Exit::Timeout`).
-pub(super) fn run(shared: &Arc<Shared>, console_input: bool, timeout: Option<Duration>) {
+/// is `Exit::Timeout`). With `filter`, the thread confines itself once the
+/// loop is set up, before it reads any input.
+pub(super) fn run(shared: &Arc<Shared>, console_input: bool, timeout: Option<Duration>, filter: Option<&Filter>) {
     // A timeout too far away to be an `Instant` is no deadline at all (the
     // CLI caps --timeout; this keeps the library from panicking too).
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -192,6 +194,12 @@ pub(super) fn run(shared: &Arc<Shared>, console_input: bool, timeout: Option<Dur
     } else {
         None
     };
+    if let Some(filter) = filter {
+        if let Err(e) = filter.install() {
+            shared.stop.request(Exit::Crashed(e.to_string()));
+            return;
+        }
+    }
     while !shared.stop.requested() {
         let wait_ms = match deadline {
             Some(d) => {

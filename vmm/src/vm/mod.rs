@@ -30,7 +30,8 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, EfiHandover};
-use crate::firmware::Firmware;
+use crate::confine::{Filter, Role};
+use crate::firmware::{Firmware, FirmwareSource};
 use devices::LegacyDevices;
 
 /// Bytes reserved at the top of guest memory for the shim.
@@ -169,6 +170,9 @@ pub enum VmError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd: {0}")]
     Event(std::io::Error),
+    /// The seccomp filters could not be built.
+    #[error(transparent)]
+    Confine(#[from] crate::confine::ConfineError),
 }
 
 /// How the guest ended.
@@ -211,6 +215,15 @@ pub struct Vm {
     shared: Arc<Shared>,
     console_input: bool,
     timeout: Option<Duration>,
+    /// The seccomp filters of the vCPU threads and the main thread's event
+    /// loop, when this process confines itself.
+    filters: Option<Filters>,
+}
+
+/// The compiled filters of a guest's threads.
+struct Filters {
+    vcpu: Filter,
+    event_loop: Filter,
 }
 
 /// What the vCPU threads and the event loop share.
@@ -299,6 +312,7 @@ impl Vm {
         // SAFETY: the region is the single mmap of `mem`, mem_size bytes; `mem`
         // is dropped after the VM (field order of `Vm`), so it outlives the slot.
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm("map guest memory"))?;
+        crate::confine::dont_dump(&mem, "guest memory");
 
         // The kernel.
         let loaded = load_kernel(&mem, &config.kernel)?;
@@ -407,6 +421,17 @@ impl Vm {
             "guest built"
         );
         let console_input = config.serial == SerialOut::Stdio && !has_sink;
+        // Compiled now, installed by each thread as it starts (Vm::run). The
+        // OVMF backend may boot its sandbox again on a vCPU thread.
+        let filters = if crate::confine::enabled() {
+            let rebuild_sandbox = matches!(firmware.source(), FirmwareSource::Ovmf(_));
+            Some(Filters {
+                vcpu: Filter::new(Role::Vcpu { rebuild_sandbox })?,
+                event_loop: Filter::new(Role::EventLoop)?,
+            })
+        } else {
+            None
+        };
         let shared = Shared {
             mem,
             devices: Mutex::new(LegacyDevices::new(irq, out)),
@@ -417,7 +442,7 @@ impl Vm {
             call_ns: AtomicU64::new(0),
             refused_calls: AtomicU64::new(0),
         };
-        Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout })
+        Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout, filters })
     }
 
     /// What the run loop counted so far.
@@ -443,9 +468,10 @@ impl Vm {
         let mut threads = Vec::new();
         for (index, vcpu) in vcpus.into_iter().enumerate() {
             let shared = self.shared.clone();
+            let filter = self.filters.as_ref().map(|f| f.vcpu.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu::run(index as u8, vcpu, shared));
+                .spawn(move || vcpu::run(index as u8, vcpu, shared, filter));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -454,7 +480,9 @@ impl Vm {
                 }
             }
         }
-        event_loop::run(&self.shared, self.console_input, self.timeout);
+        // The main thread confines itself once the threads exist (they would
+        // inherit its filter) and its loop is set up.
+        event_loop::run(&self.shared, self.console_input, self.timeout, self.filters.as_ref().map(|f| &f.event_loop));
         // Every vCPU thread leaves KVM_RUN on the kick signal and sees the
         // stop; a kick that lands just before KVM_RUN is lost, so repeat.
         while threads.iter().any(|t| !t.is_finished()) {

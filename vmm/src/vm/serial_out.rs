@@ -58,7 +58,13 @@ impl QueuedOutput {
         let theirs = inner.clone();
         std::thread::Builder::new().name("serial-out".into()).spawn(move || {
             let mut chunk = Vec::with_capacity(64 * 1024);
-            loop {
+            // Confined before it writes anything (docs/security.md); a
+            // writer that cannot be confined writes nothing.
+            let confined = crate::confine::install_if_enabled(crate::confine::Role::ConsoleWriter);
+            if let Err(e) = &confined {
+                tracing::error!("serial output: {e}; the guest's output is discarded");
+            }
+            while confined.is_ok() {
                 {
                     let mut state = theirs.lock();
                     while state.queue.is_empty() && !state.closed {

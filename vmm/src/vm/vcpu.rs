@@ -14,6 +14,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use super::devices::PortEffect;
 use super::{Exit, Shared, VmError};
 use crate::boot;
+use crate::confine::Filter;
 
 // MSRs set at boot (the values Linux expects from firmware).
 const MSR_IA32_TSC: u32 = 0x10;
@@ -130,9 +131,16 @@ impl Drop for StopGuard<'_> {
 
 /// Runs vCPU `index` until a stop is requested (by this or another vCPU,
 /// the event loop, or the timeout). Returns the vCPU so it is closed by the
-/// caller after every thread is done.
-pub(super) fn run(index: u8, mut vcpu: VcpuFd, shared: Arc<Shared>) -> VcpuFd {
+/// caller after every thread is done. With `filter`, the thread confines
+/// itself first, before the guest or the firmware runs.
+pub(super) fn run(index: u8, mut vcpu: VcpuFd, shared: Arc<Shared>, filter: Option<Filter>) -> VcpuFd {
     let _guard = StopGuard(&shared, index);
+    if let Some(filter) = filter {
+        if let Err(e) = filter.install() {
+            shared.stop.request(Exit::Crashed(format!("vCPU {index}: {e}")));
+            return vcpu;
+        }
+    }
     while !shared.stop.requested() {
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) if port == guest_shim::CALL_PORT => {

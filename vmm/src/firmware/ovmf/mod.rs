@@ -152,6 +152,7 @@ impl Ovmf {
             // dropped after it (field order), so the mapping outlives the slot.
             unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("map the firmware sandbox's memory"))?;
         }
+        crate::confine::dont_dump(&ram, "the firmware sandbox's memory");
 
         let loader = super::OVMF_LOADER.to_vec();
         let fw_cfg = FwCfg::for_uefi_app(loader, RAM_SIZE, 1).map_err(|e| SetupError::Memory(e.to_string()))?;
