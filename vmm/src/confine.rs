@@ -348,6 +348,9 @@ fn vcpu(r: &mut Rules) {
     // registers for crash and fault reports. (The serial port's output and
     // its interrupt, an irqfd eventfd, go out with `write`.)
     allow_values(r, SYS_ioctl, 1, &[kvm::RUN, kvm::GET_REGS, kvm::SET_REGS, kvm::GET_SREGS, kvm::SET_SREGS]);
+    // Putting the built-in firmware's vCPU back to a clean state after a
+    // failed call (audit F5): FPU/SSE, XSAVE, pending events.
+    allow_values(r, SYS_ioctl, 1, &[kvm::SET_FPU, kvm::SET_XSAVE, kvm::SET_VCPU_EVENTS]);
     // The call deadline: a POSIX timer aimed at this thread (re-created
     // when the runtime lock passes to another vCPU thread), armed and
     // disarmed per call.
@@ -393,6 +396,9 @@ fn sandbox_rebuild(r: &mut Rules) {
             kvm::SET_USER_MEMORY_REGION,
             kvm::CREATE_VCPU,
             kvm::SET_CPUID2,
+            // The clean FPU/XSAVE image a new sandbox keeps (audit F5).
+            kvm::CHECK_EXTENSION,
+            kvm::GET_XSAVE,
         ],
     );
 }
@@ -440,6 +446,7 @@ pub mod kvm {
 
     // /dev/kvm
     pub const CREATE_VM: u64 = io(0x01);
+    pub const CHECK_EXTENSION: u64 = io(0x03);
     pub const GET_VCPU_MMAP_SIZE: u64 = io(0x04);
     pub const GET_SUPPORTED_CPUID: u64 = iowr(0x05, size_of::<kvm_cpuid2>());
     // VM fd
@@ -455,6 +462,10 @@ pub mod kvm {
     pub const GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
     pub const SET_SREGS: u64 = iow(0x84, size_of::<kvm_sregs>());
     pub const SET_CPUID2: u64 = iow(0x90, size_of::<kvm_cpuid2>());
+    pub const SET_FPU: u64 = iow(0x8d, size_of::<kvm_fpu>());
+    pub const SET_VCPU_EVENTS: u64 = iow(0xa0, size_of::<kvm_vcpu_events>());
+    pub const GET_XSAVE: u64 = ior(0xa4, size_of::<kvm_xsave>());
+    pub const SET_XSAVE: u64 = iow(0xa5, size_of::<kvm_xsave>());
 }
 
 #[cfg(test)]
@@ -694,5 +705,10 @@ mod tests {
         assert_eq!(kvm::GET_SUPPORTED_CPUID, 0xc008_ae05);
         assert_eq!(kvm::SET_CPUID2, 0x4008_ae90);
         assert_eq!(kvm::SET_IDENTITY_MAP_ADDR, 0x4008_ae48);
+        assert_eq!(kvm::SET_FPU, 0x41a0_ae8d);
+        assert_eq!(kvm::SET_VCPU_EVENTS, 0x4040_aea0);
+        assert_eq!(kvm::SET_XSAVE, 0x5000_aea5);
+        assert_eq!(kvm::GET_XSAVE, 0x9000_aea4);
+        assert_eq!(kvm::CHECK_EXTENSION, 0xae03);
     }
 }
