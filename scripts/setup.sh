@@ -15,6 +15,14 @@ for target in x86_64-unknown-none x86_64-unknown-uefi; do
   fi
 done
 
+# The lints the test command runs.
+for component in clippy rustfmt; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    say "installing Rust component $component"
+    rustup component add "$component"
+  fi
+done
+
 # Debian packages the tests use: ovmf (real OVMF vars files as fixtures, and
 # OVMF.fd for the loader test), qemu-system-x86 (runs OVMF with the loader).
 want_debs=()

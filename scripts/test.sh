@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+say "lints: rustfmt, and clippy with warnings as errors (every unsafe block documented)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings -W clippy::undocumented_unsafe_blocks
 say "building and running the tests (unit, sandbox on /dev/kvm, CLI, crash safety)"
 # Two cores: keep the test binaries from fighting over them and over KVM.
 cargo test --workspace --locked -- --test-threads=2

@@ -20,6 +20,7 @@
 //! (writes with reclaim), [`time`] and [`calendar`], [`counter`], [`reset`],
 //! [`capsule`], [`wellknown`] (GUIDs and names).
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod abi;

@@ -165,17 +165,17 @@ pub fn check_attributes(attributes: u32) -> Result<(), Status> {
     if attributes & !(ATTRIBUTES_MASK | VARIABLE_AUTHENTICATED_WRITE_ACCESS) != 0 {
         return Err(Status::INVALID_PARAMETER);
     }
-    let combination = if attributes & BS_RT == VARIABLE_RUNTIME_ACCESS {
-        Err(if aw { Status::UNSUPPORTED } else { Status::INVALID_PARAMETER })
-    } else if attributes & ATTRIBUTES_MASK == VARIABLE_NON_VOLATILE {
-        Err(if aw { Status::UNSUPPORTED } else { Status::INVALID_PARAMETER })
-    } else if attributes & ATTRIBUTE_AT_AW != 0 {
-        Ok(())
-    } else if attributes & VARIABLE_HARDWARE_ERROR_RECORD != 0 {
-        Err(Status::INVALID_PARAMETER)
-    } else {
-        Ok(())
-    };
+    // RT without BS, or NV alone: refused (UNSUPPORTED when authenticated).
+    let combination =
+        if attributes & BS_RT == VARIABLE_RUNTIME_ACCESS || attributes & ATTRIBUTES_MASK == VARIABLE_NON_VOLATILE {
+            Err(if aw { Status::UNSUPPORTED } else { Status::INVALID_PARAMETER })
+        } else if attributes & ATTRIBUTE_AT_AW != 0 {
+            Ok(())
+        } else if attributes & VARIABLE_HARDWARE_ERROR_RECORD != 0 {
+            Err(Status::INVALID_PARAMETER)
+        } else {
+            Ok(())
+        };
     combination?;
     if aw && attributes & VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS != 0 {
         return Err(Status::UNSUPPORTED);

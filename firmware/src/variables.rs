@@ -162,14 +162,13 @@ fn check_query_attributes(attributes: u32) -> Result<(), Status> {
     let masked = attributes & ATTRIBUTES_MASK;
     if masked == 0 {
         Err(Status::UNSUPPORTED)
-    } else if masked == VARIABLE_NON_VOLATILE {
-        Err(Status::INVALID_PARAMETER)
-    } else if attributes & BS_RT == VARIABLE_RUNTIME_ACCESS {
-        Err(Status::INVALID_PARAMETER)
-    } else if attributes & VARIABLE_RUNTIME_ACCESS == 0 {
+    } else if masked == VARIABLE_NON_VOLATILE
+        || attributes & BS_RT == VARIABLE_RUNTIME_ACCESS
         // At runtime, the RT attribute is required.
-        Err(Status::INVALID_PARAMETER)
-    } else if attributes & (VARIABLE_NON_VOLATILE | VARIABLE_HARDWARE_ERROR_RECORD) == VARIABLE_HARDWARE_ERROR_RECORD {
+        || attributes & VARIABLE_RUNTIME_ACCESS == 0
+        // A hardware error record must be non-volatile.
+        || attributes & (VARIABLE_NON_VOLATILE | VARIABLE_HARDWARE_ERROR_RECORD) == VARIABLE_HARDWARE_ERROR_RECORD
+    {
         Err(Status::INVALID_PARAMETER)
     } else if attributes & ATTRIBUTE_AT_AW != 0 {
         // Authenticated variables are supported (AuthVariableLib).

@@ -95,5 +95,5 @@ const _: () = assert!(RT + RT_SIZE <= CONFIG);
 const _: () = assert!(CONFIG + CT_SIZE * CONFIG_ENTRIES <= RT_PROPERTIES);
 const _: () = assert!(RT_PROPERTIES + RTP_SIZE <= VENDOR);
 const _: () = assert!(VENDOR + 2 * 7 <= MEMATTR);
-const _: () = assert!(MEMATTR % 8 == 0 && MEMATTR + MEMATTR_SIZE <= DATA + 0x1000);
+const _: () = assert!(MEMATTR.is_multiple_of(8) && MEMATTR + MEMATTR_SIZE <= DATA + 0x1000);
 const _: () = assert!(SERVICES * TRAMPOLINE_SIZE <= DATA);

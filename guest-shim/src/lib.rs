@@ -134,6 +134,7 @@
 //!   code/data, inside one `EFI_MEMORY_RUNTIME` region of the same type);
 //!   VirtualStart stays 0 (Linux takes the VA from the memory map).
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod layout;
 mod memmap;

@@ -12,6 +12,7 @@
 //! [`Block`]), [`selftest`] (the `selftest` command-line mode),
 //! [`options`] (the UTF-16 load options).
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod dispatch;

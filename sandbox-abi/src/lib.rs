@@ -57,6 +57,7 @@
 //! `NAME_SIZE` bytes; without one, it passes the bytes it has and the firmware
 //! rejects the name).
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub mod time;
 

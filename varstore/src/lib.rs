@@ -35,6 +35,7 @@
 //!   re-initialises an invalid one) and nothing here modifies it.
 //! - **Liveness.** See [`Store::iter`] and [`Store::find`].
 #![no_std]
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 #[cfg(test)]

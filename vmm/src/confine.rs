@@ -508,7 +508,7 @@ mod tests {
         harden_process().unwrap();
         let vcpu = Role::Vcpu { rebuild_sandbox: false };
         let rebuild = Role::Vcpu { rebuild_sandbox: true };
-        // SAFETY (all libc calls below): plain system calls with valid
+        // SAFETY: (all libc calls below) plain system calls with valid
         // (or null) pointers; each is expected to kill the process or
         // to return, and its result is not otherwise used.
         unsafe {

@@ -97,7 +97,7 @@ fn capsule_flag_combinations_are_checked() {
     let mut m = Machine::new();
     for flags in [POPULATE, INITIATE, POPULATE | INITIATE] {
         let h = header(TEST_GUID, 28, flags, 100);
-        assert_eq!(update(&mut m, &[h.clone()], 0x1000), Status::INVALID_PARAMETER, "{flags:#x}");
+        assert_eq!(update(&mut m, std::slice::from_ref(&h), 0x1000), Status::INVALID_PARAMETER, "{flags:#x}");
         assert_eq!(query(&mut m, &[h], ALL), Status::INVALID_PARAMETER, "{flags:#x}");
     }
     let fmp = header(FMP_CAPSULE, 28, PERSIST | POPULATE, 100);
@@ -116,7 +116,7 @@ fn capsules_are_unsupported() {
     let mut m = Machine::new();
     for flags in [0, PERSIST, PERSIST | INITIATE, PERSIST | POPULATE, PERSIST | POPULATE | INITIATE] {
         let h = header(TEST_GUID, 28, flags, 4096);
-        assert_eq!(update(&mut m, &[h.clone()], 0x1000), Status::UNSUPPORTED, "{flags:#x}");
+        assert_eq!(update(&mut m, std::slice::from_ref(&h), 0x1000), Status::UNSUPPORTED, "{flags:#x}");
         assert_eq!(query(&mut m, &[h], ALL), Status::UNSUPPORTED, "{flags:#x}");
     }
     // The first capsule's verdict comes first.
@@ -135,6 +135,6 @@ fn persistent_capsules_need_a_scatter_gather_list() {
 fn query_capsule_capabilities_needs_its_output_pointers() {
     let mut m = Machine::new();
     let h = header(TEST_GUID, 28, 0, 4096);
-    assert_eq!(query(&mut m, &[h.clone()], 1 | 2), Status::INVALID_PARAMETER);
+    assert_eq!(query(&mut m, std::slice::from_ref(&h), 1 | 2), Status::INVALID_PARAMETER);
     assert_eq!(query(&mut m, &[h], 1 | 4), Status::INVALID_PARAMETER);
 }

@@ -162,7 +162,7 @@ mod tests {
     fn e820_cuts_the_shim_out_of_ram() {
         let mem = 256 << 20;
         let shim = (mem - 0x4000)..mem;
-        let map = e820_map(mem, &[shim.clone()]);
+        let map = e820_map(mem, std::slice::from_ref(&shim));
         let ram: u64 = map.iter().filter(|e| e.r#type == E820_RAM).map(|e| e.size).sum();
         assert_eq!(ram, EBDA_START + (mem - HIMEM_START - 0x4000));
         let last = map.last().unwrap();

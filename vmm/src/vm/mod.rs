@@ -360,8 +360,7 @@ impl Vm {
             return Err(boot::BootError::CmdlineTooLong(cmdline.len()).into());
         }
         write(&mem, &cmdline, boot::CMDLINE_ADDR)?;
-        let reserved = [shim_base..mem_size];
-        let e820 = boot::e820_map(mem_size, &reserved);
+        let e820 = boot::e820_map(mem_size, std::slice::from_ref(&(shim_base..mem_size)));
         let memmap = efi_memory_map(&e820, &shim);
         if memmap.len() > boot::EFI_MEMMAP_MAX {
             return Err(VmError::Config("the EFI memory map is too large".into()));
@@ -577,7 +576,7 @@ mod tests {
     fn efi_memory_map_pages_do_not_overlap() {
         let mem = 256u64 << 20;
         let shim = Shim::build(mem - SHIM_RESERVE);
-        let e820 = boot::e820_map(mem, &[shim.base()..mem]);
+        let e820 = boot::e820_map(mem, std::slice::from_ref(&(shim.base()..mem)));
         let map = efi_memory_map(&e820, &shim);
         let descs: Vec<(u32, u64, u64, u64)> = map
             .chunks(guest_shim::DESC_SIZE)
