@@ -15,6 +15,8 @@
 //!   plus the reset control register at 0xCF9.
 //! - [`acpi_pm`]: the PIIX4 PM I/O block at the programmed PMBA: PM1 event
 //!   and control registers (S5 soft-off) and the ACPI PM timer.
+//! - [`lapic`]: a local APIC that keeps OVMF's register writes and counts
+//!   its timer down but never interrupts (the sandbox has no interrupts).
 //! - [`cmos`]: an MC146818 RTC/CMOS at 0x70/0x71 on an injected wall clock,
 //!   honouring register B's modes and the SET bit (how PcRtc's `SetTime`
 //!   lands).
@@ -25,12 +27,14 @@
 pub mod acpi_pm;
 pub mod cmos;
 pub mod fw_cfg;
+pub mod lapic;
 pub mod pci;
 pub mod pflash;
 
 pub use acpi_pm::{AcpiPm, PmEffect};
 pub use cmos::Cmos;
 pub use fw_cfg::{E820Entry, FwCfg, FwCfgError};
+pub use lapic::Lapic;
 pub use pci::{Pci, PciEffect};
 pub use pflash::{Pflash, PflashError};
 

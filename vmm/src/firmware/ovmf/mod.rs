@@ -5,8 +5,8 @@
 //! 1. efivmm builds an i440FX-shaped sandbox ([`platform`]): RAM from 0, the
 //!    code region read-only just below 4 GiB, the vars region below it as a
 //!    CFI flash backed by the VM's vars file image, fw_cfg, the PCI host
-//!    bridge and PIIX4 PM function, the PM timer, the CMOS/RTC, KVM's
-//!    in-kernel interrupt controllers.
+//!    bridge and PIIX4 PM function, the PM timer, the CMOS/RTC, and a local
+//!    APIC that never interrupts (the sandbox has no interrupts).
 //! 2. The vCPU starts at the reset vector. OVMF runs SEC, PEI, DXE and BDS
 //!    (at CPL0: this needs hardware virtualization), and BDS starts the
 //!    "kernel" fw_cfg offers: efivmm's loader (`ovmf-loader/`, a UEFI
@@ -129,7 +129,6 @@ impl Ovmf {
         let vm = kvm.create_vm().map_err(kvm_err("create the firmware sandbox VM"))?;
         vm.set_tss_address(KVM_TSS_ADDR as usize).map_err(kvm_err("set the TSS address"))?;
         vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("set the identity map address"))?;
-        vm.create_irq_chip().map_err(kvm_err("create the interrupt controllers"))?;
 
         let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM_SIZE as usize)])
             .map_err(|e| mem_err(e.to_string()))?;
@@ -165,6 +164,10 @@ impl Ovmf {
             // No SEV: OVMF would probe it with RDMSR 0xC0010131 (OVMF.md 1.6).
             if entry.function == 0x8000_001f {
                 (entry.eax, entry.ebx, entry.ecx, entry.edx) = (0, 0, 0, 0);
+            }
+            // No x2APIC: the local APIC is the MMIO model of `devices::lapic`.
+            if entry.function == 1 {
+                entry.ecx &= !(1 << 21);
             }
         }
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
@@ -242,6 +245,7 @@ impl Ovmf {
         tracing::info!(
             boot = ?self.boot_time,
             exits = self.platform.exits,
+            halts = self.platform.halts,
             mailbox = format_args!("{block:#x}"),
             system_table = format_args!("{:#x}", regs.rdx),
             "OVMF reached runtime in the firmware sandbox"
@@ -280,7 +284,12 @@ impl Ovmf {
                     return Stop::Emulation("KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR)".into())
                 }
                 Ok(VcpuExit::Shutdown) => return Stop::Other("triple fault (KVM_EXIT_SHUTDOWN)".into()),
-                Ok(VcpuExit::Hlt) => return Stop::Other("the firmware halted with interrupts off".into()),
+                Ok(VcpuExit::Hlt) => {
+                    // No interrupt will ever come (the sandbox has none):
+                    // OVMF's idle loop re-checks its state and goes on.
+                    self.platform.halts += 1;
+                    Some(())
+                }
                 Ok(exit) => return Stop::Other(format!("unexpected exit {exit:?}")),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     if self.watchdog.expired() {

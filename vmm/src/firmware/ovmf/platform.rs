@@ -7,14 +7,17 @@
 //! function, the PM I/O block (PM timer, PM1 control) at the base the
 //! firmware programs, the CMOS/RTC on the host clock, the CFI flash of the
 //! vars region, port 0x92, the reset ports (0xCF9, 0x64) and debugcon
-//! (0x402, the loader's log). The LAPIC, PIC and I/O APIC are KVM's
-//! in-kernel ones. Everything else reads all-ones and ignores writes, as on
+//! (0x402, the loader's log), and a local APIC that never interrupts: the
+//! sandbox delivers no interrupts at all (OVMF needs none to boot with a
+//! BDS timeout of 0, and none at runtime). There is no PIC, I/O APIC or
+//! PIT. Everything else reads all-ones and ignores writes, as on
 //! QEMU, which is what OVMF's probes expect of absent hardware (the CPU
 //! hotplug block at 0xAF00, the TPM at 0xFED40000).
 
 use crate::devices::acpi_pm::{AcpiPm, PmEffect};
 use crate::devices::cmos::Cmos;
 use crate::devices::fw_cfg::FwCfg;
+use crate::devices::lapic::{Lapic, LAPIC_BASE, LAPIC_SIZE};
 use crate::devices::pci::{Pci, PciEffect};
 use crate::devices::pflash::Pflash;
 
@@ -53,12 +56,15 @@ pub struct Platform {
     pm: AcpiPm,
     cmos: Cmos,
     pflash: Pflash,
+    lapic: Lapic,
     vars_base: u64,
     debug_line: Vec<u8>,
     /// The last port or MMIO access, for messages about a hang.
     pub last_access: String,
     /// Port and MMIO exits so far.
     pub exits: u64,
+    /// HLT exits so far (nothing wakes a halted vCPU but efivmm resuming it).
+    pub halts: u64,
 }
 
 impl Platform {
@@ -74,10 +80,12 @@ impl Platform {
             pm,
             cmos,
             pflash,
+            lapic: Lapic::new(crate::devices::host_monotonic_clock()),
             vars_base,
             debug_line: Vec::new(),
             last_access: String::from("none"),
             exits: 0,
+            halts: 0,
         })
     }
 
@@ -164,6 +172,7 @@ impl Platform {
         self.exits += 1;
         match self.vars_offset(addr, data.len()) {
             Some(offset) => self.pflash.read(offset, data),
+            None if (LAPIC_BASE..LAPIC_BASE + LAPIC_SIZE).contains(&addr) => self.lapic.read(addr - LAPIC_BASE, data),
             None => {
                 data.iter_mut().for_each(|b| *b = 0xff);
                 tracing::trace!(addr = format_args!("{addr:#x}"), len = data.len(), "read of unassigned MMIO");
@@ -178,6 +187,7 @@ impl Platform {
         self.last_access = format!("write {addr:#x} <- {data:02x?}");
         match self.vars_offset(addr, data.len()) {
             Some(offset) => self.pflash.write(offset, data),
+            None if (LAPIC_BASE..LAPIC_BASE + LAPIC_SIZE).contains(&addr) => self.lapic.write(addr - LAPIC_BASE, data),
             None => tracing::trace!(addr = format_args!("{addr:#x}"), ?data, "write to unassigned MMIO"),
         }
     }
