@@ -49,6 +49,49 @@ pub enum Effect {
     Reset(ResetKind),
 }
 
+/// One port or MMIO access, kept for messages about a hang and logged at
+/// debug level (formatted only when shown).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Access {
+    kind: AccessKind,
+    addr: u64,
+    bytes: [u8; 8],
+    len: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum AccessKind {
+    #[default]
+    None,
+    In,
+    Out,
+    Read,
+    Write,
+}
+
+impl Access {
+    fn new(kind: AccessKind, addr: u64, data: &[u8]) -> Self {
+        let mut bytes = [0u8; 8];
+        let len = data.len().min(8);
+        bytes[..len].copy_from_slice(&data[..len]);
+        Access { kind, addr, bytes, len: data.len() }
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = &self.bytes[..self.len.min(8)];
+        let more = if self.len > 8 { format!(" (+{} bytes)", self.len - 8) } else { String::new() };
+        match self.kind {
+            AccessKind::None => write!(f, "none"),
+            AccessKind::In => write!(f, "in {:#x} -> {shown:02x?}{more}", self.addr),
+            AccessKind::Out => write!(f, "out {:#x} <- {shown:02x?}{more}", self.addr),
+            AccessKind::Read => write!(f, "read {:#x} -> {shown:02x?}{more}", self.addr),
+            AccessKind::Write => write!(f, "write {:#x} <- {shown:02x?}{more}", self.addr),
+        }
+    }
+}
+
 /// The devices of the OVMF sandbox.
 pub struct Platform {
     fw_cfg: FwCfg,
@@ -60,7 +103,7 @@ pub struct Platform {
     vars_base: u64,
     debug_line: Vec<u8>,
     /// The last port or MMIO access, for messages about a hang.
-    pub last_access: String,
+    pub last_access: Access,
     /// Port and MMIO exits so far.
     pub exits: u64,
     /// HLT exits so far (nothing wakes a halted vCPU but efivmm resuming it).
@@ -83,7 +126,7 @@ impl Platform {
             lapic: Lapic::new(crate::devices::host_monotonic_clock()),
             vars_base,
             debug_line: Vec::new(),
-            last_access: String::from("none"),
+            last_access: Access::default(),
             exits: 0,
             halts: 0,
         })
@@ -116,15 +159,15 @@ impl Platform {
                 }
             },
         }
-        if tracing::enabled!(tracing::Level::TRACE) || port != FW_CFG_DATA {
-            self.last_access = format!("in {port:#x} -> {:02x?}", &data[..data.len().min(8)]);
-        }
+        self.last_access = Access::new(AccessKind::In, u64::from(port), data);
+        tracing::debug!("{}", self.last_access);
     }
 
     /// A port write.
     pub fn io_out(&mut self, port: u16, data: &[u8]) -> Effect {
         self.exits += 1;
-        self.last_access = format!("out {port:#x} <- {:02x?}", &data[..data.len().min(8)]);
+        self.last_access = Access::new(AccessKind::Out, u64::from(port), data);
+        tracing::debug!("{}", self.last_access);
         match port {
             sandbox_abi::DEBUGCON_PORT => {
                 for &b in data {
@@ -178,17 +221,118 @@ impl Platform {
                 tracing::trace!(addr = format_args!("{addr:#x}"), len = data.len(), "read of unassigned MMIO");
             }
         }
-        self.last_access = format!("read {addr:#x} -> {:02x?}", data);
+        self.last_access = Access::new(AccessKind::Read, addr, data);
+        tracing::debug!("{}", self.last_access);
     }
 
     /// An MMIO write (flash commands in the vars region; ignored elsewhere).
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
         self.exits += 1;
-        self.last_access = format!("write {addr:#x} <- {data:02x?}");
+        self.last_access = Access::new(AccessKind::Write, addr, data);
+        tracing::debug!("{}", self.last_access);
         match self.vars_offset(addr, data.len()) {
             Some(offset) => self.pflash.write(offset, data),
             None if (LAPIC_BASE..LAPIC_BASE + LAPIC_SIZE).contains(&addr) => self.lapic.write(addr - LAPIC_BASE, data),
             None => tracing::trace!(addr = format_args!("{addr:#x}"), ?data, "write to unassigned MMIO"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VARS_BASE: u64 = 0xffe0_0000;
+
+    fn platform() -> Platform {
+        let mut vars = vec![0u8; 0x2_0000];
+        varstore::Store::format(&mut vars, varstore::Layout::Ovmf2M);
+        Platform::new(FwCfg::for_uefi_app(b"MZ-loader".to_vec(), 256 << 20, 1).unwrap(), VARS_BASE, vars).unwrap()
+    }
+
+    fn inl(p: &mut Platform, port: u16) -> u32 {
+        let mut b = [0u8; 4];
+        p.io_in(port, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn pci_read16(p: &mut Platform, dev: u32, func: u32, reg: u32) -> u16 {
+        p.io_out(0xcf8, &(0x8000_0000 | dev << 11 | func << 8 | reg).to_le_bytes());
+        let mut b = [0u8; 2];
+        p.io_in(0xcfc + (reg & 3) as u16, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    #[test]
+    fn ports_reach_the_devices_ovmf_probes_and_nothing_else() {
+        let mut p = platform();
+        // PlatformPei: the host bridge's device ID.
+        assert_eq!(pci_read16(&mut p, 0, 0, 2), 0x1237);
+        // AcpiTimerLib: PMBA = 0xB000, PMIOSE; the PM timer then answers
+        // at PMBA + 8 and advances.
+        p.io_out(0xcf8, &(0x8000_0000u32 | 1 << 11 | 3 << 8 | 0x40).to_le_bytes());
+        p.io_out(0xcfc, &0xb000u32.to_le_bytes());
+        p.io_out(0xcf8, &(0x8000_0000u32 | 1 << 11 | 3 << 8 | 0x80).to_le_bytes());
+        p.io_out(0xcfc, &[1]);
+        let t0 = inl(&mut p, 0xb008);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_ne!(inl(&mut p, 0xb008), t0, "the PM timer advances");
+        // QemuFwCfgLib: the signature through the selector and data ports.
+        p.io_out(0x510, &0u16.to_le_bytes());
+        let mut sig = [0u8; 4];
+        p.io_in(0x511, &mut sig);
+        assert_eq!(&sig, b"QEMU");
+        // PcRtc: register D says the RTC's power is good.
+        p.io_out(0x70, &[0x0d]);
+        let mut d = [0u8];
+        p.io_in(0x71, &mut d);
+        assert_eq!(d[0] & 0x80, 0x80);
+        // The CPU-hotplug probe at 0xAF00 and other absent ports read all-ones.
+        assert_eq!(inl(&mut p, 0xaf00), u32::MAX);
+        assert_eq!(inl(&mut p, 0x1234), u32::MAX);
+        assert!(p.exits > 10);
+    }
+
+    #[test]
+    fn reset_and_power_off_are_reported_as_effects() {
+        let mut p = platform();
+        assert_eq!(p.io_out(0xcf9, &[0x06]), Effect::Reset(ResetKind::Reset));
+        assert_eq!(p.io_out(0x64, &[0xfe]), Effect::Reset(ResetKind::Reset));
+        assert_eq!(p.io_out(0x80, &[0x12]), Effect::None, "POST codes are ignored");
+        // ResetShutdown: PMBA enabled, then SLP_TYP 0 | SLP_EN at PMBA + 4.
+        p.io_out(0xcf8, &(0x8000_0000u32 | 1 << 11 | 3 << 8 | 0x40).to_le_bytes());
+        p.io_out(0xcfc, &0xb000u32.to_le_bytes());
+        p.io_out(0xcf8, &(0x8000_0000u32 | 1 << 11 | 3 << 8 | 0x80).to_le_bytes());
+        p.io_out(0xcfc, &[1]);
+        assert_eq!(p.io_out(0xb004, &(1u16 << 13).to_le_bytes()), Effect::Reset(ResetKind::PowerOff));
+    }
+
+    #[test]
+    fn mmio_reaches_the_flash_and_the_local_apic_and_reads_all_ones_elsewhere() {
+        let mut p = platform();
+        // QemuFlashDetected on the first byte that is not 0x00/0x50/0x70.
+        let mut b = [0u8];
+        p.mmio_read(VARS_BASE + 0x10, &mut b);
+        let original = b[0];
+        p.mmio_write(VARS_BASE + 0x10, &[0x50]);
+        p.mmio_read(VARS_BASE + 0x10, &mut b);
+        assert_eq!(b[0], original, "clear status returns to read-array mode");
+        p.mmio_write(VARS_BASE + 0x10, &[0x70]);
+        p.mmio_read(VARS_BASE + 0x10, &mut b);
+        assert_eq!(b[0], 0x00, "the status OVMF needs to see real flash");
+        p.mmio_write(VARS_BASE + 0x10, &[0xff]);
+        // A program through the platform lands in the image and dirties it.
+        p.mmio_write(VARS_BASE + 0x1_0000, &[0x10]);
+        p.mmio_write(VARS_BASE + 0x1_0000, &[0x5a]);
+        p.mmio_write(VARS_BASE + 0x1_0000, &[0xff]);
+        assert!(p.pflash().take_dirty());
+        assert_eq!(p.pflash().image()[0x1_0000], 0x5a, "an erased byte (0xff) ANDed with 0x5a");
+        // The local APIC's version; the TPM's absent registers.
+        let mut v = [0u8; 4];
+        p.mmio_read(0xfee0_0030, &mut v);
+        assert_eq!(u32::from_le_bytes(v) & 0xff, 0x14);
+        p.mmio_read(0xfed4_0000, &mut v);
+        assert_eq!(v, [0xff; 4]);
+        assert!(p.last_access.to_string().starts_with("read 0xfed40000"), "{}", p.last_access);
     }
 }
