@@ -66,13 +66,15 @@ def main():
         listed = sorted((v.get("name"), v.get("guid")) for v in (byname["list-variables"][0].get("variables") or [])
                         if v.get("attributes", 0) & 1)
         if tag == "ovmf":
-            fw = virt_fw_vars(path)
+            fw, fw_data = virt_fw_vars(path)
+            if fw_data.get(("LabRt", GUID)) != DATA:
+                problems.append(f"virt-fw-vars reads LabRt from OVMF's file as {fw_data.get(('LabRt', GUID))}")
             if fw is None:
                 problems.append("virt-fw-vars cannot read OVMF's vars file")
             elif fw != listed:
                 problems.append(f"list-variables (NV) {listed} != virt-fw-vars {fw}")
             else:
-                figures.append(f"ovmf store: list-variables' {len(listed)} non-volatile variables equal virt-fw-vars' runtime variables")
+                figures.append(f"ovmf store: list-variables' {len(listed)} non-volatile variables equal virt-fw-vars' runtime variables; virt-fw-vars reads LabRt={fw_data.get(('LabRt', GUID))}")
             # The built-in firmware reads OVMF's store (this machine's KVM).
             copy = f"{out_dir}/rt-ovmf-copy.fd"
             open(copy, "wb").write(blob)
@@ -117,16 +119,19 @@ def blob_of(log, name):
 
 
 def virt_fw_vars(path):
+    """(runtime-visible (name, guid) pairs, {(name, guid): data hex}) as virt-fw-vars reads the file."""
     r = subprocess.run(["virt-fw-vars", "--input", path, "--output-json", "/dev/stdout"], capture_output=True, text=True)
     if r.returncode != 0:
-        return None
+        return None, {}
     try:
         data = json.loads(r.stdout)
     except ValueError:
-        return None
+        return None, {}
+    variables = data.get("variables", [])
     # `rt list-variables` walks GetNextVariableName at runtime: only
     # variables with EFI_VARIABLE_RUNTIME_ACCESS (4) are visible there.
-    return sorted((v["name"], v["guid"]) for v in data.get("variables", []) if v.get("attr", 0) & 4)
+    names = sorted((v["name"], v["guid"]) for v in variables if v.get("attr", 0) & 4)
+    return names, {(v["name"], v["guid"]): v.get("data") for v in variables}
 
 
 if __name__ == "__main__":
