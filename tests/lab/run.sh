@@ -248,6 +248,8 @@ for s in "${rows_of[@]}"; do
     verdict=FAIL evidence="generation 2 booted without EFI, but its reboot did not end efivmm (exit code 0)"
   fi
   [ "$verdict" = PASS ] || [ "$verdict" = - ] || fail=1
+  eo=$(eo_cell "$s")
+  [[ ${eo%%|*} == PASS || ${eo%%|*} == - ]] || fail=1
   o="-" ot="-"
   if [[ " ${ovmf_runs[*]-} " == *" $s "* ]]; then
     orr=$(result_of "ovmf:$s")
@@ -255,7 +257,7 @@ for s in "${rows_of[@]}"; do
     ot=$(secs "ovmf-$s qemu-start" "ovmf-$s qemu-end")
     if [ -z "$orr" ] && grep -aq "^LAB-L0-ABORT S5:$s " "$log"; then
       # Not OVMF's behaviour: the L0 QEMU never let a run finish.
-      rows+=("| $s | $verdict | $t | not observed (L1 aborted or hung on every try) | - | $evidence |")
+      rows+=("| $s | $verdict | $t | ${eo%%|*} | ${eo##*|} | not observed (L1 aborted or hung on every try) | - | $evidence |")
       continue
     fi
     [ -n "$orr" ] || o="none" orr="- no result (timeout)"
@@ -273,8 +275,6 @@ for s in "${rows_of[@]}"; do
       o="$o (UNEXPECTED: ${orr#* })"; fail=1
     fi
   fi
-  eo=$(eo_cell "$s")
-  [[ ${eo%%|*} == PASS || ${eo%%|*} == - ]] || fail=1
   rows+=("| $s | $verdict | $t | ${eo%%|*} | ${eo##*|} | $o | $ot | $evidence |")
 done
 # EO:RT: `efivmm rt` through OVMF and the built-in firmware, judged here.
