@@ -10,8 +10,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
@@ -21,31 +20,11 @@ fn ovmf() -> &'static Path {
     p
 }
 
-/// Runs efivmm with a watchdog: it must end by itself well before `limit`.
+/// Runs efivmm; it must end by itself well before `limit`.
 fn efivmm(args: &[&str], limit: Duration) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_efivmm"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run efivmm");
-    let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            panic!("efivmm {args:?} was still running after {limit:?}: it must not hang");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let r = common::efivmm_timed(args, limit);
+    let code = r.code.unwrap_or_else(|| panic!("efivmm {args:?} was still running after {limit:?}: it must not hang"));
+    (code, r.stdout, r.stderr)
 }
 
 #[test]

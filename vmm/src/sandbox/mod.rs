@@ -153,6 +153,18 @@ pub struct Sandbox {
     watchdog: Watchdog,
 }
 
+/// Checks that a request's name and data fit the mailbox's buffers (the
+/// same for every backend: `sandbox_abi`'s sizes).
+pub(crate) fn check_request(name: &[u8], data_in: &[u8]) -> Result<(), CallFailure> {
+    if name.len() as u64 > NAME_SIZE {
+        return Err(CallFailure::RequestTooLarge("name"));
+    }
+    if data_in.len() as u64 > DATA_SIZE {
+        return Err(CallFailure::RequestTooLarge("data"));
+    }
+    Ok(())
+}
+
 /// Whether /dev/kvm can be opened: checked before efivmm creates a missing
 /// vars file, so that a run that cannot start leaves nothing behind.
 pub fn kvm_available() -> Result<(), SetupError> {
@@ -265,12 +277,7 @@ impl Sandbox {
     /// Runs one call. `name` goes to `NAME_ADDR`, `data_in` to
     /// `DATA_IN_ADDR`. Returns the mailbox as the firmware left it.
     pub fn call(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, CallFailure> {
-        if name.len() as u64 > NAME_SIZE {
-            return Err(CallFailure::RequestTooLarge("name"));
-        }
-        if data_in.len() as u64 > DATA_SIZE {
-            return Err(CallFailure::RequestTooLarge("data"));
-        }
+        check_request(name, data_in)?;
         let mut header = *request;
         header.magic = MAILBOX_MAGIC;
         header.store_len = self.store_len as u64;

@@ -394,12 +394,7 @@ impl Backend for Ovmf {
         if let Some(why) = self.broken.take() {
             self.reboot(&why)?;
         }
-        if name.len() as u64 > NAME_SIZE {
-            return Err(CallFailure::RequestTooLarge("name"));
-        }
-        if data_in.len() as u64 > DATA_SIZE {
-            return Err(CallFailure::RequestTooLarge("data"));
-        }
+        crate::sandbox::check_request(name, data_in)?;
         let mut header = *request;
         header.magic = MAILBOX_MAGIC;
         header.store_len = 0;
