@@ -73,9 +73,13 @@ say "kernel $kver"
 # 3. A static efivmm.
 say "building a static efivmm (musl)"
 rustup target add x86_64-unknown-linux-musl x86_64-unknown-none x86_64-unknown-uefi >/dev/null 2>&1 || true
-(cd "$root" && cargo build --release --locked --target x86_64-unknown-linux-musl -p efivmm 2>&1 | grep -E '^(error|warning: unused)|Finished' || true)
 efivmm=$root/target/x86_64-unknown-linux-musl/release/efivmm
-[ -x "$efivmm" ] || { say "the efivmm build failed"; exit 1; }
+# A failed build must not leave an older binary to be tested.
+if ! (cd "$root" && cargo build --release --locked --target x86_64-unknown-linux-musl -p efivmm > "$out/build.log" 2>&1); then
+  grep -E -A12 '^error' "$out/build.log" | head -60
+  say "the static efivmm build failed (whole log: $out/build.log)"
+  exit 1
+fi
 file -L "$efivmm" 2>/dev/null | grep -q 'statically linked\|static-pie' || say "warning: $efivmm may not be static"
 
 # Copies a program and the shared libraries `ldd` lists (with the dynamic

@@ -592,8 +592,12 @@ fn rename(dir: &File, from: &CString, to: &CString, how: Replace) -> std::io::Re
         // SAFETY: renameat with NUL-terminated names relative to `dir`.
         return cvt(unsafe { libc::renameat(d, from.as_ptr(), d, to.as_ptr()) }).map(|_| ());
     }
-    // SAFETY: renameat2 with NUL-terminated names relative to `dir`.
-    match cvt(unsafe { libc::renameat2(d, from.as_ptr(), d, to.as_ptr(), libc::RENAME_NOREPLACE) }) {
+    // The system call itself: musl's libc (the lab's static build) has no
+    // renameat2 wrapper.
+    // SAFETY: renameat2 with NUL-terminated names relative to `dir`; the
+    // names outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_renameat2, d, from.as_ptr(), d, to.as_ptr(), libc::RENAME_NOREPLACE) };
+    match cvt(rc as libc::c_int) {
         Ok(_) => Ok(()),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) => {
             // SAFETY: linkat with NUL-terminated names; fails with EEXIST if `to` exists.
