@@ -131,7 +131,7 @@ eo_runs=()
 for s in "${scenarios[@]}"; do [[ $s == EO:* ]] && eo_runs+=("$s"); done
 # OVMF.fd for S5 (QEMU+OVMF) and EO (efivmm+OVMF): the same file.
 mkdir -p "$l1/ovmf"
-cp /usr/share/ovmf/OVMF.fd "$l1/ovmf/"
+cp /usr/share/ovmf/OVMF.fd /usr/share/OVMF/OVMF_CODE_4M.fd /usr/share/OVMF/OVMF_VARS_4M.fd "$l1/ovmf/"
 if [ ${#ovmf_runs[@]} -gt 0 ]; then
   # S5: QEMU (with its libraries and the firmware files it loads).
   copy_with_libs "$l1" "$(command -v qemu-system-x86_64)"
