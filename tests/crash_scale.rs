@@ -684,6 +684,11 @@ fn a_full_or_read_only_disk_fails_the_write_keeps_the_last_acknowledged_state_an
     assert!(std::fs::read(&vars).unwrap() == acked, "the refused write changed the file");
     assert_eq!(rt_get(&vars, "Full", "a read on a full disk"), Some(vec![1]));
     library_commit_is_refused(&vars, "No space left on device");
+    // A new vars file on the full disk: not created (exit 4), nothing left.
+    let r = set_var(&mnt.join("new.fd"), "Full", 1);
+    assert_eq!(r.code, 4, "a new file on a full disk: {}", r.stderr);
+    assert!(r.stderr.contains("new.fd") && r.stderr.contains("No space left on device"), "{}", r.stderr);
+    assert_eq!(names_in(&mnt), ["fill", "vars.fd"], "a new file or a temporary file remains");
     // Space freed: the next write works.
     std::fs::remove_file(&fill).unwrap();
     set_ok(&vars, "Full", 3, "after freeing space");
