@@ -5,9 +5,10 @@
 //!   `EfivmmCounter` to 1, 2, 3, ... and prints each value once SetVariable
 //!   has returned), each killed at a random instant. After every trial the
 //!   vars file must open (`VarsFile::open_or_create`, `varstore::check`),
-//!   hold at least the last acknowledged value (and nothing but a value
-//!   some run attempted), leave no temporary file behind once opened, and
-//!   the next efivmm run must work and read the same value.
+//!   hold at least the last acknowledged value (for `rt`: exactly the
+//!   previous value or the killed run's, whole; for the guest: never less
+//!   than before), leave no temporary file behind once opened, and the next
+//!   efivmm run must work and read the same value.
 //!   `EFIVMM_CRASH_TRIALS` (default 1000) sets the total, split 3:2 between
 //!   `rt` and the guest; `EFIVMM_CRASH_SEED` replays a run.
 //! - Disk full, a read-only file system and I/O errors, on small real file
@@ -15,9 +16,10 @@
 //!   same remounted read-only (EROFS), and an ext4 on a loop device whose
 //!   backing memfd is sealed against writes (every write to the block device
 //!   fails: EIO from fsync). Each must fail the write with
-//!   EFI_DEVICE_ERROR, keep the last acknowledged state (on the device, for
-//!   the I/O errors: checked after a remount), leave no temporary file, and
-//!   (where the fault can be lifted) take the next write.
+//!   EFI_DEVICE_ERROR, keep the last acknowledged state (for the I/O errors
+//!   also on the device: read with debugfs after unmounting), leave no
+//!   temporary file, and (where the fault can be lifted) take the next
+//!   write.
 //! - Without root: a write error from `RLIMIT_FSIZE` (EFBIG) takes the
 //!   same path.
 
