@@ -1,6 +1,7 @@
 //! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`,
-//! and the extra modes `efivmm.mode=normal|hostile|bench` with
-//! `efivmm.iters=N efivmm.bench=all|bare_out|get_variable` for the bench.
+//! and the extra modes `efivmm.mode=normal|hostile|bench|counter` with
+//! `efivmm.iters=N efivmm.bench=all|bare_out|get_variable` for the bench
+//! (`efivmm.iters` is also the counter's number of writes).
 
 use crate::line::Line;
 
@@ -47,6 +48,9 @@ pub enum Mode {
     Hostile,
     /// Timed loops: bare `out` exits and proxied GetVariable calls.
     Bench,
+    /// A counter variable written `iters` times, each acknowledged value
+    /// printed (the running guest of the crash-safety kill trials).
+    Counter,
 }
 
 impl Mode {
@@ -56,6 +60,7 @@ impl Mode {
             Mode::Normal => "normal",
             Mode::Hostile => "hostile",
             Mode::Bench => "bench",
+            Mode::Counter => "counter",
         }
     }
 }
@@ -134,6 +139,7 @@ pub fn parse(cmdline: &[u8]) -> Options {
                 b"normal" => Mode::Normal,
                 b"hostile" => Mode::Hostile,
                 b"bench" => Mode::Bench,
+                b"counter" => Mode::Counter,
                 _ => o.mode,
             };
         } else if let Some(v) = word.strip_prefix(b"efivmm.iters=") {
@@ -179,6 +185,8 @@ mod tests {
         assert!(o.bench.bare_out() && !o.bench.get_variable());
         assert_eq!(parse(b"efivmm.mode=x efivmm.bench=y").mode, Mode::Normal);
         assert_eq!(Mode::Hostile.word(), "hostile");
+        let o = parse(b"efivmm.mode=counter efivmm.iters=100000");
+        assert_eq!((o.mode, o.iters, o.mode.word()), (Mode::Counter, 100000, "counter"));
     }
 
     #[test]

@@ -428,6 +428,7 @@ extern "C" fn kmain(zp_addr: u64) -> ! {
         Mode::Normal => {}
         Mode::Hostile => modes::hostile(&map, rt_now),
         Mode::Bench => modes::bench(&map, rt_now, &opts),
+        Mode::Counter => modes::counter(&map, rt_now, &opts),
     }
     let p = peek(rt_now + rt::RESET_SYSTEM as u64);
     if map.in_runtime(p, true) || map.in_runtime(p, false) {

@@ -6,6 +6,10 @@
 //!   pages are unchanged, a normal round trip, `HOSTILE-DONE cases=N bad=M`.
 //! - `efivmm.mode=bench`: `efivmm.iters` bare `out` exits to port 0x80 and
 //!   as many proxied GetVariable calls, each loop timed with `rdtsc`.
+//! - `efivmm.mode=counter`: reads the counter variable `EfivmmCounter`,
+//!   then sets it to the next value `efivmm.iters` times, printing each
+//!   value once its SetVariable has returned (acknowledged, so committed to
+//!   the vars file): the running guest the crash-safety tests kill.
 //!
 //! See README.md in this crate for the lines and what each case expects.
 
@@ -425,4 +429,58 @@ pub fn bench(map: &MemMap, rt_addr: u64, opts: &Options) {
     puts(l.as_bytes());
     mark(1);
     puts(b"BENCH-DONE");
+}
+
+/// The counter mode's variable: a u64, little-endian.
+const COUNTER: &str = "EfivmmCounter";
+
+/// Reads `EfivmmCounter` (0 if missing) and prints `COUNTER start=V`, then
+/// `opts.iters` times sets it to the next value and prints `COUNTER ack=V`
+/// after a SetVariable that returned EFI_SUCCESS, or `COUNTER fail=V
+/// status=S` (and goes on with the next value); then `COUNTER-DONE`.
+/// Kept small: a call, a number and a short line per write.
+pub fn counter(map: &MemMap, rt_addr: u64, opts: &Options) {
+    let Some(r) = Rt::new(map, rt_addr) else {
+        puts(b"COUNTER FAIL reason=rt_pointers");
+        return;
+    };
+    let mut name_buf = [0u8; 32];
+    efi::put_name(&mut name_buf, COUNTER);
+    let (name, guid) = (name_buf.as_ptr() as u64, &TEST_GUID as *const _ as u64);
+    let (mut attr, mut size, mut value) = (0u32, 8u64, 0u64);
+    let (a, sz, v) = (&mut attr as *mut u32 as u64, &mut size as *mut u64 as u64, &mut value as *mut u64 as u64);
+    let s = (r.get_var)(name, guid, a, sz, v);
+    // SAFETY: `size` and `value` are ours; efivmm wrote them through their addresses.
+    let (size, mut value) = unsafe { (read_volatile(sz as *const u64), read_volatile(v as *const u64)) };
+    let mut l = Line::new();
+    match s {
+        SUCCESS if size == 8 => l.s("COUNTER start=").dec(value),
+        NOT_FOUND => {
+            value = 0;
+            l.s("COUNTER start=0 new")
+        }
+        _ => {
+            l.s("COUNTER FAIL reason=get_variable status=").hex(s).s(" size=").dec(size);
+            puts(l.as_bytes());
+            return;
+        }
+    };
+    puts(l.as_bytes());
+    let (mut acked, mut failed) = (0u64, 0u64);
+    for _ in 0..opts.iters {
+        value += 1;
+        let s = (r.set_var)(name, guid, 7, 8, &value as *const u64 as u64);
+        let mut l = Line::new();
+        if s == SUCCESS {
+            acked += 1;
+            l.s("COUNTER ack=").dec(value);
+        } else {
+            failed += 1;
+            l.s("COUNTER fail=").dec(value).s(" status=").hex(s);
+        }
+        puts(l.as_bytes());
+    }
+    let mut l = Line::new();
+    l.s("COUNTER-DONE acked=").dec(acked).s(" failed=").dec(failed).s(" last=").dec(value);
+    puts(l.as_bytes());
 }
