@@ -159,15 +159,26 @@ impl Firmware {
             FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
             FirmwareSource::Ovmf(path) => Box::new(ovmf::Ovmf::boot(path, vars.image())?),
         };
-        Ok(Firmware {
+        Ok(Firmware::with_backend(backend, vars, source.clone()))
+    }
+
+    /// Wraps an already started `backend` serving `vars` (whose store it
+    /// must hold), with the commit budget on, as [`Firmware::start`] does.
+    /// For tests and the fuzz targets (`fuzz/`), which drive the call path
+    /// with a [`Backend`] double; efivmm itself starts its firmwares with
+    /// [`Firmware::start`]. `source` is only reported back by
+    /// [`Firmware::source`].
+    #[doc(hidden)]
+    pub fn with_backend(backend: Box<dyn Backend>, vars: VarsFile, source: FirmwareSource) -> Self {
+        Firmware {
             backend,
             vars,
-            source: source.clone(),
+            source,
             last_failure: None,
             commits: 0,
             bytes_committed: 0,
             budget: Some(budget::CommitBudget::new(std::time::Instant::now())),
-        })
+        }
     }
 
     /// Sets the deadline of each call.
