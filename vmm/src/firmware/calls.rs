@@ -4,11 +4,11 @@
 //!
 //! As in the proxy, a reply is checked against the caller's buffer: a
 //! GetVariable or GetNextVariableName that claims success with more bytes
-//! than the caller's `*DataSize` / `*VariableNameSize` is the firmware's
-//! fault, and ends with `EFI_DEVICE_ERROR` (and [`Firmware::last_failure`]
+//! than the caller's `*DataSize` / `*VariableNameSize` (or than the
+//! sandbox's buffer, `DATA_SIZE` / `NAME_SIZE`) is the firmware's fault, and ends with `EFI_DEVICE_ERROR` (and [`Firmware::last_failure`]
 //! says why) with no output.
 
-use sandbox_abi::{Mailbox, Service, FLAGS_ARG, NAME_SIZE};
+use sandbox_abi::{Mailbox, Service, DATA_SIZE, FLAGS_ARG, NAME_SIZE};
 
 use super::{Buffer, Completed, Firmware};
 use crate::efi::{EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_DEVICE_ERROR, EFI_SUCCESS};
@@ -147,7 +147,7 @@ impl Firmware {
         let mut req = with_name_and_guid(Request::new(Service::GetVariable, 5), name, guid);
         req.mailbox.args[3] = size;
         let mut reply = self.request(&req).reply;
-        self.check_reply_size(&mut reply, size, "GetVariable");
+        self.check_reply_size(&mut reply, size.min(DATA_SIZE), "GetVariable");
         let ok = reply.status == EFI_SUCCESS;
         let data = if ok { self.read_output(Buffer::DataOut, reply.outs[1]) } else { Vec::new() };
         let has_sizes = ok || reply.status == EFI_BUFFER_TOO_SMALL;
@@ -312,7 +312,7 @@ mod tests {
             Ok(Mailbox { status: self.status, outs: [7, self.size, 0, 0, 0, 0, 0, 0], store_dirty: 0, ..*request })
         }
         fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8> {
-            let cap = if buffer == Buffer::Name { NAME_SIZE } else { sandbox_abi::DATA_SIZE };
+            let cap = if buffer == Buffer::Name { NAME_SIZE } else { DATA_SIZE };
             vec![0xab; len.min(cap) as usize]
         }
         fn changed_store(&mut self, _: &Mailbox) -> Option<Vec<u8>> {
@@ -346,6 +346,13 @@ mod tests {
         let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, 349);
         assert_eq!((r.status, r.data_size, r.data.len()), (EFI_SUCCESS, 349, 349));
         assert_eq!(fw.last_failure(), None);
+        // Nor can a reply exceed the sandbox's buffer, whatever the caller's.
+        let (mut fw, _dir) = firmware(EFI_SUCCESS, DATA_SIZE + 1);
+        let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, u64::MAX);
+        assert_eq!((r.status, r.data_size, r.data.len()), (EFI_DEVICE_ERROR, 0, 0));
+        let (mut fw, _dir) = firmware(EFI_SUCCESS, NAME_SIZE + 2);
+        let r = fw.get_next_variable_name(&[0, 0], &Guid::GLOBAL_VARIABLE, u64::MAX);
+        assert_eq!((r.status, r.name_size, r.name.len()), (EFI_DEVICE_ERROR, 0, 0));
         let (mut fw, _dir) = firmware(EFI_BUFFER_TOO_SMALL, 349);
         let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, 10);
         assert_eq!((r.status, r.data_size, r.data.len()), (EFI_BUFFER_TOO_SMALL, 349, 0));
