@@ -1,11 +1,17 @@
 //! Typed runtime-service calls on a [`Firmware`]: each builds the mailbox
 //! request of `sandbox_abi`'s encoding and decodes the reply. Used by
 //! `efivmm rt`, the tests and the benchmarks.
+//!
+//! As in the proxy, a reply is checked against the caller's buffer: a
+//! GetVariable or GetNextVariableName that claims success with more bytes
+//! than the caller's `*DataSize` / `*VariableNameSize` (or than the
+//! sandbox's buffer, `DATA_SIZE` / `NAME_SIZE`) is the firmware's fault, and ends with `EFI_DEVICE_ERROR` (and [`Firmware::last_failure`]
+//! says why) with no output.
 
-use sandbox_abi::{Mailbox, Service, FLAGS_ARG, NAME_SIZE};
+use sandbox_abi::{Mailbox, Service, DATA_SIZE, FLAGS_ARG, NAME_SIZE};
 
 use super::{Buffer, Completed, Firmware};
-use crate::efi::{EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_SUCCESS};
+use crate::efi::{EfiTime, Guid, EFI_BUFFER_TOO_SMALL, EFI_DEVICE_ERROR, EFI_SUCCESS};
 
 /// A request under construction.
 #[derive(Clone, Debug, Default)]
@@ -121,12 +127,27 @@ impl Firmware {
         self.call(&req.mailbox, &req.name, &req.data)
     }
 
+    /// A successful `reply` whose size (`outs[1]`) exceeds the caller's
+    /// buffer of `cap` bytes becomes `EFI_DEVICE_ERROR`: the firmware lied.
+    fn check_reply_size(&mut self, reply: &mut Mailbox, cap: u64, what: &str) {
+        if reply.status == EFI_SUCCESS && reply.outs[1] > cap {
+            let why = format!(
+                "the firmware's {what} reply of {} bytes exceeds the caller's {cap}-byte buffer",
+                reply.outs[1]
+            );
+            tracing::error!("{why}");
+            self.last_failure = Some(why);
+            reply.status = EFI_DEVICE_ERROR;
+        }
+    }
+
     /// GetVariable(name, guid, &attrs, &size, data) with `*DataSize = size`.
     /// `name` is UTF-16LE with its NUL.
     pub fn get_variable(&mut self, name: &[u8], guid: &Guid, size: u64) -> GetVariable {
         let mut req = with_name_and_guid(Request::new(Service::GetVariable, 5), name, guid);
         req.mailbox.args[3] = size;
-        let reply = self.request(&req).reply;
+        let mut reply = self.request(&req).reply;
+        self.check_reply_size(&mut reply, size.min(DATA_SIZE), "GetVariable");
         let ok = reply.status == EFI_SUCCESS;
         let data = if ok { self.read_output(Buffer::DataOut, reply.outs[1]) } else { Vec::new() };
         let has_sizes = ok || reply.status == EFI_BUFFER_TOO_SMALL;
@@ -155,7 +176,8 @@ impl Firmware {
         let mut req = with_name_and_guid(Request::new(Service::GetNextVariableName, 3), &copied, guid);
         req.mailbox.args[0] = size;
         req.mailbox.args[3] = copied.len() as u64;
-        let reply = self.request(&req).reply;
+        let mut reply = self.request(&req).reply;
+        self.check_reply_size(&mut reply, size.min(NAME_SIZE), "GetNextVariableName");
         let ok = reply.status == EFI_SUCCESS;
         NextName {
             status: reply.status,
@@ -266,4 +288,73 @@ pub fn capsule_header(guid: &Guid, header_size: u32, flags: u32, image_size: u32
     h.extend_from_slice(&flags.to_le_bytes());
     h.extend_from_slice(&image_size.to_le_bytes());
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::efi::name_to_utf16;
+    use crate::firmware::{Backend, FirmwareSource};
+    use crate::sandbox::CallFailure;
+    use crate::varsfile::VarsFile;
+
+    /// A firmware that answers every call with `status` and `outs[1] = size`,
+    /// its output buffers full of 0xAB.
+    struct Claims {
+        status: u64,
+        size: u64,
+    }
+
+    impl Backend for Claims {
+        fn call(&mut self, request: &Mailbox, _: &[u8], _: &[u8]) -> Result<Mailbox, CallFailure> {
+            Ok(Mailbox { status: self.status, outs: [7, self.size, 0, 0, 0, 0, 0, 0], store_dirty: 0, ..*request })
+        }
+        fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8> {
+            let cap = if buffer == Buffer::Name { NAME_SIZE } else { DATA_SIZE };
+            vec![0xab; len.min(cap) as usize]
+        }
+        fn changed_store(&mut self, _: &Mailbox) -> Option<Vec<u8>> {
+            None
+        }
+        fn restore_store(&mut self, _: &[u8]) {}
+        fn set_deadline(&mut self, _: Duration) {}
+        fn firmware_cpl(&self) -> Option<u8> {
+            None
+        }
+    }
+
+    fn firmware(status: u64, size: u64) -> (Firmware, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = VarsFile::open_or_create(&dir.path().join("v.fd"), varstore::Layout::Ovmf2M).unwrap();
+        (Firmware::with_backend(Box::new(Claims { status, size }), vars, FirmwareSource::Builtin), dir)
+    }
+
+    /// Found by the sandbox_replies fuzz target: a firmware claiming more
+    /// data than the caller's buffer holds got it all returned as success.
+    #[test]
+    fn a_reply_larger_than_the_callers_buffer_is_a_device_error() {
+        let (mut fw, _dir) = firmware(EFI_SUCCESS, 349);
+        let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, 10);
+        assert_eq!((r.status, r.data_size, r.data.len(), r.attributes), (EFI_DEVICE_ERROR, 0, 0, 0));
+        assert!(fw.last_failure().unwrap().contains("349 bytes"), "{:?}", fw.last_failure());
+        let r = fw.get_next_variable_name(&[0, 0], &Guid::GLOBAL_VARIABLE, 100);
+        assert_eq!((r.status, r.name_size, r.name.len()), (EFI_DEVICE_ERROR, 0, 0));
+        // Exactly the buffer is fine, and so is a larger size with
+        // EFI_BUFFER_TOO_SMALL (the size needed).
+        let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, 349);
+        assert_eq!((r.status, r.data_size, r.data.len()), (EFI_SUCCESS, 349, 349));
+        assert_eq!(fw.last_failure(), None);
+        // Nor can a reply exceed the sandbox's buffer, whatever the caller's.
+        let (mut fw, _dir) = firmware(EFI_SUCCESS, DATA_SIZE + 1);
+        let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, u64::MAX);
+        assert_eq!((r.status, r.data_size, r.data.len()), (EFI_DEVICE_ERROR, 0, 0));
+        let (mut fw, _dir) = firmware(EFI_SUCCESS, NAME_SIZE + 2);
+        let r = fw.get_next_variable_name(&[0, 0], &Guid::GLOBAL_VARIABLE, u64::MAX);
+        assert_eq!((r.status, r.name_size, r.name.len()), (EFI_DEVICE_ERROR, 0, 0));
+        let (mut fw, _dir) = firmware(EFI_BUFFER_TOO_SMALL, 349);
+        let r = fw.get_variable(&name_to_utf16("X"), &Guid::GLOBAL_VARIABLE, 10);
+        assert_eq!((r.status, r.data_size, r.data.len()), (EFI_BUFFER_TOO_SMALL, 349, 0));
+    }
 }

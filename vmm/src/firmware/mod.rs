@@ -159,15 +159,26 @@ impl Firmware {
             FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
             FirmwareSource::Ovmf(path) => Box::new(boot_ovmf(path, vars.image())?),
         };
-        Ok(Firmware {
+        Ok(Firmware::with_backend(backend, vars, source.clone()))
+    }
+
+    /// Wraps an already started `backend` serving `vars` (whose store it
+    /// must hold), with the commit budget on, as [`Firmware::start`] does.
+    /// For tests and the fuzz targets (`fuzz/`), which drive the call path
+    /// with a [`Backend`] double; efivmm itself starts its firmwares with
+    /// [`Firmware::start`]. `source` is only reported back by
+    /// [`Firmware::source`].
+    #[doc(hidden)]
+    pub fn with_backend(backend: Box<dyn Backend>, vars: VarsFile, source: FirmwareSource) -> Self {
+        Firmware {
             backend,
             vars,
-            source: source.clone(),
+            source,
             last_failure: None,
             commits: 0,
             bytes_committed: 0,
             budget: Some(budget::CommitBudget::new(std::time::Instant::now())),
-        })
+        }
     }
 
     /// Sets the deadline of each call.
@@ -243,6 +254,15 @@ impl Firmware {
     fn call_inner(&mut self, request: &Mailbox, name: &[u8], data_in: &[u8]) -> Result<Mailbox, String> {
         let reply = self.backend.call(request, name, data_in).map_err(|f: CallFailure| f.to_string())?;
         if let Some(image) = self.backend.changed_store(&reply) {
+            // A valid store of another layout is no store for this vars
+            // file (and this firmware): the next start would refuse it.
+            if image.len() != self.vars.image().len() {
+                return Err(format!(
+                    "the firmware left a store of {:#x} bytes, the vars file holds {:#x}",
+                    image.len(),
+                    self.vars.image().len()
+                ));
+            }
             varsfile::validate(self.vars.path(), &image)
                 .map_err(|e| format!("the firmware left an invalid store: {e}"))?;
             let wait = self.budget.as_mut().map_or(Duration::ZERO, |b| b.take(std::time::Instant::now()));
@@ -291,6 +311,67 @@ pub fn host_time_ns() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => d.as_nanos().min(i64::MAX as u128) as i64,
         Err(e) => -(e.duration().as_nanos().min(i64::MAX as u128) as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A firmware that answers SUCCESS and leaves `store` (if any) as its
+    /// store; records the images it is restored to.
+    struct Leaves {
+        store: Option<Vec<u8>>,
+        restored: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Backend for Leaves {
+        fn call(&mut self, request: &Mailbox, _: &[u8], _: &[u8]) -> Result<Mailbox, CallFailure> {
+            Ok(Mailbox { status: 0, store_dirty: u64::from(self.store.is_some()), ..*request })
+        }
+        fn read_output(&self, _: Buffer, _: u64) -> Vec<u8> {
+            Vec::new()
+        }
+        fn changed_store(&mut self, reply: &Mailbox) -> Option<Vec<u8>> {
+            (reply.store_dirty != 0).then(|| self.store.clone()).flatten()
+        }
+        fn restore_store(&mut self, image: &[u8]) {
+            self.restored.lock().unwrap().push(image.to_vec());
+        }
+        fn set_deadline(&mut self, _: Duration) {}
+        fn firmware_cpl(&self) -> Option<u8> {
+            None
+        }
+    }
+
+    fn fresh(layout: Layout) -> Vec<u8> {
+        let mut image = vec![0u8; layout.file_size()];
+        varstore::Store::format(&mut image, layout);
+        image
+    }
+
+    /// Found by the sandbox_replies fuzz target: a firmware that left a
+    /// valid store of the other layout had it committed, replacing the
+    /// 128 KiB vars file by a 528 KiB one that the next start refuses.
+    #[test]
+    fn a_store_of_another_layout_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.fd");
+        let vars = VarsFile::open_or_create(&path, Layout::Ovmf2M).unwrap();
+        let before = vars.image().to_vec();
+        let restored = Arc::new(Mutex::new(Vec::new()));
+        let leaves = Leaves { store: Some(fresh(Layout::Ovmf4M)), restored: restored.clone() };
+        let mut fw = Firmware::with_backend(Box::new(leaves), vars, FirmwareSource::Builtin);
+        fw.without_commit_budget();
+        let done = fw.call(&Mailbox::default(), &[], &[]);
+        assert_eq!(done.reply.status, EFI_DEVICE_ERROR);
+        assert!(done.failure.unwrap().contains("0x84000 bytes"));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        assert_eq!(fw.vars().image(), &before[..]);
+        assert_eq!(*restored.lock().unwrap(), vec![before.clone()]);
+        assert_eq!(fw.commits(), (0, 0));
     }
 }
 
