@@ -11,5 +11,7 @@ say "building and running the tests (unit, sandbox on /dev/kvm, CLI, crash safet
 cargo test --workspace --locked -- --test-threads=2
 say "the firmware's rule tests again, through the real sandbox VM on /dev/kvm"
 FIRMWARE_TESTS_IN_SANDBOX=1 cargo test --locked -p efivmm-firmware --lib -- --test-threads=2
+say "fuzzing: each coverage-guided target for 30 s from its committed seeds (scripts/fuzz.sh)"
+scripts/fuzz.sh --seconds 30
 say "the lab: the Debian kernel under efivmm in QEMU TCG with nested SVM, and under QEMU+OVMF (tests/lab/run.sh; about 10 minutes, report in target/lab/report.md)"
 tests/lab/run.sh
