@@ -58,7 +58,8 @@ mkdir -p "$out/logs"
 failed=()
 summary=()
 for t in "${targets[@]}"; do
-  [ -d "fuzz/corpus/$t" ] || { echo "no such fuzz target: $t (no fuzz/corpus/$t)" >&2; exit 2; }
+  [ -f "fuzz/fuzz_targets/$t.rs" ] || { echo "no such fuzz target: $t (no fuzz/fuzz_targets/$t.rs)" >&2; exit 2; }
+  mkdir -p "fuzz/corpus/$t"
   mkdir -p "$out/corpus/$t" "$out/artifacts/$t"
   log="$out/logs/$t.log"
   say "fuzzing $t for ${seconds}s (log: $log)"
