@@ -7,8 +7,10 @@
 //! 1. efivmm fills the [`Mailbox`] header at [`MAILBOX_ADDR`] (service,
 //!    arguments, host clock) and the input buffers ([`NAME_ADDR`],
 //!    [`DATA_IN_ADDR`]); the vars file image sits at [`STORE_ADDR`].
-//! 2. efivmm starts the vCPU at the firmware's ELF entry point with
-//!    `RSP = STACK_TOP - 8` (as if called).
+//! 2. efivmm runs the vCPU: the first time (and after a failed call) through
+//!    a CPL0 stub that loads TR and drops to the firmware's ELF entry at CPL3
+//!    with `RSP = STACK_TOP - 8`; after a completed call the firmware waits
+//!    at its entry and efivmm just resumes it.
 //! 3. The firmware serves the call, writes `status`, `outs` and the output
 //!    buffers ([`NAME_ADDR`] for GetNextVariableName, [`DATA_OUT_ADDR`]), sets
 //!    `store_dirty` if it changed the store, and does `out DOORBELL_PORT, al`.
@@ -18,6 +20,12 @@
 //!
 //! The firmware keeps no state between calls outside the store: everything
 //! persistent (time offset, wake-up time, monotonic counter) is a variable.
+//!
+//! The same mailbox serves an external firmware (OVMF): its loader
+//! (`ovmf-loader/`) allocates a block of its own and reports it with
+//! [`LOADER_READY`]; the buffers then sit at [`NAME_OFFSET`],
+//! [`DATA_IN_OFFSET`] and [`DATA_OUT_OFFSET`] from the block's start, and
+//! the firmware's store is its flash, not [`STORE_ADDR`].
 //!
 //! ## Argument encoding per service
 //!

@@ -270,7 +270,7 @@ for s in "${rows_of[@]}"; do
       continue
     fi
     [ -n "$orr" ] || o="none" orr="- no result (timeout)"
-    # What OVMF is expected to do (issue 4), and does: S1 and S2 pass; S3's
+    # What OVMF is expected to do, and does: S1 and S2 pass; S3's
     # second SetVirtualAddressMap is refused (EDK2's RuntimeDxe answers
     # EFI_UNSUPPORTED once in virtual mode) and generation 2 loses runtime
     # services.
