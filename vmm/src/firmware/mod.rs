@@ -286,6 +286,11 @@ pub fn host_time_ns() -> i64 {
     }
 }
 
+/// efivmm's loader for external firmware (`ovmf-loader/`, a UEFI
+/// application): OVMF runs it as its fw_cfg kernel to reach runtime, and it
+/// serves the mailbox from then on.
+pub static OVMF_LOADER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ovmf-loader.efi"));
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -346,8 +351,3 @@ mod tests {
         assert_eq!(fw.commits(), (0, 0));
     }
 }
-
-/// efivmm's loader for external firmware (`ovmf-loader/`, a UEFI
-/// application): OVMF runs it as its fw_cfg kernel to reach runtime, and it
-/// serves the mailbox from then on.
-pub static OVMF_LOADER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ovmf-loader.efi"));
