@@ -68,6 +68,9 @@ for t in "${targets[@]}"; do
   cargo "${toolchain[@]}" fuzz run -s "$sanitizer" "$t" "$out/corpus/$t" "fuzz/corpus/$t" -- \
     -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$out/artifacts/$t/" >"$log" 2>&1 || status=$?
+  # A crash ends the process before sandbox_replies removes its scratch
+  # vars directory (one fuzzer runs at a time, so none is in use now).
+  rm -rf /dev/shm/efivmm-fuzz-* 2>/dev/null || true
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)

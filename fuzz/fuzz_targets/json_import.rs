@@ -1,5 +1,5 @@
 //! `efivmm vars import`: virt-firmware's JSON (`vars::json::import`), the
-//! tool's policy (`vars::validate`), the edit of a store (`image::put`, as
+//! tool's policy (`vars::validate_var`), the edit of a store (`image::put`, as
 //! `vars import` does it), and the decoders `vars list` runs on what was
 //! imported (`decode::describe`, `hexdump`).
 //!
@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use efivmm::vars::image::{put, Var};
-use efivmm::vars::{decode, json, validate};
+use efivmm::vars::{decode, json, validate_var};
 use libfuzzer_sys::fuzz_target;
 use varstore::{Layout, NewVar, Store};
 
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = decode::hexdump(&v.data);
         printable("attribute letters", &decode::attr_letters(v.attr));
     }
-    if vars.iter().any(|v| validate(&v.name_str(), v.attr, &v.data).is_err()) {
+    if vars.iter().any(|v| validate_var(v).is_err()) {
         return;
     }
     // Round trip through export.

@@ -195,6 +195,14 @@ pub fn validate(name: &str, attrs: u32, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// [`validate`] for a variable read from JSON: on its whole name, which
+/// may hold a NUL (`"\u0000"`) that [`Var::name_str`] would stop at.
+pub fn validate_var(v: &Var) -> Result<(), String> {
+    let units: Vec<u16> = v.name.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let name = String::from_utf16_lossy(units.strip_suffix(&[0]).unwrap_or(&units));
+    validate(&name, v.attr, &v.data)
+}
+
 /// Runs `efivmm vars`.
 pub fn run(args: VarsArgs) -> Result<(), ExitError> {
     // The file's content may be hostile: parse it under the offline filter.
@@ -273,8 +281,7 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
                 .map_err(|e| ExitError::Usage(format!("--json {}: cannot read it: {e}", file.display())))?;
             let vars = json::import(&text).map_err(|m| ExitError::Usage(format!("--json {}: {m}", file.display())))?;
             for v in &vars {
-                validate(&v.name_str(), v.attr, &v.data)
-                    .map_err(|m| ExitError::Usage(format!("--json {}: {m}", file.display())))?;
+                validate_var(v).map_err(|m| ExitError::Usage(format!("--json {}: {m}", file.display())))?;
             }
             edit(&path, &vars)
         }
@@ -360,5 +367,24 @@ fn init(path: &Path, layout: Option<LayoutArg>, force: bool) -> Result<(), ExitE
     } else {
         // A combined flash image keeps its code: empty only its NV volume.
         image::reset_volume(path, wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the json_import fuzz target: a JSON name holding "\u0000"
+    /// passed the policy (checked on the name up to its NUL), and the import
+    /// then failed with a misleading "no room for variable" (exit 4).
+    #[test]
+    fn an_imported_name_with_a_nul_is_refused_by_the_policy() {
+        let doc = r#"{"version":2,"variables":[{"name":"Gr\u0000x","guid":"global","attr":7,"data":"00"}]}"#;
+        let vars = json::import(doc).unwrap();
+        let e = validate_var(&vars[0]).unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        let ok =
+            json::import(r#"{"version":2,"variables":[{"name":"Gr\u00fcx","guid":"global","attr":7,"data":"00"}]}"#);
+        assert_eq!(validate_var(&ok.unwrap()[0]), Ok(()));
     }
 }
