@@ -7,18 +7,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{rt_ok, status, TEST_GUID};
-
-/// A small deterministic PRNG (xorshift64*), so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
+use common::{rt_ok, status, Rng, TEST_GUID};
 
 const NAMES: u64 = 24;
 const WRITES: u64 = 240;

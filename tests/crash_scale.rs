@@ -33,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use common::{status, TEST_GUID};
+use common::{status, Rng, TEST_GUID};
 use efivmm::varsfile::VarsFile;
 use varstore::Layout;
 
@@ -41,21 +41,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_efivmm");
 const EFI_DEVICE_ERROR: &str = "EFI_DEVICE_ERROR";
 /// The guest's status for a refused write, as it prints it.
 const DEVICE_ERROR_HEX: &str = "0x8000000000000007";
-
-/// A small deterministic PRNG (xorshift64*), so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// `EFIVMM_CRASH_TRIALS` (default 1000), split 3:2 between `rt` and guest kills.
 fn trials() -> (u64, u64) {
