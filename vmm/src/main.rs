@@ -21,9 +21,12 @@ use efivmm::ExitError;
 ///
 /// Exit codes: 0 success (guest powered off or reset; for `rt`: the call
 /// completed, whatever its EFI status); 1 guest crashed, a `demo` generation
-/// failed, or (`vars`) variable not found; 2 bad arguments; 3 KVM or sandbox
-/// unavailable; 4 vars file unusable (corrupt, locked, unreadable, full);
-/// 5 guest stopped at --timeout; 128+N guest stopped by signal N.
+/// failed, or (`vars`) variable not found; 2 bad arguments (also a
+/// `--firmware` file that is not an OVMF image); 3 KVM or sandbox unavailable
+/// (also: this KVM cannot boot OVMF, or the seccomp filters cannot be set);
+/// 4 vars file unusable (corrupt, locked, unreadable, full; with OVMF: it
+/// enforces Secure Boot); 5 guest stopped at --timeout; 128+N guest stopped
+/// by signal N (159: SIGSYS, a system call outside efivmm's seccomp filter).
 ///
 /// With --serial stdio, stdin is the guest's console; Ctrl-A x stops the
 /// guest (Ctrl-A Ctrl-A sends Ctrl-A).
@@ -61,8 +64,9 @@ enum Command {
     /// arguments, 4 vars file unusable, locked, or full. See docs/vars.md.
     Vars(VarsArgs),
     /// Boot the built-in test guest kernel through many kexec generations
-    /// (shapes A, B, C) with the built-in firmware and a temporary vars
-    /// file, and print one row per generation. Exit 0 only if all passed.
+    /// (shapes A, B, C) with the built-in firmware (or `--firmware PATH`) and
+    /// a temporary vars file, and print one row per generation. Exit 0 only
+    /// if all passed.
     Demo(DemoArgs),
 }
 
