@@ -55,6 +55,11 @@ cargo "${toolchain[@]}" fuzz build -s "$sanitizer"
 
 out=target/fuzz
 mkdir -p "$out/logs"
+# This run's own scratch directory for the targets' vars files (tmpfs when
+# there is one): removing it after a crash cannot touch another run's files.
+scratch=$(mktemp -d /dev/shm/efivmm-fuzz-run.XXXXXX 2>/dev/null || mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export EFIVMM_FUZZ_SCRATCH="$scratch"
 failed=()
 summary=()
 for t in "${targets[@]}"; do
@@ -69,8 +74,8 @@ for t in "${targets[@]}"; do
     -max_total_time="$seconds" -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
     -artifact_prefix="$out/artifacts/$t/" >"$log" 2>&1 || status=$?
   # A crash ends the process before sandbox_replies removes its scratch
-  # vars directory (one fuzzer runs at a time, so none is in use now).
-  rm -rf /dev/shm/efivmm-fuzz-* 2>/dev/null || true
+  # vars directory: empty this run's scratch directory.
+  find "$scratch" -mindepth 1 -delete 2>/dev/null || true
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)

@@ -20,10 +20,13 @@ pub mod guest;
 pub mod model;
 pub mod store;
 
-/// A private directory for vars files, on tmpfs when there is one (commits
-/// fsync), removed when dropped.
+/// A private directory for vars files, removed when dropped: inside
+/// `$EFIVMM_FUZZ_SCRATCH` when `scripts/fuzz.sh` sets it (a directory of that
+/// run's own, which it removes afterwards even if a crash skipped the drop),
+/// else on tmpfs when there is one (commits fsync).
 pub fn scratch_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    let b = tempfile::Builder::new().prefix("efivmm-fuzz-").tempdir_in(shm);
+    let parent = std::env::var_os("EFIVMM_FUZZ_SCRATCH").map(std::path::PathBuf::from);
+    let shm = parent.unwrap_or_else(|| "/dev/shm".into());
+    let b = tempfile::Builder::new().prefix("efivmm-fuzz-").tempdir_in(&shm);
     b.or_else(|_| tempfile::Builder::new().prefix("efivmm-fuzz-").tempdir()).expect("cannot create a temp directory")
 }

@@ -34,6 +34,8 @@
 
 pub mod image;
 pub mod platform;
+pub mod privileged;
+pub mod snapshot;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,0 +1,1 @@
+//! Privileged instructions of OVMF's runtime at CPL3 (in progress).

@@ -1,0 +1,1 @@
+//! The OVMF sandbox snapshot file (in progress).
