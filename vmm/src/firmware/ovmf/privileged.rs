@@ -376,3 +376,321 @@ pub fn emulate(bytes: &[u8], regs: &mut kvm_regs, cpu: &mut VirtualCpu, ports: &
     regs.rip = regs.rip.wrapping_add(instr.len() as u64);
     Outcome::Emulated(kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Ports double recording every access; `in` returns 0xa1 0xb2 0xc3 0xd4.
+    #[derive(Default)]
+    struct Recording {
+        ins: Vec<(u16, usize)>,
+        outs: Vec<(u16, Vec<u8>)>,
+    }
+
+    impl Ports for Recording {
+        fn port_in(&mut self, port: u16, data: &mut [u8]) {
+            self.ins.push((port, data.len()));
+            data.copy_from_slice(&[0xa1, 0xb2, 0xc3, 0xd4][..data.len()]);
+        }
+        fn port_out(&mut self, port: u16, data: &[u8]) {
+            self.outs.push((port, data.to_vec()));
+        }
+    }
+
+    /// Asserts that iced-x86 decodes `bytes` (all of them) as `text`, so
+    /// the hand-assembled test bytes are what the test says they are.
+    fn check(bytes: &[u8], text: &str) {
+        let instr = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE).decode();
+        assert!(!instr.is_invalid(), "{bytes:02x?} does not decode");
+        assert_eq!(instr.len(), bytes.len(), "{bytes:02x?} is not one instruction");
+        assert_eq!(format(&instr), text, "{bytes:02x?}");
+    }
+
+    fn regs() -> kvm_regs {
+        kvm_regs {
+            rax: 0x1111_2222_3333_4444,
+            rbx: 0xbbbb,
+            rcx: 0xcccc,
+            rdx: 0xdddd_dddd_dddd_0071,
+            r9: 0x9999,
+            rip: 0x7f00_1000,
+            ..Default::default()
+        }
+    }
+
+    fn cpu() -> VirtualCpu {
+        VirtualCpu { cr0: 0x8000_0033, cr2: 0x2222, cr3: 0x0080_0000, cr4: 0x0668, cr8: 0x3, interrupts_enabled: true }
+    }
+
+    /// Emulates `bytes` (checked to decode as `text`) on fresh state.
+    fn run(bytes: &[u8], text: &str) -> (Outcome, kvm_regs, VirtualCpu, Recording) {
+        check(bytes, text);
+        let (mut r, mut c, mut p) = (regs(), cpu(), Recording::default());
+        let o = emulate(bytes, &mut r, &mut c, &mut p);
+        (o, r, c, p)
+    }
+
+    /// Asserts `o` is a refusal of `kind` whose detail contains `needle`,
+    /// and that the registers and ports were not touched.
+    fn assert_refused(o: &Outcome, r: &kvm_regs, p: &Recording, kind: Kind, needle: &str) {
+        match o {
+            Outcome::Refused { kind: k, detail } => {
+                assert_eq!(*k, kind);
+                assert!(detail.contains(needle), "detail {detail:?} lacks {needle:?}");
+            }
+            o => panic!("expected a refusal, got {o:?}"),
+        }
+        assert_eq!(*r, regs(), "refused instruction changed registers");
+        assert!(p.ins.is_empty() && p.outs.is_empty());
+    }
+
+    #[test]
+    fn cli_sti_toggle_virtual_flag() {
+        let (o, r, c, _) = run(&[0xfa], "cli");
+        assert_eq!(o, Outcome::Emulated(Kind::Cli));
+        assert!(!c.interrupts_enabled);
+        assert_eq!(r.rip, regs().rip + 1);
+        assert_eq!(r.rflags, regs().rflags);
+
+        check(&[0xfb], "sti");
+        let (mut r, mut c, mut p) = (regs(), VirtualCpu::default(), Recording::default());
+        assert_eq!(emulate(&[0xfb, 0xfa], &mut r, &mut c, &mut p), Outcome::Emulated(Kind::Sti));
+        assert!(c.interrupts_enabled);
+        assert_eq!(r.rip, regs().rip + 1);
+    }
+
+    #[test]
+    fn in_al_imm_preserves_upper_rax() {
+        let (o, r, _, p) = run(&[0xe4, 0x71], "in al,71h");
+        assert_eq!(o, Outcome::Emulated(Kind::PortIn));
+        assert_eq!(p.ins, vec![(0x71, 1)]);
+        assert_eq!(r.rax, 0x1111_2222_3333_44a1);
+        assert_eq!(r.rip, regs().rip + 2);
+    }
+
+    #[test]
+    fn in_eax_dx_zero_extends() {
+        let (o, r, _, p) = run(&[0xed], "in eax,dx");
+        assert_eq!(o, Outcome::Emulated(Kind::PortIn));
+        assert_eq!(p.ins, vec![(0x0071, 4)]);
+        assert_eq!(r.rax, 0xd4c3_b2a1);
+        assert_eq!(r.rip, regs().rip + 1);
+    }
+
+    #[test]
+    fn in_ax_dx_preserves_upper_rax() {
+        let (o, r, _, p) = run(&[0x66, 0xed], "in ax,dx");
+        assert_eq!(o, Outcome::Emulated(Kind::PortIn));
+        assert_eq!(p.ins, vec![(0x0071, 2)]);
+        assert_eq!(r.rax, 0x1111_2222_3333_b2a1);
+        assert_eq!(r.rip, regs().rip + 2);
+    }
+
+    #[test]
+    fn in_with_rex_w_is_still_eax() {
+        // REX.W does not widen `in`: the data register stays EAX.
+        let (o, r, _, p) = run(&[0x48, 0xe5, 0x70], "in eax,70h");
+        assert_eq!(o, Outcome::Emulated(Kind::PortIn));
+        assert_eq!(p.ins, vec![(0x70, 4)]);
+        assert_eq!(r.rax, 0xd4c3_b2a1);
+        assert_eq!(r.rip, regs().rip + 3);
+    }
+
+    #[test]
+    fn in_from_wide_dx_port() {
+        check(&[0xec], "in al,dx");
+        let (mut r, mut c, mut p) = (regs(), cpu(), Recording::default());
+        r.rdx = 0xffff_0000_0000_0cf8;
+        assert_eq!(emulate(&[0xec], &mut r, &mut c, &mut p), Outcome::Emulated(Kind::PortIn));
+        assert_eq!(p.ins, vec![(0x0cf8, 1)]);
+    }
+
+    #[test]
+    fn out_passes_the_byte() {
+        let (o, r, _, p) = run(&[0xee], "out dx,al");
+        assert_eq!(o, Outcome::Emulated(Kind::PortOut));
+        assert_eq!(p.outs, vec![(0x0071, vec![0x44])]);
+        assert_eq!(r.rax, regs().rax);
+        assert_eq!(r.rip, regs().rip + 1);
+
+        let (o, r, _, p) = run(&[0xe6, 0x70], "out 70h,al");
+        assert_eq!(o, Outcome::Emulated(Kind::PortOut));
+        assert_eq!(p.outs, vec![(0x70, vec![0x44])]);
+        assert_eq!(r.rip, regs().rip + 2);
+
+        let (o, _, _, p) = run(&[0xef], "out dx,eax");
+        assert_eq!(o, Outcome::Emulated(Kind::PortOut));
+        assert_eq!(p.outs, vec![(0x0071, vec![0x44, 0x44, 0x33, 0x33])]);
+
+        let (o, _, _, p) = run(&[0x66, 0xe7, 0x80], "out 80h,ax");
+        assert_eq!(o, Outcome::Emulated(Kind::PortOut));
+        assert_eq!(p.outs, vec![(0x80, vec![0x44, 0x44])]);
+    }
+
+    #[test]
+    fn mov_from_cr_reads_virtual_values() {
+        let (o, r, _, _) = run(&[0x0f, 0x20, 0xc0], "mov rax,cr0");
+        assert_eq!(o, Outcome::Emulated(Kind::ReadCr));
+        assert_eq!(r.rax, cpu().cr0);
+        assert_eq!(r.rip, regs().rip + 3);
+
+        let (o, r, _, _) = run(&[0x41, 0x0f, 0x20, 0xd9], "mov r9,cr3");
+        assert_eq!(o, Outcome::Emulated(Kind::ReadCr));
+        assert_eq!(r.r9, cpu().cr3);
+        assert_eq!(r.rcx, regs().rcx, "REX.B ignored: wrote rcx instead of r9");
+        assert_eq!(r.rip, regs().rip + 4);
+
+        let (o, r, _, _) = run(&[0x0f, 0x20, 0xe1], "mov rcx,cr4");
+        assert_eq!(o, Outcome::Emulated(Kind::ReadCr));
+        assert_eq!(r.rcx, cpu().cr4);
+
+        let (o, r, _, _) = run(&[0x44, 0x0f, 0x20, 0xc2], "mov rdx,cr8");
+        assert_eq!(o, Outcome::Emulated(Kind::ReadCr));
+        assert_eq!(r.rdx, cpu().cr8);
+        assert_eq!(r.rip, regs().rip + 4);
+
+        let (o, r, _, _) = run(&[0x0f, 0x20, 0xd3], "mov rbx,cr2");
+        assert_eq!(o, Outcome::Emulated(Kind::ReadCr));
+        assert_eq!(r.rbx, cpu().cr2);
+    }
+
+    #[test]
+    fn mov_to_cr_only_if_unchanged() {
+        check(&[0x0f, 0x22, 0xc0], "mov cr0,rax");
+        let (mut r, mut c, mut p) = (regs(), cpu(), Recording::default());
+        r.rax = c.cr0;
+        let before = r;
+        assert_eq!(emulate(&[0x0f, 0x22, 0xc0], &mut r, &mut c, &mut p), Outcome::Emulated(Kind::WriteCr));
+        assert_eq!(r.rip, before.rip + 3);
+        assert_eq!(r.rax, before.rax);
+        assert_eq!(c.cr0, cpu().cr0);
+
+        let (o, r, c, p) = run(&[0x0f, 0x22, 0xc0], "mov cr0,rax");
+        assert_refused(&o, &r, &p, Kind::WriteCr, "mov cr0,rax");
+        assert_eq!(c.cr0, cpu().cr0);
+
+        // mov cr8, r9 (REX.R and REX.B): a different value is refused.
+        let (o, r, _, p) = run(&[0x45, 0x0f, 0x22, 0xc1], "mov cr8,r9");
+        assert_refused(&o, &r, &p, Kind::WriteCr, "cr8");
+    }
+
+    #[test]
+    fn msrs_refused_with_number() {
+        let (o, r, _, p) = run(&[0x0f, 0x32], "rdmsr");
+        assert_refused(&o, &r, &p, Kind::Rdmsr, "rdmsr (MSR 0xcccc)");
+        let (o, r, _, p) = run(&[0x0f, 0x30], "wrmsr");
+        assert_refused(&o, &r, &p, Kind::Wrmsr, "wrmsr (MSR 0xcccc)");
+    }
+
+    #[test]
+    fn cache_control_is_a_no_op() {
+        let (o, r, c, _) = run(&[0x0f, 0x09], "wbinvd");
+        assert_eq!(o, Outcome::Emulated(Kind::CacheControl));
+        assert_eq!(r.rip, regs().rip + 2);
+        assert_eq!(r.rax, regs().rax);
+        assert_eq!(c.cr3, cpu().cr3);
+
+        let (o, r, _, _) = run(&[0x0f, 0x01, 0x38], "invlpg [rax]");
+        assert_eq!(o, Outcome::Emulated(Kind::CacheControl));
+        assert_eq!(r.rip, regs().rip + 3);
+
+        let (o, r, _, _) = run(&[0x0f, 0x08], "invd");
+        assert_eq!(o, Outcome::Emulated(Kind::CacheControl));
+        assert_eq!(r.rip, regs().rip + 2);
+    }
+
+    #[test]
+    fn refused_instructions() {
+        let (o, r, _, p) = run(&[0xf4], "hlt");
+        assert_refused(&o, &r, &p, Kind::Hlt, "hlt");
+        let (o, r, _, p) = run(&[0x0f, 0x01, 0x10], "lgdt [rax]");
+        assert_refused(&o, &r, &p, Kind::DescriptorTable, "lgdt");
+        let (o, r, _, p) = run(&[0x0f, 0x00, 0xd8], "ltr ax");
+        assert_refused(&o, &r, &p, Kind::DescriptorTable, "ltr");
+        let (o, r, _, p) = run(&[0x0f, 0x01, 0xf8], "swapgs");
+        assert_refused(&o, &r, &p, Kind::Other, "swapgs");
+        let (o, r, _, p) = run(&[0x0f, 0x06], "clts");
+        assert_refused(&o, &r, &p, Kind::Other, "clts");
+        let (o, r, _, p) = run(&[0xf3, 0x6c], "rep insb [rdi],dx");
+        assert_refused(&o, &r, &p, Kind::StringPortIo, "insb");
+        let (o, r, _, p) = run(&[0x6f], "outsd dx,[rsi]");
+        assert_refused(&o, &r, &p, Kind::StringPortIo, "outsd");
+    }
+
+    #[test]
+    fn truncated_bytes_refused() {
+        check(&[0x0f, 0x20, 0xc0], "mov rax,cr0");
+        let (mut r, mut c, mut p) = (regs(), cpu(), Recording::default());
+        let o = emulate(&[0x0f, 0x20], &mut r, &mut c, &mut p);
+        assert_refused(&o, &r, &p, Kind::Other, "truncated");
+        let o = emulate(&[], &mut r, &mut c, &mut p);
+        assert_refused(&o, &r, &p, Kind::Other, "truncated");
+    }
+
+    #[test]
+    fn garbage_refused() {
+        for bytes in [&[0x0f, 0x04][..], &[0xff, 0xff], &[0x06], &[0xf0, 0xfa], &[0x66; 15]] {
+            let (mut r, mut c, mut p) = (regs(), cpu(), Recording::default());
+            let o = emulate(bytes, &mut r, &mut c, &mut p);
+            assert_refused(&o, &r, &p, Kind::Other, "instruction");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut counts = Counts::default();
+        for _ in 0..10_000 {
+            let mut bytes = [0u8; 15];
+            for chunk in bytes.chunks_mut(8) {
+                chunk.copy_from_slice(&next().to_le_bytes()[..chunk.len()]);
+            }
+            // Bias toward the interesting opcodes so some get emulated.
+            if next() % 4 == 0 {
+                bytes[0] = [0xfa, 0xfb, 0xe4, 0xed, 0xee, 0x0f][(next() % 6) as usize];
+            }
+            let (mut r, mut c, mut p) = (regs(), cpu(), Recording::default());
+            let o = emulate(&bytes, &mut r, &mut c, &mut p);
+            match &o {
+                Outcome::Emulated(_) => {
+                    let advanced = r.rip.wrapping_sub(regs().rip);
+                    assert!((1..=15).contains(&advanced), "{bytes:02x?} advanced RIP by {advanced}");
+                }
+                Outcome::Refused { .. } => assert_eq!(r, regs(), "{bytes:02x?} refused but changed registers"),
+            }
+            counts.record(&o);
+        }
+        assert_eq!(counts.total(), 10_000);
+        assert!(counts.emulated(Kind::Cli) > 0 && counts.emulated(Kind::PortIn) > 0);
+    }
+
+    #[test]
+    fn counts_record_and_display() {
+        let mut counts = Counts::default();
+        assert_eq!(counts.to_string(), "none");
+        assert_eq!(counts.total(), 0);
+        let refused = Outcome::Refused { kind: Kind::Wrmsr, detail: "wrmsr".into() };
+        counts.record(&refused);
+        assert_eq!(counts.to_string(), "refused: wrmsr 1");
+        for _ in 0..12 {
+            counts.record(&Outcome::Emulated(Kind::Sti));
+            counts.record(&Outcome::Emulated(Kind::Cli));
+        }
+        for _ in 0..3 {
+            counts.record(&Outcome::Emulated(Kind::PortIn));
+        }
+        assert_eq!(counts.emulated(Kind::Cli), 12);
+        assert_eq!(counts.emulated(Kind::Wrmsr), 0);
+        assert_eq!(counts.refused(Kind::Wrmsr), 1);
+        assert_eq!(counts.refused(Kind::Cli), 0);
+        assert_eq!(counts.total(), 28);
+        assert_eq!(counts.to_string(), "cli 12, sti 12, in 3 (refused: wrmsr 1)");
+    }
+}
