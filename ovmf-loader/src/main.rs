@@ -18,12 +18,20 @@
 //!    SetVirtualAddressMap exactly once with the identity map of the
 //!    `EFI_MEMORY_RUNTIME` descriptors (as Linux passes only those). No
 //!    ConvertPointer, no boot service after ExitBootServices.
-//! 3. Ring the doorbell with `LOADER_READY` (RSI = block, RDX = system
-//!    table, RCX = SetVirtualAddressMap's status); on a failure before that,
-//!    ring `LOADER_FAILED` (RSI = the `LoaderStep`, RDX = the status) forever.
+//! 3. Switch to a stack of its own (`LOADER_STACK_SIZE` bytes of
+//!    `EfiLoaderData`, allocated before ExitBootServices): from here on
+//!    nothing the loader or OVMF's runtime touches lies outside runtime and
+//!    loader memory, which is what efivmm maps when it runs them at CPL3.
+//!    Ring the doorbell with `LOADER_READY` (RSI = block, RDX = system
+//!    table, RCX = SetVirtualAddressMap's status, R8/R9/R10 = a copy of the
+//!    whole memory map, its size, the descriptor size); on a failure before
+//!    that, ring `LOADER_FAILED` (RSI = the `LoaderStep`, RDX = the status)
+//!    forever.
 //! 4. Serve: each time efivmm resumes the vCPU, read the header (volatile),
 //!    run `ovmf_loader::serve` over OVMF's runtime-services table, write the
-//!    header back and ring `LOADER_REPLY`.
+//!    header back and ring `LOADER_REPLY`. The serve loop uses no privileged
+//!    instruction (only the doorbell's `out`), so efivmm may resume it at CPL3
+//!    on page tables of its own.
 //!
 //! With `selftest` in the load options (the fw_cfg command line), steps 3–4
 //! are replaced by `ovmf_loader::selftest` and a shutdown; with `faulttest`,
@@ -46,8 +54,8 @@ mod efi {
     use sandbox_abi::time::EfiTime;
     use sandbox_abi::{
         LoaderStep, Mailbox, Service, DATA_IN_OFFSET, DATA_OUT_OFFSET, DATA_SIZE, DEBUGCON_PORT, DOORBELL_PORT,
-        EXCEPTION_PORT, LOADER_FAILED, LOADER_READY, LOADER_REPLY, MAILBOX_BLOCK_SIZE, MAILBOX_MAGIC, NAME_OFFSET,
-        NAME_SIZE,
+        EXCEPTION_PORT, LOADER_FAILED, LOADER_READY, LOADER_REPLY, LOADER_STACK_SIZE, MAILBOX_BLOCK_SIZE,
+        MAILBOX_MAGIC, NAME_OFFSET, NAME_SIZE,
     };
     use uefi_raw::capsule::CapsuleHeader;
     use uefi_raw::protocol::loaded_image::LoadedImageProtocol;
@@ -109,6 +117,28 @@ mod efi {
                 in("rsi") rsi,
                 in("rdx") rdx,
                 in("rcx") rcx,
+                options(nostack, preserves_flags),
+            )
+        };
+    }
+
+    /// The `LOADER_READY` doorbell: [`doorbell`]'s registers and the memory
+    /// map's copy in R8, R9, R10.
+    fn doorbell_ready(block: u64, system_table: u64, svam: u64, map: &MemoryMap) {
+        // SAFETY: as `doorbell`: a port write that exits to the VMM; the
+        // registers are only inputs.
+        unsafe {
+            asm!(
+                "out {port}, al",
+                port = const DOORBELL_PORT,
+                in("al") 0u8,
+                in("rdi") LOADER_READY,
+                in("rsi") block,
+                in("rdx") system_table,
+                in("rcx") svam,
+                in("r8") map.copy as u64,
+                in("r9") map.size as u64,
+                in("r10") map.desc_size as u64,
                 options(nostack, preserves_flags),
             )
         };
@@ -256,6 +286,8 @@ mod efi {
     /// The memory map as ExitBootServices saw it.
     struct MemoryMap {
         buf: *mut u8,
+        /// An untouched copy of the map (for efivmm), in the same pages.
+        copy: *mut u8,
         size: usize,
         desc_size: usize,
         desc_version: u32,
@@ -270,7 +302,9 @@ mod efi {
         }
         // Room for the descriptors our own allocation adds, and then some.
         let capacity = (size + 32 * desc_size).next_multiple_of(PAGE);
-        let buf = allocate(bs, capacity / PAGE).map_err(|s| (LoaderStep::GetMemoryMap, s))? as *mut u8;
+        // Twice the capacity: the map, then its copy for efivmm (the map
+        // itself is compacted for SetVirtualAddressMap).
+        let buf = allocate(bs, 2 * capacity / PAGE).map_err(|s| (LoaderStep::GetMemoryMap, s))? as *mut u8;
         let mut last = Status::INVALID_PARAMETER;
         for _ in 0..EBS_ATTEMPTS {
             size = capacity;
@@ -283,7 +317,12 @@ mod efi {
             // after success no boot service is called again.
             last = unsafe { (bs.exit_boot_services)(image, key) };
             if last == Status::SUCCESS {
-                return Ok(MemoryMap { buf, size, desc_size, desc_version });
+                // SAFETY: `size` <= `capacity` bytes from `buf` to the second
+                // half of the same allocation; the halves do not overlap.
+                let copy = unsafe { buf.add(capacity) };
+                // SAFETY: see above.
+                unsafe { ptr::copy_nonoverlapping(buf, copy, size) };
+                return Ok(MemoryMap { buf, copy, size, desc_size, desc_version });
             }
             if last != Status::INVALID_PARAMETER {
                 break;
@@ -607,6 +646,10 @@ mod efi {
         // SAFETY: the first page of the block we just allocated.
         unsafe { ptr::write_bytes(block as *mut u8, 0, PAGE) };
         say!("mailbox block {:#x} ({:#x} bytes, EfiLoaderData)", block, MAILBOX_BLOCK_SIZE);
+        let stack = match allocate(bs, LOADER_STACK_SIZE as usize / PAGE) {
+            Ok(a) => a,
+            Err(s) => fail(LoaderStep::AllocateMailbox, s),
+        };
 
         say!("ExitBootServices");
         let map = match exit_boot_services(bs, image) {
@@ -654,8 +697,43 @@ mod efi {
             say!("DiagFault did not fault");
         }
         say!("ready");
-        doorbell(LOADER_READY, block, system_table as u64, svam.0 as u64);
-        serve_forever(&mut ovmf, block)
+        // SAFETY: single CPU, before the switch; read once by serve_ready.
+        unsafe { *READY.0.get() = Some(Ready { rt, block, system_table: system_table as u64, svam: svam.0 as u64, map }) };
+        let top = stack + LOADER_STACK_SIZE - 64;
+        // SAFETY: `top` is 16-byte aligned and 64 bytes below the end of our
+        // LOADER_STACK_SIZE-byte allocation (room above for the callee's
+        // home space); `serve_ready` never returns, so nothing of the old
+        // stack is used again.
+        unsafe { asm!("mov rsp, {top}", "call {f}", top = in(reg) top, f = sym serve_ready, options(noreturn)) }
+    }
+
+    /// What `serve_ready` needs, handed over across the stack switch.
+    struct Ready {
+        rt: *const RuntimeServices,
+        block: u64,
+        system_table: u64,
+        svam: u64,
+        map: MemoryMap,
+    }
+
+    struct ReadyCell(UnsafeCell<Option<Ready>>);
+
+    // SAFETY: written once before the stack switch and read once after it,
+    // by the only CPU.
+    unsafe impl Sync for ReadyCell {}
+
+    static READY: ReadyCell = ReadyCell(UnsafeCell::new(None));
+
+    /// On the loader's own stack: rings `LOADER_READY` and serves forever.
+    extern "efiapi" fn serve_ready() -> ! {
+        // SAFETY: written by efi_main before the switch; nothing else
+        // refers to it.
+        let Some(ready) = (unsafe { (*READY.0.get()).take() }) else {
+            fail(LoaderStep::SetVirtualAddressMap, Status::ABORTED)
+        };
+        let mut ovmf = Ovmf { rt: ready.rt };
+        doorbell_ready(ready.block, ready.system_table, ready.svam, &ready.map);
+        serve_forever(&mut ovmf, ready.block)
     }
 
     #[panic_handler]

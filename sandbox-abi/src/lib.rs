@@ -130,9 +130,16 @@ pub const MAILBOX_BLOCK_SIZE: u64 = DATA_OUT_OFFSET + DATA_SIZE;
 /// The loader of an external firmware rings the doorbell with this value in
 /// RDI once the firmware is at runtime (after ExitBootServices and the one
 /// identity SetVirtualAddressMap): RSI = the mailbox block's address, RDX =
-/// the EFI system table, RCX = SetVirtualAddressMap's status. Every later
-/// doorbell from it ends a call, with [`LOADER_REPLY`] in RDI.
+/// the EFI system table, RCX = SetVirtualAddressMap's status, R8 = a copy of
+/// the whole memory map ExitBootServices saw (in loader memory), R9 = its
+/// size in bytes, R10 = the size of one descriptor. From this doorbell on the
+/// loader runs on a stack of [`LOADER_STACK_SIZE`] bytes of its own loader
+/// memory (`EfiLoaderData`), so everything it and the firmware's runtime
+/// touch lies in runtime or loader memory. Every later doorbell from it ends
+/// a call, with [`LOADER_REPLY`] in RDI.
 pub const LOADER_READY: u64 = 0x5944_4145_5244_4c45; // "ELDRAEDY"
+/// The loader's own stack from [`LOADER_READY`] on.
+pub const LOADER_STACK_SIZE: u64 = 256 << 10;
 /// RDI of the loader's doorbell that ends a call.
 pub const LOADER_REPLY: u64 = 0x594c_5045_5244_4c45;
 /// RDI of the loader's doorbell when it cannot bring the firmware to runtime:
