@@ -733,3 +733,394 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(PathBuf, 
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn page(fill: u8) -> Box<[u8; PAGE_SIZE as usize]> {
+        let mut p = Box::new([0u8; PAGE_SIZE as usize]);
+        p[0] = fill;
+        p[PAGE_SIZE as usize - 1] = fill.wrapping_add(1);
+        p
+    }
+
+    /// A consistent snapshot: four RAM regions and the flash, two devices,
+    /// three pages.
+    fn sample() -> Snapshot {
+        let mut pages = BTreeMap::new();
+        pages.insert(0x10_0000, page(1));
+        pages.insert(0x10_1000, page(2));
+        pages.insert(0x20_3000, page(3));
+        let mut regs = LoaderRegs { rip: 0x30_0123, rflags: 0x202, ..Default::default() };
+        for (i, r) in regs.gprs.iter_mut().enumerate() {
+            *r = 0x0101_0101_0101_0101u64.wrapping_mul(i as u64 + 1);
+        }
+        Snapshot {
+            platform_version: 3,
+            firmware_sha256: sha256(b"OVMF_CODE.fd"),
+            vars_sha256: sha256(b"OVMF_VARS.fd"),
+            firmware_name: "OVMF_CODE.fd".into(),
+            created_unix_secs: 1_700_000_000,
+            mailbox: 0x40_1000,
+            ram_size: 64 * MIB,
+            regs,
+            regions: vec![
+                Region { base: 0x10_0000, pages: 2, kind: RegionKind::RuntimeCode },
+                Region { base: 0x20_0000, pages: 16, kind: RegionKind::RuntimeData },
+                Region { base: 0x30_0000, pages: 4, kind: RegionKind::LoaderCode },
+                Region { base: 0x40_0000, pages: 8, kind: RegionKind::LoaderData },
+                Region { base: 0xffc0_0000, pages: 128, kind: RegionKind::Flash },
+            ],
+            devices: vec![
+                DeviceState { tag: *b"RTC0", bytes: (0..=255).collect() },
+                DeviceState { tag: *b"FLSH", bytes: vec![] },
+            ],
+            pages,
+        }
+    }
+
+    /// Replaces the trailer with the checksum of the rest.
+    fn reseal(bytes: &mut [u8]) {
+        let n = bytes.len() - TRAILER;
+        let sum = sha256(&bytes[..n]);
+        bytes[n..].copy_from_slice(&sum);
+    }
+
+    fn corrupt_message(s: &Snapshot) -> String {
+        match Snapshot::decode(&s.encode()) {
+            Err(SnapshotError::Corrupt(m)) => m,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        let bytes = s.encode();
+        assert_eq!(&bytes[..8], b"EFIVMMSN");
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), FORMAT_VERSION);
+        assert_eq!(Snapshot::decode(&bytes).unwrap(), s);
+        assert_eq!(s.page_bytes(), 3 * 4104);
+    }
+
+    #[test]
+    fn header_matches_the_documented_layout() {
+        let s = sample();
+        let b = s.encode();
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(u32_at(12) as usize, 257 + s.firmware_name.len());
+        assert_eq!(u32_at(16), s.platform_version);
+        assert_eq!(&b[24..56], &s.firmware_sha256);
+        assert_eq!(&b[56..88], &s.vars_sha256);
+        assert_eq!(u64_at(96), s.mailbox);
+        assert_eq!(u64_at(104), s.ram_size);
+        assert_eq!(u64_at(112), s.regs.gprs[0]);
+        assert_eq!(u64_at(232), s.regs.gprs[15]);
+        assert_eq!(u64_at(240), s.regs.rip);
+        assert_eq!(b[256] as usize, s.firmware_name.len());
+        assert_eq!(u64_at(257 + s.firmware_name.len()), s.regions.len() as u64);
+        let n = b.len() - 32;
+        assert_eq!(&b[n..], &sha256(&b[..n]));
+    }
+
+    #[test]
+    fn zero_pages_cost_nothing() {
+        let mut s = sample();
+        s.pages.clear();
+        s.regions = vec![
+            Region { base: 0x20_0000, pages: 1002, kind: RegionKind::RuntimeData },
+            Region { base: 0x200_0000, pages: 8, kind: RegionKind::LoaderData },
+        ];
+        s.mailbox = 0x200_0000;
+        let mut mem = vec![0u8; 1002 * PAGE_SIZE as usize];
+        mem[5 * PAGE_SIZE as usize + 7] = 0xaa;
+        mem[1001 * PAGE_SIZE as usize] = 0x55;
+        s.set_pages(0x20_0000, &mem);
+        assert_eq!(s.pages.keys().copied().collect::<Vec<_>>(), [0x20_5000, 0x20_0000 + 1001 * PAGE_SIZE]);
+        let bytes = s.encode();
+        assert!(bytes.len() < 3 * PAGE_SIZE as usize, "{} bytes", bytes.len());
+        assert_eq!(Snapshot::decode(&bytes).unwrap(), s);
+
+        // A page that became zero is dropped; an all-zero page put in the
+        // map by hand is not stored.
+        mem[5 * PAGE_SIZE as usize + 7] = 0;
+        s.set_pages(0x20_0000, &mem);
+        assert_eq!(s.pages.len(), 1);
+        s.pages.insert(0x20_1000, Box::new([0; PAGE_SIZE as usize]));
+        let decoded = Snapshot::decode(&s.encode()).unwrap();
+        assert_eq!(decoded.pages.keys().copied().collect::<Vec<_>>(), [0x20_0000 + 1001 * PAGE_SIZE]);
+        assert_eq!(s.page_bytes(), 4104);
+    }
+
+    #[test]
+    fn set_pages_partial_page_keeps_the_rest() {
+        let mut s = sample();
+        s.pages.clear();
+        s.set_pages(0x20_0000, &[0u8; 16]);
+        assert!(s.pages.is_empty());
+        s.set_pages(0x20_0010, &[7u8; 8192]);
+        // Three pages touched: 0x200000 (from 0x10), 0x201000, 0x202000 (to 0x10).
+        assert_eq!(s.pages.len(), 3);
+        assert_eq!(s.pages[&0x20_0000][0x0f], 0);
+        assert_eq!(s.pages[&0x20_0000][0x10], 7);
+        assert_eq!(s.pages[&0x20_2000][0x0f], 7);
+        assert_eq!(s.pages[&0x20_2000][0x10], 0);
+        s.set_pages(0x20_2000, &[0u8; 0x10]);
+        assert!(!s.pages.contains_key(&0x20_2000));
+    }
+
+    #[test]
+    fn every_flipped_byte_is_refused() {
+        let bytes = sample().encode();
+        let n = bytes.len();
+        let positions = (0..n).step_by(97).chain(0..64).chain(n - 64..n);
+        let mut tried = 0;
+        for pos in positions {
+            for bit in [0x01u8, 0x80] {
+                let mut b = bytes.clone();
+                b[pos] ^= bit;
+                let r = Snapshot::decode(&b);
+                assert!(r.is_err(), "flip {bit:#x} at {pos} accepted");
+                tried += 1;
+            }
+        }
+        assert!(tried > 200);
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = sample().encode();
+        let n = bytes.len();
+        for len in (0..=200).chain((200..n).step_by(53)).chain(n - 40..n) {
+            assert!(Snapshot::decode(&bytes[..len]).is_err(), "truncated to {len} accepted");
+        }
+        // Appending is refused too.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Snapshot::decode(&longer).is_err());
+    }
+
+    #[test]
+    fn wrong_magic_is_not_a_snapshot() {
+        let mut bytes = sample().encode();
+        bytes[0] = b'X';
+        assert!(matches!(Snapshot::decode(&bytes), Err(SnapshotError::NotASnapshot)));
+        assert!(matches!(Snapshot::decode(b"\x7fELF\x02\x01\x01\x00 and so on"), Err(SnapshotError::NotASnapshot)));
+        assert!(matches!(Snapshot::decode(b"EF"), Err(SnapshotError::Corrupt(_))));
+        assert!(matches!(Snapshot::decode(b""), Err(SnapshotError::NotASnapshot)));
+    }
+
+    #[test]
+    fn another_version_is_refused_as_such() {
+        let mut bytes = sample().encode();
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        reseal(&mut bytes);
+        match Snapshot::decode(&bytes) {
+            Err(e @ SnapshotError::Version { found: 2, supported: 1 }) => {
+                assert!(e.to_string().contains("another efivmm version"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Even a short file: the version is checked before the length.
+        assert!(matches!(Snapshot::decode(&bytes[..12]), Err(SnapshotError::Version { found: 2, .. })));
+    }
+
+    #[test]
+    fn checksum_mismatch_says_so() {
+        let mut bytes = sample().encode();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        match Snapshot::decode(&bytes) {
+            Err(SnapshotError::Corrupt(m)) => assert!(m.contains("checksum"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn inconsistent_contents_are_refused_with_the_problem_named() {
+        let mut s = sample();
+        s.regions[1].base = 0x10_1000;
+        assert!(corrupt_message(&s).contains("overlaps"));
+
+        let mut s = sample();
+        s.regions.swap(0, 1);
+        assert!(corrupt_message(&s).contains("not sorted"));
+
+        let mut s = sample();
+        s.regions[2].base += 1;
+        assert!(corrupt_message(&s).contains("not page aligned"));
+
+        let mut s = sample();
+        s.regions[2].pages = 0;
+        assert!(corrupt_message(&s).contains("empty"));
+
+        let mut s = sample();
+        s.regions[4].pages = u64::MAX / PAGE_SIZE;
+        assert!(corrupt_message(&s).contains("end of the address space"));
+
+        let mut s = sample();
+        s.pages.insert(0x80_0000, page(9));
+        let m = corrupt_message(&s);
+        assert!(m.contains("0x800000") && m.contains("outside every region"), "{m}");
+
+        let mut s = sample();
+        s.pages.insert(0xffc0_0000, page(9));
+        assert!(corrupt_message(&s).contains("flash"));
+
+        let mut s = sample();
+        s.ram_size = 0x20_0000;
+        let m = corrupt_message(&s);
+        assert!(m.contains("0x203000") && m.contains("RAM size"), "{m}");
+
+        let mut s = sample();
+        s.mailbox = 0x30_0000;
+        let m = corrupt_message(&s);
+        assert!(m.contains("mailbox") && m.contains("loader-data"), "{m}");
+
+        let mut s = sample();
+        s.devices[1].tag = s.devices[0].tag;
+        assert!(corrupt_message(&s).contains("same tag"));
+    }
+
+    /// Hand-edited files with valid checksums: lengths and order.
+    #[test]
+    fn bad_lengths_and_order_are_refused() {
+        let s = sample();
+        let good = s.encode();
+        let regions_at = 257 + s.firmware_name.len();
+        let edit = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            reseal(&mut b);
+            match Snapshot::decode(&b) {
+                Err(SnapshotError::Corrupt(m)) => m,
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        };
+        // A huge region count: refused before any allocation.
+        let m = edit(&|b| b[regions_at..regions_at + 8].copy_from_slice(&u64::MAX.to_le_bytes()));
+        assert!(m.contains("region count"), "{m}");
+        // A header length that does not match the name.
+        let m = edit(&|b| b[12] += 1);
+        assert!(m.contains("header length"), "{m}");
+        // A name that is not UTF-8.
+        let m = edit(&|b| b[257] = 0xff);
+        assert!(m.contains("UTF-8"), "{m}");
+        // An unknown region kind.
+        let m = edit(&|b| b[regions_at + 8 + 16] = 9);
+        assert!(m.contains("unknown kind"), "{m}");
+        // A device state length past the end.
+        let devices_at = regions_at + 8 + s.regions.len() * REGION_LEN;
+        let m = edit(&|b| b[devices_at + 8 + 4..devices_at + 8 + 12].copy_from_slice(&(1u64 << 40).to_le_bytes()));
+        assert!(m.contains("state length"), "{m}");
+        // Pages out of order: swap the first two page records.
+        let pages_at = good.len() - TRAILER - 3 * PAGE_RECORD;
+        let m = edit(&|b| {
+            let (first, second) = b[pages_at..pages_at + 2 * PAGE_RECORD].split_at_mut(PAGE_RECORD);
+            first.swap_with_slice(second);
+        });
+        assert!(m.contains("increasing order"), "{m}");
+        // An unaligned page address.
+        let m = edit(&|b| b[pages_at] = 0x10);
+        assert!(m.contains("not page aligned"), "{m}");
+        // A page count one too many.
+        let m = edit(&|b| b[pages_at - 8] = 4);
+        assert!(m.contains("page count"), "{m}");
+    }
+
+    #[test]
+    fn long_names_are_cut_at_a_character_boundary() {
+        let mut s = sample();
+        s.firmware_name = "é".repeat(200);
+        let decoded = Snapshot::decode(&s.encode()).unwrap();
+        assert_eq!(decoded.firmware_name, "é".repeat(127));
+    }
+
+    #[test]
+    fn save_then_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ovmf.snap");
+        let s = sample();
+        s.save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(Snapshot::load(&path).unwrap(), s);
+
+        // Saving again replaces the file; no temporary file is left.
+        let mut t = sample();
+        t.created_unix_secs += 1;
+        t.save(&path).unwrap();
+        assert_eq!(Snapshot::load(&path).unwrap(), t);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["ovmf.snap"]);
+    }
+
+    #[test]
+    fn save_refuses_an_inconsistent_snapshot_and_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ovmf.snap");
+        let s = sample();
+        s.save(&path).unwrap();
+        let mut bad = sample();
+        bad.mailbox = 0;
+        assert!(matches!(bad.save(&path), Err(SnapshotError::Invalid(m)) if m.contains("mailbox")));
+        assert_eq!(Snapshot::load(&path).unwrap(), s);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn load_refuses_a_fifo_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: cpath is a valid NUL-terminated string that outlives the
+        // call; mkfifo only reads it and touches no memory of ours.
+        let rc = unsafe { libc::mkfifo(cpath.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.clone();
+        std::thread::spawn(move || tx.send(Snapshot::load(&p)).unwrap());
+        let r = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("load() blocked on a FIFO");
+        match r {
+            Err(e @ SnapshotError::NotAFile { what: "a FIFO", .. }) => {
+                assert!(e.to_string().contains(&path.display().to_string()), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_refuses_a_directory_and_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Snapshot::load(dir.path()), Err(SnapshotError::NotAFile { what: "a directory", .. })));
+        let target = dir.path().join("real.snap");
+        sample().save(&target).unwrap();
+        let link = dir.path().join("link.snap");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(matches!(Snapshot::load(&link), Err(SnapshotError::NotAFile { what: "a symlink", .. })));
+    }
+
+    #[test]
+    fn load_of_a_missing_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such.snap");
+        let e = Snapshot::load(&path).unwrap_err();
+        assert!(matches!(&e, SnapshotError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+        assert!(e.to_string().contains("no-such.snap"), "{e}");
+    }
+
+    #[test]
+    fn load_of_a_corrupt_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ovmf.snap");
+        let mut bytes = sample().encode();
+        bytes[300] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(Snapshot::load(&path), Err(SnapshotError::Corrupt(_))));
+    }
+}
