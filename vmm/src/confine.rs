@@ -633,7 +633,8 @@ mod tests {
         varstore::Store::format(&mut store, varstore::Layout::Ovmf4M);
         crate::sandbox::install_kick_handler().unwrap();
         install(Role::Vcpu { rebuild_sandbox: true }).unwrap();
-        match Ovmf::boot(code, &store) {
+        let options = crate::firmware::ovmf::SnapshotOptions { force_boot: true, ..Default::default() };
+        match Ovmf::start(code, &store, &options) {
             Ok(_) => eprintln!("OVMF reached runtime under the filter"),
             Err(crate::sandbox::SetupError::NoHardwareVirtualization(_)) => eprintln!("no hardware virtualization"),
             Err(e) => panic!("{e}"),

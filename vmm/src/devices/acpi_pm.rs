@@ -103,6 +103,22 @@ impl AcpiPm {
         Self::new(super::host_monotonic_clock())
     }
 
+    /// The state a snapshot keeps: PM1 status, enable and control (6
+    /// bytes). The timer counts from the host's clock.
+    pub fn save(&self) -> Vec<u8> {
+        [self.pm1_sts, self.pm1_en, self.pm1_cnt].iter().flat_map(|r| r.to_le_bytes()).collect()
+    }
+
+    /// Loads what [`AcpiPm::save`] returned.
+    pub fn load(&mut self, b: &[u8]) -> Result<(), String> {
+        if b.len() != 6 {
+            return Err(format!("PM state is {} bytes, expected 6", b.len()));
+        }
+        let r = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        (self.pm1_sts, self.pm1_en, self.pm1_cnt) = (r(0), r(2), r(4));
+        Ok(())
+    }
+
     /// The PM timer's current 24-bit count.
     pub fn timer(&self) -> u32 {
         let elapsed = (self.clock)().saturating_sub(self.start_ns);

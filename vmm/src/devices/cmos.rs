@@ -203,6 +203,30 @@ impl Cmos {
         self.offset_secs = offset;
     }
 
+    /// The state a snapshot keeps: the index register, the 128 register
+    /// and NVRAM bytes, and the guest's time offset (137 bytes). The clock
+    /// registers are read from the host clock, so nothing of them is saved.
+    pub fn save(&self) -> Vec<u8> {
+        let mut b = vec![self.index];
+        b.extend_from_slice(&self.ram);
+        b.extend_from_slice(&self.offset_secs.to_le_bytes());
+        b
+    }
+
+    /// Loads what [`Cmos::save`] returned.
+    pub fn load(&mut self, b: &[u8]) -> Result<(), String> {
+        if b.len() != 1 + 128 + 8 {
+            return Err(format!("CMOS state is {} bytes, expected 137", b.len()));
+        }
+        self.index = b[0] & 0x7f;
+        self.ram.copy_from_slice(&b[1..129]);
+        let mut off = [0u8; 8];
+        off.copy_from_slice(&b[129..137]);
+        self.offset_secs = i64::from_le_bytes(off);
+        self.latched = None;
+        Ok(())
+    }
+
     fn host_secs(&self) -> i64 {
         (self.clock)().div_euclid(NANOS_PER_SEC)
     }

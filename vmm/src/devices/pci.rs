@@ -141,6 +141,29 @@ impl Pci {
         Pci { address: 0, rcr: 0, host, pm }
     }
 
+    /// The state a snapshot keeps: CONFIG_ADDRESS, the reset control
+    /// register and both functions' configuration spaces (517 bytes).
+    pub fn save(&self) -> Vec<u8> {
+        let mut b = self.address.to_le_bytes().to_vec();
+        b.push(self.rcr);
+        b.extend_from_slice(&self.host.config);
+        b.extend_from_slice(&self.pm.config);
+        b
+    }
+
+    /// Loads what [`Pci::save`] returned; the writable-bit masks stay this
+    /// model's own.
+    pub fn load(&mut self, b: &[u8]) -> Result<(), String> {
+        if b.len() != 5 + 512 {
+            return Err(format!("PCI state is {} bytes, expected 517", b.len()));
+        }
+        self.address = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        self.rcr = b[4];
+        self.host.config.copy_from_slice(&b[5..261]);
+        self.pm.config.copy_from_slice(&b[261..517]);
+        Ok(())
+    }
+
     /// Where the PIIX4 PM I/O block decodes: PMBA & 0xFFC0 while PMREGMISC
     /// bit 0 is set, else `None`.
     pub fn pm_io_base(&self) -> Option<u16> {

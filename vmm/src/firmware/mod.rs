@@ -104,6 +104,11 @@ pub trait Backend: Send {
     /// The privilege level the firmware runs at during calls (for reports
     /// and tests), if the backend knows it.
     fn firmware_cpl(&self) -> Option<u8>;
+    /// The call whose mailbox is `reply` completed, and its store, if it
+    /// changed (`store_changed`), is on disk: the backend may make this the
+    /// state a later failure returns to (the OVMF backend at CPL3 does, and
+    /// keeps its snapshot up to date).
+    fn settled(&mut self, _reply: &Mailbox, _store_changed: bool) {}
 }
 
 /// The outcome of one call as the caller sees it.
@@ -137,12 +142,21 @@ impl Firmware {
     /// created is removed again if the firmware cannot start, so a run that
     /// cannot start leaves nothing behind.
     pub fn start_on(source: &FirmwareSource, path: &std::path::Path) -> Result<Self, crate::ExitError> {
+        Self::start_on_with(source, path, &ovmf::SnapshotOptions::with_default_cache())
+    }
+
+    /// [`Firmware::start_on`] with OVMF's snapshot options.
+    pub fn start_on_with(
+        source: &FirmwareSource,
+        path: &std::path::Path,
+        snapshots: &ovmf::SnapshotOptions,
+    ) -> Result<Self, crate::ExitError> {
         crate::sandbox::kvm_available()?;
         let layout = source.vars_layout()?;
         let existed = std::fs::symlink_metadata(path).is_ok();
         let vars = VarsFile::open_or_create(path, layout)?;
         let created = (!existed).then(|| vars.path().to_path_buf());
-        Firmware::start(source, vars).map_err(|e| {
+        Firmware::start_with(source, vars, snapshots).map_err(|e| {
             if let Some(p) = created {
                 if let Err(rm) = std::fs::remove_file(&p) {
                     tracing::warn!("cannot remove the vars file {} created for this run: {rm}", p.display());
@@ -155,11 +169,37 @@ impl Firmware {
     /// Starts `source` in a new sandbox on `vars`. For OVMF this boots the
     /// image to runtime (seconds; needs hardware virtualization).
     pub fn start(source: &FirmwareSource, vars: VarsFile) -> Result<Self, SetupError> {
+        Self::start_with(source, vars, &ovmf::SnapshotOptions::with_default_cache())
+    }
+
+    /// [`Firmware::start`] with OVMF's snapshot options. A store the
+    /// firmware changed on its way to runtime (OVMF's boot writes its flash)
+    /// is validated and committed before this returns: the vars file then
+    /// holds what the firmware's memory reflects (a snapshot's vars content).
+    pub fn start_with(
+        source: &FirmwareSource,
+        vars: VarsFile,
+        snapshots: &ovmf::SnapshotOptions,
+    ) -> Result<Self, SetupError> {
         let backend: Box<dyn Backend> = match source {
             FirmwareSource::Builtin => Box::new(builtin::start(vars.image())?),
-            FirmwareSource::Ovmf(path) => Box::new(boot_ovmf(path, vars.image())?),
+            FirmwareSource::Ovmf(path) => Box::new(start_ovmf(path, vars.image(), snapshots)?),
         };
-        Ok(Firmware::with_backend(backend, vars, source.clone()))
+        let mut fw = Firmware::with_backend(backend, vars, source.clone());
+        if let Some(image) = fw.backend.changed_store(&Mailbox::default()) {
+            if image != fw.vars.image() {
+                let commit = varsfile::validate(fw.vars.path(), &image)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| fw.vars.commit(&image).map_err(|e| e.to_string()));
+                if let Err(e) = commit {
+                    return Err(SetupError::FirmwareBoot(format!("the store the firmware's boot left: {e}")));
+                }
+                fw.commits += 1;
+                fw.bytes_committed += image.len() as u64;
+                tracing::info!("committed the store the firmware's boot left");
+            }
+        }
+        Ok(fw)
     }
 
     /// Wraps an already started `backend` serving `vars` (whose store it
@@ -273,6 +313,9 @@ impl Firmware {
             self.vars.commit(&image).map_err(|e| e.to_string())?;
             self.commits += 1;
             self.bytes_committed += image.len() as u64;
+            self.backend.settled(&reply, true);
+        } else {
+            self.backend.settled(&reply, false);
         }
         Ok(reply)
     }
@@ -285,22 +328,27 @@ impl Firmware {
 /// to run, and the thread that runs it is confined like every later one.
 /// The `Ovmf` moves to the caller's thread afterwards (its deadline timer
 /// follows the thread that arms it).
-fn boot_ovmf(path: &std::path::Path, store: &[u8]) -> Result<ovmf::Ovmf, SetupError> {
+fn start_ovmf(
+    path: &std::path::Path,
+    store: &[u8],
+    snapshots: &ovmf::SnapshotOptions,
+) -> Result<ovmf::Ovmf, SetupError> {
     use crate::confine::{Filter, Role};
+    snapshots.prepare_dir();
     if !crate::confine::enabled() {
-        return ovmf::Ovmf::boot(path, store);
+        return ovmf::Ovmf::start(path, store, snapshots);
     }
     let confine_err = |e: crate::confine::ConfineError| SetupError::FirmwareBoot(e.to_string());
     // The kick signal's handler is installed before the filter forbids
     // rt_sigaction.
     crate::sandbox::install_kick_handler().map_err(SetupError::Watchdog)?;
     let filter = Filter::new(Role::Vcpu { rebuild_sandbox: true }).map_err(confine_err)?;
-    let (path, store) = (path.to_path_buf(), store.to_vec());
+    let (path, store, snapshots) = (path.to_path_buf(), store.to_vec(), snapshots.clone());
     let boot = std::thread::Builder::new()
         .name("ovmf-boot".into())
         .spawn(move || {
             filter.install().map_err(confine_err)?;
-            ovmf::Ovmf::boot(&path, &store)
+            ovmf::Ovmf::start(&path, &store, &snapshots)
         })
         .map_err(SetupError::Watchdog)?;
     boot.join().unwrap_or_else(|_| Err(SetupError::FirmwareBoot("the OVMF boot thread panicked".into())))

@@ -29,6 +29,8 @@ pub struct OvmfImage {
     path: PathBuf,
     layout: Layout,
     code: Vec<u8>,
+    /// SHA-256 of the whole file (what a snapshot belongs to).
+    sha256: [u8; 32],
 }
 
 impl OvmfImage {
@@ -69,12 +71,13 @@ impl OvmfImage {
                 "it has the size of a combined OVMF.fd, but its first {code_start:#x} bytes are not a variable store"
             )));
         }
+        let sha256 = super::snapshot::sha256(&bytes);
         let code = bytes[code_start..].to_vec();
         // The reset vector's far jump lives in the last 16 bytes; OVMF's is `90 90 e9 ..` (nop; nop; jmp).
         if code.iter().rev().take(16).all(|&b| b == 0 || b == 0xff) {
             return Err(bad("its last 16 bytes hold no reset vector".into()));
         }
-        Ok(OvmfImage { path: path.to_path_buf(), layout, code })
+        Ok(OvmfImage { path: path.to_path_buf(), layout, code, sha256 })
     }
 
     /// The vars file layout the image expects.
@@ -102,10 +105,10 @@ impl OvmfImage {
         self.code_base() - self.layout.file_size() as u64
     }
 
-    /// A hash of the code region (for logs and, later, snapshots).
-    pub fn code_digest(&self) -> u64 {
-        // FNV-1a: identifies the image in logs; not a security boundary.
-        self.code.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    /// SHA-256 of the whole file: a snapshot records it, and is used only
+    /// with the same image.
+    pub fn sha256(&self) -> [u8; 32] {
+        self.sha256
     }
 }
 

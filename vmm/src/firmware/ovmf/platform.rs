@@ -20,6 +20,7 @@ use crate::devices::fw_cfg::FwCfg;
 use crate::devices::lapic::{Lapic, LAPIC_BASE, LAPIC_SIZE};
 use crate::devices::pci::{Pci, PciEffect};
 use crate::devices::pflash::Pflash;
+use super::snapshot::DeviceState;
 
 const FW_CFG_SELECTOR: u16 = 0x510;
 const FW_CFG_DATA: u16 = 0x511;
@@ -132,6 +133,40 @@ impl Platform {
         })
     }
 
+    /// The devices' state a snapshot keeps (the flash is the vars file;
+    /// fw_cfg and the local APIC are not used at runtime).
+    pub fn save_devices(&self) -> Vec<DeviceState> {
+        vec![
+            DeviceState { tag: *b"PCI ", bytes: self.pci.save() },
+            DeviceState { tag: *b"CMOS", bytes: self.cmos.save() },
+            DeviceState { tag: *b"PM  ", bytes: self.pm.save() },
+        ]
+    }
+
+    /// Loads what [`Platform::save_devices`] returned; every device must be
+    /// there.
+    pub fn load_devices(&mut self, devices: &[DeviceState]) -> Result<(), String> {
+        let find = |tag: &[u8; 4]| {
+            devices.iter().find(|d| &d.tag == tag).map(|d| &d.bytes[..]).ok_or_else(|| {
+                format!("the snapshot has no {} state", String::from_utf8_lossy(tag).trim_end())
+            })
+        };
+        self.pci.load(find(b"PCI ")?)?;
+        self.cmos.load(find(b"CMOS")?)?;
+        self.pm.load(find(b"PM  ")?)?;
+        Ok(())
+    }
+
+    /// Where the PM I/O block decodes, if the firmware enabled it.
+    pub fn pm_io_base(&self) -> Option<u16> {
+        self.pci.pm_io_base()
+    }
+
+    /// The vars region's content.
+    pub fn pflash_image(&self) -> &[u8] {
+        self.pflash.image()
+    }
+
     /// The CFI flash of the vars region.
     pub fn pflash(&mut self) -> &mut Pflash {
         &mut self.pflash
@@ -234,6 +269,21 @@ impl Platform {
             Some(offset) => self.pflash.write(offset, data),
             None if (LAPIC_BASE..LAPIC_BASE + LAPIC_SIZE).contains(&addr) => self.lapic.write(addr - LAPIC_BASE, data),
             None => tracing::trace!(addr = format_args!("{addr:#x}"), ?data, "write to unassigned MMIO"),
+        }
+    }
+}
+
+/// Port I/O that OVMF's runtime executed at CPL3 on a port the TSS bitmap
+/// does not allow, emulated by efivmm: the same devices. (A reset or power
+/// off that way is not acted on: the reset ports are allowed directly.)
+impl super::privileged::Ports for Platform {
+    fn port_in(&mut self, port: u16, data: &mut [u8]) {
+        self.io_in(port, data);
+    }
+
+    fn port_out(&mut self, port: u16, data: &[u8]) {
+        if self.io_out(port, data) != Effect::None {
+            tracing::warn!(port, "a reset through a trapped port write is ignored");
         }
     }
 }
