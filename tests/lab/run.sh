@@ -10,9 +10,11 @@
 # collects.
 #
 # Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 S6 S5 EO; also S3H,
-# S5:S1, S5:S2, S5:S3 for one QEMU+OVMF scenario of S5, and EO:RT, EO:S1,
-# EO:S2, EO:S3, EO:S3L, EO:S4 for one scenario of EO: efivmm with the Debian
-# OVMF.fd in its sandbox, `efivmm rt` (RT) and the Debian L2)
+# S5:S1, S5:S2, S5:S3 for one QEMU+OVMF scenario of S5, and EO:SNAP, EO:RT,
+# EO:S1, EO:S2, EO:S3, EO:S3L, EO:S4 for one scenario of EO: efivmm with the
+# Debian OVMF.fd in its sandbox (at CPL3 after its boot), a snapshot of it
+# for the host's tests (SNAP: written to target/lab/snapshot/), `efivmm rt`
+# (RT) and the Debian L2)
 # Output: target/lab/ (l1.log: the whole console; report.md). The Debian
 # kernel package is cached in target/lab/cache/.
 # Environment: LAB_TIMEOUT (seconds for all L1 boots together, default 1800),
@@ -33,7 +35,7 @@ scenarios=("$@")
 # EO = every scenario of efivmm with OVMF.fd in the sandbox.
 expanded=()
 for s in "${scenarios[@]}"; do
-  if [ "$s" = EO ]; then expanded+=(EO:RT EO:S1 EO:S2 EO:S3 EO:S3L EO:S4); else expanded+=("$s"); fi
+  if [ "$s" = EO ]; then expanded+=(EO:SNAP EO:RT EO:S1 EO:S2 EO:S3 EO:S3L EO:S4); else expanded+=("$s"); fi
 done
 scenarios=("${expanded[@]}")
 
@@ -286,6 +288,15 @@ for s in "${rows_of[@]}"; do
   fi
   rows+=("| $s | $verdict | $t | ${eo%%|*} | ${eo##*|} | $o | $ot | $evidence |")
 done
+# EO:SNAP: the snapshot and its vars file, out of the console into
+# target/lab/snapshot/ (for tests/ovmf_snapshot.rs), and the two runs'
+# verdicts: prepare (boot, CPL3 checks, save) and a restore in L1.
+snap_lines=()
+if [[ " ${eo_runs[*]-} " == *" EO:SNAP "* ]]; then
+  mapfile -t snap_lines < <(python3 "$here/extract-snapshot.py" "$log" "$out/snapshot" 2>&1)
+  printf '%s\n' "${snap_lines[@]}"
+  [[ ${snap_lines[0]-} == "SNAP PASS"* ]] || fail=1
+fi
 # EO:RT: `efivmm rt` through OVMF and the built-in firmware, judged here.
 rt_lines=()
 if [[ " ${eo_runs[*]-} " == *" EO:RT "* ]]; then
@@ -306,6 +317,12 @@ l2boot_eo=$(secs "eovmf-S1 efivmm-start" "eovmf-S1 l2-init")
   echo "| scenario | efivmm (built-in) | time | efivmm + OVMF | time | QEMU + OVMF | time | evidence (efivmm, built-in) |"
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${rows[@]}"
+  if [ ${#snap_lines[@]} -gt 0 ]; then
+    echo
+    echo "OVMF snapshot (EO:SNAP):"
+    echo
+    printf -- '- %s\n' "${snap_lines[@]}"
+  fi
   if [ ${#rt_lines[@]} -gt 0 ]; then
     echo
     echo "\`efivmm rt\` with OVMF.fd in the sandbox (EO:RT):"

@@ -55,6 +55,9 @@ pub struct DemoArgs {
     /// sandbox first; needs hardware virtualization).
     #[arg(long, default_value = "builtin", value_name = "builtin|PATH")]
     pub firmware: FirmwareSource,
+    /// OVMF's snapshot and privilege level.
+    #[command(flatten)]
+    pub ovmf: crate::firmware::prepare::OvmfArgs,
     /// Iterations of each timed loop in `--mode bench`.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
     pub iters: u32,
@@ -139,7 +142,7 @@ pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
 }
 
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
-    let firmware = Firmware::start_on(&args.firmware, vars_path)?;
+    let firmware = Firmware::start_on_with(&args.firmware, vars_path, &args.ovmf.options())?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
         kernel: TEST_KERNEL.to_vec(),

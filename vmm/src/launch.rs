@@ -39,6 +39,9 @@ pub struct LaunchArgs {
     /// run firmware boot code).
     #[arg(long, value_name = "builtin|PATH")]
     pub firmware: Option<FirmwareSource>,
+    /// OVMF's snapshot and privilege level.
+    #[command(flatten)]
+    pub ovmf: crate::firmware::prepare::OvmfArgs,
     /// The VM's vars file (OVMF format). A missing file is created empty.
     /// Without --vars, a temporary store is used and discarded at exit.
     #[arg(long, value_name = "PATH")]
@@ -103,7 +106,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         }
     };
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
-    let firmware = Firmware::start_on(&source, &vars_path)?;
+    let firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
     let config = VmConfig {
         kernel,
         initrd,

@@ -68,6 +68,11 @@ enum Command {
     /// a temporary vars file, and print one row per generation. Exit 0 only
     /// if all passed.
     Demo(DemoArgs),
+    /// Work with firmware images: `prepare` boots an OVMF image once (on a
+    /// host with hardware virtualization) and saves a snapshot of its
+    /// runtime, which `--firmware` then restores at CPL3 on any KVM. See
+    /// docs/ovmf.md.
+    Firmware(efivmm::firmware::prepare::FirmwareArgs),
 }
 
 fn main() {
@@ -92,6 +97,9 @@ fn main() {
         }
         Some(Command::Vars(args)) => efivmm::vars::run(args).map(|()| 0),
         Some(Command::Demo(args)) => efivmm::demo::run(args),
+        Some(Command::Firmware(args)) => efivmm::firmware::prepare::run(args)
+            .map(|json| println!("{}", escape_controls(&json.to_string())))
+            .map(|()| 0),
         None => efivmm::launch::run(cli.launch),
     };
     match result {

@@ -31,6 +31,9 @@ pub struct RtArgs {
     /// Default: 1000 for `builtin`, 5000 for OVMF.
     #[arg(long, value_name = "MS")]
     pub deadline_ms: Option<u64>,
+    /// OVMF's snapshot and privilege level.
+    #[command(flatten)]
+    pub ovmf: crate::firmware::prepare::OvmfArgs,
     /// The service to call.
     #[command(subcommand)]
     pub service: RtService,
@@ -138,7 +141,7 @@ fn parse_hex_u32(s: &str) -> Result<u32, String> {
 
 /// Runs `efivmm rt`, returning the JSON object to print.
 pub fn run(args: RtArgs) -> Result<Value, ExitError> {
-    let mut fw = Firmware::start_on(&args.firmware, &args.vars)?;
+    let mut fw = Firmware::start_on_with(&args.firmware, &args.vars, &args.ovmf.options())?;
     if let Some(ms) = args.deadline_ms {
         fw.set_deadline(Duration::from_millis(ms));
     }

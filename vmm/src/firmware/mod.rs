@@ -20,6 +20,7 @@ pub mod budget;
 pub mod builtin;
 pub mod calls;
 pub mod ovmf;
+pub mod prepare;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -154,6 +155,9 @@ impl Firmware {
         crate::sandbox::kvm_available()?;
         let layout = source.vars_layout()?;
         let existed = std::fs::symlink_metadata(path).is_ok();
+        if let (false, FirmwareSource::Ovmf(_), Some(snapshot)) = (existed, source, &snapshots.path) {
+            prepare::seed_vars(path, snapshot, layout)?;
+        }
         let vars = VarsFile::open_or_create(path, layout)?;
         let created = (!existed).then(|| vars.path().to_path_buf());
         Firmware::start_with(source, vars, snapshots).map_err(|e| {

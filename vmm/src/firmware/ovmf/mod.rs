@@ -571,6 +571,8 @@ impl Ovmf {
         }
         snap.devices = self.platform.save_devices();
         snap.devices.push(cpu_device(cpu));
+        // The vars content it belongs to: a new vars file can start from it.
+        snap.devices.push(snapshot::DeviceState { tag: *b"VARS", bytes: self.platform.pflash_image().to_vec() });
         snap.vars_sha256 = snapshot::sha256(self.platform.pflash_image());
         snap.regs = *regs;
         snap.created_unix_secs =
