@@ -155,8 +155,12 @@ impl Firmware {
         crate::sandbox::kvm_available()?;
         let layout = source.vars_layout()?;
         let existed = std::fs::symlink_metadata(path).is_ok();
+        // A new vars file for a given snapshot starts from its content
+        // (not for `firmware prepare`, which boots and makes the snapshot).
         if let (false, FirmwareSource::Ovmf(_), Some(snapshot)) = (existed, source, &snapshots.path) {
-            prepare::seed_vars(path, snapshot, layout)?;
+            if !snapshots.force_boot && std::fs::symlink_metadata(snapshot).is_ok() {
+                prepare::seed_vars(path, snapshot, layout)?;
+            }
         }
         let vars = VarsFile::open_or_create(path, layout)?;
         let created = (!existed).then(|| vars.path().to_path_buf());

@@ -90,7 +90,7 @@ pub enum SetupError {
     #[error("the vars file enforces Secure Boot ({0}): OVMF then runs only signed images, and efivmm's loader, which brings OVMF to runtime in the sandbox, is not signed by the store's keys, so OVMF would never reach runtime. Serve this store with `--firmware builtin`, or give OVMF a store in setup mode (no PK; e.g. a copy of Debian's OVMF_VARS.fd). The vars file is unchanged")]
     SecureBootStore(String),
     /// OVMF cannot be booted here and no snapshot of it matches.
-    #[error("this KVM cannot boot OVMF ({detail}), and {why}. Make a snapshot on a host with hardware virtualization (VMX/SVM): `efivmm firmware prepare --firmware IMAGE --vars VARS --snapshot FILE`, then copy FILE and the prepared VARS here and give `--firmware-snapshot FILE` (or put FILE in the snapshot cache, `$EFIVMM_CACHE_DIR/ovmf-snapshots/`). The vars file is unchanged")]
+    #[error("this KVM cannot run the firmware's boot code ({detail}), and {why}. Booting OVMF needs KVM with hardware virtualization (VMX/SVM); a snapshot of its runtime does not: make one on such a host with `efivmm firmware prepare --firmware IMAGE --vars VARS --snapshot FILE`, copy FILE here and give `--firmware-snapshot FILE` (a vars file that does not exist yet starts from the snapshot's content). Or use `--firmware builtin`. The vars file is unchanged")]
     NoSnapshot {
         /// Why no snapshot could be used.
         why: String,

@@ -713,7 +713,10 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(PathBuf, 
     for _ in 0..32 {
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let seed = format!("{}-{seq}-{}", std::process::id(), now.as_nanos());
+        // No getpid: this runs on threads whose seccomp filter has none
+        // (the name need not be unpredictable: it is created exclusively,
+        // without following links, in the snapshot's own directory).
+        let seed = format!("{:?}-{seq}-{}-{:p}", std::thread::current().id(), now.as_nanos(), &seq);
         let suffix: String = sha256(seed.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
         let mut temp = std::ffi::OsString::from(".");
         temp.push(name);
