@@ -113,7 +113,7 @@ fn every_runtime_service_through_ovmf_restored_at_cpl3() {
     assert!(info["maximum_variable_storage_size"].as_u64().unwrap() > info["remaining_variable_storage_size"].as_u64().unwrap());
     let time = rt_ok(&p, &["get-time"]);
     assert_eq!(common::status(&time), "EFI_SUCCESS", "{time}");
-    let year = time["time"].as_str().unwrap()[..4].parse::<u32>().unwrap();
+    let year = time["time"]["year"].as_u64().unwrap();
     assert!(year >= 2024, "the RTC reads the host's clock: {time}");
     let (m1, m2) = (rt_ok(&p, &["get-next-high-monotonic-count"]), rt_ok(&p, &["get-next-high-monotonic-count"]));
     assert_eq!(common::status(&m1), "EFI_SUCCESS");
@@ -132,7 +132,7 @@ fn a_vars_file_changed_since_the_snapshot_is_refused_and_left_untouched() {
     let p = prepared();
     // Another tool changes the file (efivmm's offline editor).
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_efivmm"))
-        .args(["vars", "--vars", p.vars.to_str().unwrap(), "set", "Changed", common::TEST_GUID, "--attrs", "7"])
+        .args(["vars", "--file", p.vars.to_str().unwrap(), "set", "Changed", common::TEST_GUID, "--attrs", "7"])
         .args(["--data-hex", "01"])
         .output()
         .unwrap();

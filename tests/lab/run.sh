@@ -223,7 +223,7 @@ rows=()
 rows_of=()
 for s in "${scenarios[@]}"; do [[ $s == S5* || $s == EO:* ]] || rows_of+=("$s"); done
 for s in ${ovmf_runs[@]+"${ovmf_runs[@]}"}; do [[ " ${rows_of[*]} " == *" $s "* ]] || rows_of+=("$s"); done
-for s in ${eo_runs[@]+"${eo_runs[@]}"}; do s=${s#EO:}; [ "$s" = RT ] || [[ " ${rows_of[*]} " == *" $s "* ]] || rows_of+=("$s"); done
+for s in ${eo_runs[@]+"${eo_runs[@]}"}; do s=${s#EO:}; [ "$s" = RT ] || [ "$s" = SNAP ] || [[ " ${rows_of[*]} " == *" $s "* ]] || rows_of+=("$s"); done
 # efivmm + OVMF: the result of scenario $1 (EO:$1), judged like efivmm's own.
 eo_cell() { # SCENARIO -> "verdict|time"
   local s=$1 r t
