@@ -204,6 +204,35 @@ fn a_fault_and_a_hang_at_cpl3_are_contained() {
     assert_eq!(fw.set_variable(&efivmm::efi::name_to_utf16("After"), &guid, 7, b"new"), 0, "writes still work");
 }
 
+/// Privileged instructions in the firmware at CPL3 trap to efivmm's stub:
+/// the ones efivmm emulates complete with the firmware's own view of its
+/// CPU (its CR0 and CR3, not the sandbox's), `hlt` is refused and costs
+/// the call; each is counted.
+#[test]
+fn privileged_instructions_at_cpl3_are_emulated_or_refused_and_counted() {
+    use efivmm::firmware::{ovmf::SnapshotOptions, Firmware, FirmwareSource};
+    use sandbox_abi::{Mailbox, Service};
+    let p = prepared();
+    let options = SnapshotOptions { path: Some(p.snapshot.clone()), ..Default::default() };
+    let mut fw = Firmware::start_on_with(&FirmwareSource::Ovmf(OVMF.into()), &p.vars, &options).unwrap();
+    let mut req = Mailbox { service: Service::DiagPrivileged as u64, ..Default::default() };
+    let done = fw.call(&req, &[], &[]);
+    assert_eq!(done.reply.status, 0, "{:?}", done.failure);
+    let [cr0, cr3, port] = [done.reply.outs[0], done.reply.outs[1], done.reply.outs[2]];
+    assert_eq!(cr0 & 0x8000_0001, 0x8000_0001, "OVMF's CR0 (paging, protection): {cr0:#x}");
+    assert!(cr3 != 0 && cr3 < 256 << 20, "OVMF's own page tables, in its RAM: {cr3:#x}");
+    assert_eq!(port, 0xff, "port 0x80 (closed in the I/O bitmap) read through the platform");
+    let report = fw.report().unwrap();
+    for kind in ["cli 1", "mov from cr 2", "in 1", "cache control 1"] {
+        assert!(report.contains(kind), "{kind} in: {report}");
+    }
+    req.args[0] = 1; // then hlt
+    let halted = fw.call(&req, &[], &[]);
+    assert_eq!(halted.reply.status, efivmm::efi::EFI_DEVICE_ERROR);
+    assert!(fw.report().unwrap().contains("refused: hlt 1"), "{}", fw.report().unwrap());
+    assert_eq!(fw.get_time().status, 0, "the next call is served");
+}
+
 /// The test guest kernel through 20 generations (shapes A, B, C) with
 /// OVMF's runtime restored from the snapshot at CPL3.
 #[test]

@@ -225,6 +225,12 @@ pub trait Runtime {
     ) -> u64;
     /// The privilege level the loader runs at (`CS & 3`), for `DiagCpl`.
     fn cpl(&self) -> u64;
+    /// For `DiagPrivileged`: executes the privileged instructions OVMF's
+    /// code may use and efivmm emulates at CPL3 (`cli`, reads of CR0 and
+    /// CR3, `in al, 0x80`, `wbinvd`; interrupts are restored) and returns
+    /// [CR0, CR3, the byte read]; then, with `halt`, executes `hlt`, which
+    /// efivmm refuses at CPL3 (the call fails).
+    fn privileged(&mut self, halt: bool) -> [u64; 3];
 }
 
 /// Serves one call: reads the request in `mb` (a copy of the block's
@@ -244,6 +250,11 @@ pub fn serve<R: Runtime>(rt: &mut R, mb: &mut Mailbox, block: &mut Block<'_>) ->
         Some(Service::DiagNop) => SUCCESS,
         Some(Service::DiagCpl) => {
             mb.outs[0] = rt.cpl();
+            SUCCESS
+        }
+        Some(Service::DiagPrivileged) => {
+            let [cr0, cr3, byte] = rt.privileged(mb.args[0] != 0);
+            mb.outs[..3].copy_from_slice(&[cr0, cr3, byte]);
             SUCCESS
         }
         Some(Service::GetTime) => get_time(rt, mb),

@@ -247,4 +247,8 @@ impl Runtime for Fake {
     fn cpl(&self) -> u64 {
         0
     }
+
+    fn privileged(&mut self, halt: bool) -> [u64; 3] {
+        [0x8000_0033, 0x1000, u64::from(!halt) * 0xff]
+    }
 }

@@ -618,6 +618,39 @@ mod efi {
             })
         }
 
+        fn privileged(&mut self, halt: bool) -> [u64; 3] {
+            let (cr0, cr3): (u64, u64);
+            let byte: u8;
+            // SAFETY: at CPL0 (OVMF booted with --firmware-cpl0) these run
+            // natively: IF is saved and restored around `cli`, the control
+            // registers are only read, port 0x80 is the POST-code port
+            // (reads all-ones on efivmm's platform), `wbinvd` only flushes
+            // caches. At CPL3 each raises #GP and efivmm emulates it. No
+            // memory is touched but the stack slot of pushfq/popfq.
+            unsafe {
+                asm!(
+                    "pushfq",
+                    "cli",
+                    "mov {cr0}, cr0",
+                    "mov {cr3}, cr3",
+                    "in al, 0x80",
+                    "wbinvd",
+                    "popfq",
+                    cr0 = out(reg) cr0,
+                    cr3 = out(reg) cr3,
+                    out("al") byte,
+                    options(nomem),
+                )
+            };
+            if halt {
+                // SAFETY: at CPL3 a #GP that efivmm refuses (the call
+                // fails); at CPL0 with interrupts off, a halt efivmm's run
+                // loop resumes from (the sandbox has no interrupts).
+                unsafe { asm!("hlt", options(nomem, nostack)) };
+            }
+            [cr0, cr3, u64::from(byte)]
+        }
+
         fn cpl(&self) -> u64 {
             let cs: u16;
             // SAFETY: reading CS has no side effects.

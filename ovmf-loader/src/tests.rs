@@ -86,7 +86,7 @@ fn bad_magic_is_invalid_parameter_without_a_call() {
 #[test]
 fn diagnostics_and_unsupported_services() {
     let (mut fake, mut bufs) = (Fake::default(), Buffers::new());
-    for s in [Service::SetVirtualAddressMap, Service::ConvertPointer, Service::DiagScribble, Service::DiagPrivileged] {
+    for s in [Service::SetVirtualAddressMap, Service::ConvertPointer, Service::DiagScribble] {
         assert_eq!(run(&mut fake, &mut bufs, req(s, 0, &[])).status, UNSUPPORTED, "{s:?}");
     }
     let mut unknown = req(Service::GetTime, 0, &[]);
@@ -95,6 +95,8 @@ fn diagnostics_and_unsupported_services() {
     assert_eq!(run(&mut fake, &mut bufs, req(Service::DiagNop, 0, &[])).status, SUCCESS);
     let r = run(&mut fake, &mut bufs, req(Service::DiagCpl, 0, &[]));
     assert_eq!((r.status, r.outs[0]), (SUCCESS, 0));
+    let r = run(&mut fake, &mut bufs, req(Service::DiagPrivileged, 0, &[]));
+    assert_eq!((r.status, &r.outs[..3]), (SUCCESS, &[0x8000_0033, 0x1000, 0xff][..]), "the values the loader read");
     assert!(fake.log.is_empty());
     let mut mb = req(Service::DiagFault, 0, &[]);
     assert_eq!(serve(&mut fake, &mut mb, &mut bufs.block()), Outcome::Fault);

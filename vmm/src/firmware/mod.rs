@@ -110,6 +110,11 @@ pub trait Backend: Send {
     /// state a later failure returns to (the OVMF backend at CPL3 does, and
     /// keeps its snapshot up to date).
     fn settled(&mut self, _reply: &Mailbox, _store_changed: bool) {}
+    /// A line about the firmware for logs and tests (how it started, what
+    /// it trapped), if the backend has one.
+    fn report(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The outcome of one call as the caller sees it.
@@ -264,6 +269,11 @@ impl Firmware {
     /// Which firmware this is.
     pub fn source(&self) -> &FirmwareSource {
         &self.source
+    }
+
+    /// The backend's report line ([`Backend::report`]).
+    pub fn report(&self) -> Option<String> {
+        self.backend.report()
     }
 
     /// The privilege level the firmware runs at, if known.

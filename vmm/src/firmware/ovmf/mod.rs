@@ -211,6 +211,9 @@ pub struct Ovmf {
     last_service: u64,
     /// CPL3 mode (None: CPL0, as booted).
     cpl3: Option<Cpl3>,
+    /// Whether dropping logs [`Backend::report`] (not for an instance a
+    /// recovery replaces).
+    report_on_drop: bool,
 }
 
 impl Ovmf {
@@ -285,6 +288,10 @@ impl Ovmf {
                  with {RAM_SIZE:#x}",
                 snap.platform_version, snap.ram_size
             ));
+        }
+        let loader = snap.devices.iter().find(|d| &d.tag == b"LDR ").map(|d| &d.bytes[..]);
+        if loader != Some(&snapshot::sha256(super::OVMF_LOADER)[..]) {
+            return Err("was made by another efivmm (its loader, which runs in the snapshot, differs)".into());
         }
         if &snap.vars_sha256 != vars_sha {
             return Err("was made with other vars content: the vars file changed since (OVMF keeps its own copy \
@@ -366,6 +373,7 @@ impl Ovmf {
             last_flash_writes: 0,
             last_service: 0,
             cpl3: None,
+            report_on_drop: true,
         })
     }
 
@@ -571,6 +579,8 @@ impl Ovmf {
         }
         snap.devices = self.platform.save_devices();
         snap.devices.push(cpu_device(cpu));
+        // The loader in the snapshot's memory (this efivmm's).
+        snap.devices.push(snapshot::DeviceState { tag: *b"LDR ", bytes: snapshot::sha256(super::OVMF_LOADER).to_vec() });
         // The vars content it belongs to: a new vars file can start from it.
         snap.devices.push(snapshot::DeviceState { tag: *b"VARS", bytes: self.platform.pflash_image().to_vec() });
         snap.vars_sha256 = snapshot::sha256(self.platform.pflash_image());
@@ -837,6 +847,7 @@ impl Ovmf {
             }
         };
         fresh.deadline = deadline;
+        self.report_on_drop = false;
         *self = fresh;
         Ok(())
     }
@@ -845,6 +856,14 @@ impl Ovmf {
         self.ram
             .write_slice(bytes, GuestAddress(self.mailbox + offset))
             .expect("the mailbox block was checked to lie in sandbox RAM");
+    }
+}
+
+impl Drop for Ovmf {
+    fn drop(&mut self) {
+        if let Some(report) = self.report().filter(|_| self.report_on_drop) {
+            tracing::info!("{report}");
+        }
     }
 }
 
@@ -1041,6 +1060,17 @@ impl Backend for Ovmf {
 
     fn firmware_cpl(&self) -> Option<u8> {
         Some(if self.cpl3.is_some() { 3 } else { 0 })
+    }
+
+    fn report(&self) -> Option<String> {
+        let how = match self.origin {
+            Origin::Booted => format!("booted in {:?}", self.start_time),
+            Origin::Restored => format!("restored from a snapshot in {:?}", self.start_time),
+        };
+        Some(match &self.cpl3 {
+            Some(c) => format!("OVMF's runtime at CPL3 ({how}); privileged instructions trapped: {}", c.traps),
+            None => format!("OVMF's runtime at CPL0 ({how})"),
+        })
     }
 
     fn settled(&mut self, reply: &Mailbox, store_changed: bool) {
