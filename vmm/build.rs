@@ -71,7 +71,12 @@ fn build_ovmf_loader(root: &Path, out: &Path) {
     let target_dir = out.join("ovmf-loader-target");
     let mut cmd = nested_cargo(root, UEFI_TARGET, &target_dir);
     cmd.args(["-p", "ovmf-loader", "--bins"]);
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", "");
+    // A reproducible image (`/Brepro`: no link time stamp; `/DEBUG:NONE`:
+    // no debug directory naming a PDB whose content depends on the target
+    // directory): every build of the same source embeds the same loader,
+    // which a snapshot names (a snapshot holds the loader that made it and
+    // is restored only by an efivmm with the same one: `firmware::ovmf`).
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=/Brepro\x1f-Clink-arg=/DEBUG:NONE");
     let status = cmd.status().expect("could not run cargo to build the OVMF loader");
     if !status.success() {
         panic!(

@@ -44,8 +44,9 @@
 //! Services outside the table (SetVirtualAddressMap, ConvertPointer: the host
 //! never sends them) and unknown numbers are `EFI_UNSUPPORTED`, as are the
 //! built-in firmware's store diagnostics (`DiagScribble`: there is no store
-//! image here) and `DiagPrivileged` (a `hlt` does not fault at CPL0, where
-//! OVMF and the loader run).
+//! image here). `DiagPrivileged` executes the privileged instructions
+//! efivmm emulates when the loader and OVMF run at CPL3 (and, asked to,
+//! a `hlt` it refuses): see [`Runtime::privileged`].
 
 use core::marker::PhantomData;
 
@@ -271,10 +272,8 @@ pub fn serve<R: Runtime>(rt: &mut R, mb: &mut Mailbox, block: &mut Block<'_>) ->
         Some(Service::QueryVariableInfo) => query_variable_info(rt, mb),
         Some(Service::SetVirtualAddressMap)
         | Some(Service::ConvertPointer)
-        // The built-in firmware's own diagnostics (its privilege, its store
-        // image, its text and data, its FPU state and buffers) have no
-        // meaning for OVMF.
-        | Some(Service::DiagPrivileged)
+        // The built-in firmware's own diagnostics (its store image, its text
+        // and data, its FPU state and buffers) have no meaning for OVMF.
         | Some(Service::DiagScribble)
         | Some(Service::DiagPatchText)
         | Some(Service::DiagCounter)

@@ -286,7 +286,10 @@ pub enum Service {
     DiagFault = 0x101,
     /// Diagnostic: the firmware spins forever.
     DiagHang = 0x102,
-    /// Diagnostic: the firmware executes `hlt` (a #GP at CPL3).
+    /// Diagnostic: the built-in firmware executes `hlt` (a #GP at CPL3). The
+    /// OVMF loader executes the privileged instructions efivmm emulates at
+    /// CPL3 (`outs[0..3]` = CR0, CR3 and a byte read from port 0x80 as it
+    /// saw them), then, if `args[0]` is non-zero, `hlt`.
     DiagPrivileged = 0x103,
     /// Diagnostic: the firmware rings the doorbell at once (the floor of a
     /// sandbox call, for benchmarks).
