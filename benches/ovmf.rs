@@ -25,7 +25,11 @@ fn lab_snapshot() -> PathBuf {
     let dir = std::env::var_os("EFIVMM_OVMF_SNAPSHOT_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/lab/snapshot"));
-    assert!(dir.join("OVMF.fd.snapshot").exists(), "no lab snapshot in {}: run tests/lab/run.sh EO:SNAP", dir.display());
+    assert!(
+        dir.join("OVMF.fd.snapshot").exists(),
+        "no lab snapshot in {}: run tests/lab/run.sh EO:SNAP",
+        dir.display()
+    );
     dir
 }
 

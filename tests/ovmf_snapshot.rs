@@ -76,9 +76,11 @@ fn virt_fw_vars(vars: &Path) -> Value {
 
 fn virt_fw_vars_data(vars: &Path, name: &str, guid: &str) -> Option<String> {
     let json = virt_fw_vars(vars);
-    json["variables"].as_array()?.iter().find(|v| v["name"] == name && v["guid"] == guid).map(|v| {
-        v["data"].as_str().unwrap_or_default().to_string()
-    })
+    json["variables"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name && v["guid"] == guid)
+        .map(|v| v["data"].as_str().unwrap_or_default().to_string())
 }
 
 #[test]
@@ -110,7 +112,10 @@ fn every_runtime_service_through_ovmf_restored_at_cpl3() {
     }
     let info = rt_ok(&p, &["query-variable-info", "--attrs", "7"]);
     assert_eq!(common::status(&info), "EFI_SUCCESS", "{info}");
-    assert!(info["maximum_variable_storage_size"].as_u64().unwrap() > info["remaining_variable_storage_size"].as_u64().unwrap());
+    assert!(
+        info["maximum_variable_storage_size"].as_u64().unwrap()
+            > info["remaining_variable_storage_size"].as_u64().unwrap()
+    );
     let time = rt_ok(&p, &["get-time"]);
     assert_eq!(common::status(&time), "EFI_SUCCESS", "{time}");
     let year = time["time"]["year"].as_u64().unwrap();

@@ -731,7 +731,9 @@ mod efi {
         }
         say!("ready");
         // SAFETY: single CPU, before the switch; read once by serve_ready.
-        unsafe { *READY.0.get() = Some(Ready { rt, block, system_table: system_table as u64, svam: svam.0 as u64, map }) };
+        unsafe {
+            *READY.0.get() = Some(Ready { rt, block, system_table: system_table as u64, svam: svam.0 as u64, map })
+        };
         let top = stack + LOADER_STACK_SIZE - 64;
         // SAFETY: `top` is 16-byte aligned and 64 bytes below the end of our
         // LOADER_STACK_SIZE-byte allocation (room above for the callee's

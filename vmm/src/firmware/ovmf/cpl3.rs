@@ -170,8 +170,7 @@ impl System {
 
         // GDT: null, kernel code, kernel data, user code, user data, TSS.
         let tss = self.base + TSS_OFFSET;
-        let tss_lo =
-            u64::from(TSS_LIMIT) | ((tss & 0xff_ffff) << 16) | (0x89u64 << 40) | (((tss >> 24) & 0xff) << 56);
+        let tss_lo = u64::from(TSS_LIMIT) | ((tss & 0xff_ffff) << 16) | (0x89u64 << 40) | (((tss >> 24) & 0xff) << 56);
         let gdt: [u64; 7] = [
             0,
             0x00af_9b00_0000_ffff,
@@ -537,7 +536,8 @@ mod tests {
     #[test]
     fn entering_writes_a_cpl3_frame_and_keeps_the_general_registers() {
         let (sys, mem) = build(&regions());
-        let fw = kvm_regs { rip: 0x5ff_1234, rsp: 0x600_8000, rflags: 0x246 | 0x3000, rbx: 7, r15: 9, ..Default::default() };
+        let fw =
+            kvm_regs { rip: 0x5ff_1234, rsp: 0x600_8000, rflags: 0x246 | 0x3000, rbx: 7, r15: 9, ..Default::default() };
         let run = sys.enter(&mem, &fw).unwrap();
         assert_eq!((run.rbx, run.r15), (7, 9));
         assert_eq!(run.rip, BASE + ENTRY_STUB_OFFSET);
@@ -555,7 +555,9 @@ mod tests {
     fn a_trap_frame_reads_and_writes_back() {
         let (sys, mem) = build(&regions());
         let rsp = BASE + KERNEL_STACK_TOP_OFFSET - 8 * 8;
-        for (i, w) in [1u64, 2, 0, 0x7e0_0010, u64::from(USER_CS), 0x2, 0x600_8000, u64::from(USER_DS)].iter().enumerate() {
+        for (i, w) in
+            [1u64, 2, 0, 0x7e0_0010, u64::from(USER_CS), 0x2, 0x600_8000, u64::from(USER_DS)].iter().enumerate()
+        {
             mem.write_obj(*w, GuestAddress(rsp + i as u64 * 8)).unwrap();
         }
         let mut f = sys.read_trap(&mem, 13, rsp).unwrap();

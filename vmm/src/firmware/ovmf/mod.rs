@@ -534,7 +534,9 @@ impl Ovmf {
     fn capture(&self, ready: &kvm_regs) -> Result<Snapshot, String> {
         let (map_at, map_size, desc_size) = (ready.r8, ready.r9, ready.r10);
         if !(40..=4096).contains(&desc_size) || map_size > 1 << 20 || map_size % desc_size != 0 {
-            return Err(format!("the loader's memory map ({map_size} bytes of {desc_size}-byte descriptors) is not one"));
+            return Err(format!(
+                "the loader's memory map ({map_size} bytes of {desc_size}-byte descriptors) is not one"
+            ));
         }
         let mut map = vec![0u8; map_size as usize];
         self.ram.read_slice(&mut map, GuestAddress(map_at)).map_err(|e| format!("reading the memory map: {e}"))?;
@@ -547,7 +549,9 @@ impl Ovmf {
         regions.sort_by_key(|r| r.base);
         let regs = self.resume_regs(ready)?;
         let in_loader_data = |addr: u64| {
-            regions.iter().any(|r| r.kind == RegionKind::LoaderData && (r.base..r.base + r.pages * 4096).contains(&addr))
+            regions
+                .iter()
+                .any(|r| r.kind == RegionKind::LoaderData && (r.base..r.base + r.pages * 4096).contains(&addr))
         };
         if !in_loader_data(self.mailbox) || !in_loader_data(regs.gprs[6].wrapping_sub(8)) {
             return Err("the mailbox block or the loader's stack is not loader memory (an older loader?)".into());
@@ -580,7 +584,8 @@ impl Ovmf {
         snap.devices = self.platform.save_devices();
         snap.devices.push(cpu_device(cpu));
         // The loader in the snapshot's memory (this efivmm's).
-        snap.devices.push(snapshot::DeviceState { tag: *b"LDR ", bytes: snapshot::sha256(super::OVMF_LOADER).to_vec() });
+        snap.devices
+            .push(snapshot::DeviceState { tag: *b"LDR ", bytes: snapshot::sha256(super::OVMF_LOADER).to_vec() });
         // The vars content it belongs to: a new vars file can start from it.
         snap.devices.push(snapshot::DeviceState { tag: *b"VARS", bytes: self.platform.pflash_image().to_vec() });
         snap.vars_sha256 = snapshot::sha256(self.platform.pflash_image());
@@ -773,7 +778,10 @@ impl Ovmf {
         c.traps.record(&outcome);
         tracing::debug!(?outcome, rip = format_args!("{:#x}", frame.rip), "privileged instruction at CPL3");
         if let privileged::Outcome::Refused { detail, .. } = &outcome {
-            tracing::warn!(rip = format_args!("{:#x}", frame.rip), "OVMF's runtime executed `{detail}` at CPL3: refused");
+            tracing::warn!(
+                rip = format_args!("{:#x}", frame.rip),
+                "OVMF's runtime executed `{detail}` at CPL3: refused"
+            );
             return Err(fault);
         }
         (frame.rax, frame.rdx, frame.rip) = (fw.rax, fw.rdx, fw.rip);
@@ -1125,5 +1133,62 @@ fn empty_snapshot() -> Snapshot {
         regions: Vec::new(),
         devices: Vec::new(),
         pages: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A memory-map descriptor (UEFI 2.10 §7.2, 40 bytes) of `ty`.
+    fn desc(ty: u32, base: u64, pages: u64) -> Vec<u8> {
+        let mut d = vec![0u8; 48];
+        d[0..4].copy_from_slice(&ty.to_le_bytes());
+        d[8..16].copy_from_slice(&base.to_le_bytes());
+        d[16..24].copy_from_slice(&base.to_le_bytes());
+        d[24..32].copy_from_slice(&pages.to_le_bytes());
+        d
+    }
+
+    #[test]
+    fn the_regions_are_the_runtime_and_loader_ones_merged() {
+        let map: Vec<u8> = [
+            desc(7, 0, 0x100),         // conventional: not mapped
+            desc(2, 0x20_0000, 4),     // loader data
+            desc(2, 0x20_4000, 2),     // adjacent loader data: merged
+            desc(4, 0x30_0000, 16),    // boot-services data: not mapped
+            desc(6, 0x40_0000, 1),     // runtime data
+            desc(5, 0x3f_f000, 1),     // runtime code (out of order)
+            desc(11, 0xffe0_0000, 32), // MMIO: not from the map (efivmm adds the flash)
+        ]
+        .concat();
+        let regions = regions_of(&map, 48).unwrap();
+        assert_eq!(
+            regions,
+            [
+                Region { base: 0x20_0000, pages: 6, kind: RegionKind::LoaderData },
+                Region { base: 0x3f_f000, pages: 1, kind: RegionKind::RuntimeCode },
+                Region { base: 0x40_0000, pages: 1, kind: RegionKind::RuntimeData },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_map_outside_ram_or_overlapping_is_refused() {
+        assert!(regions_of(&desc(6, RAM_SIZE - 0x1000, 2), 48).unwrap_err().contains("not in sandbox RAM"));
+        assert!(regions_of(&desc(5, 0x1234, 1), 48).is_err(), "unaligned");
+        let overlap = [desc(6, 0x40_0000, 4), desc(2, 0x40_2000, 4)].concat();
+        assert!(regions_of(&overlap, 48).unwrap_err().contains("overlap"));
+    }
+
+    #[test]
+    fn snapshot_files_are_named_for_image_and_vars_content() {
+        let options = SnapshotOptions { cache_dir: Some("/c".into()), ..Default::default() };
+        let at = options.location(&[0xab; 32], &[0x01; 32]).unwrap();
+        assert_eq!(at, Path::new("/c/abababababababab-0101010101010101.snapshot"));
+        assert_ne!(options.location(&[0xab; 32], &[0x02; 32]), Some(at), "other vars content, another file");
+        let explicit = SnapshotOptions { path: Some("/s".into()), ..options };
+        assert_eq!(explicit.location(&[0; 32], &[0; 32]).unwrap(), Path::new("/s"));
+        assert_eq!(SnapshotOptions::default().location(&[0; 32], &[0; 32]), None);
     }
 }

@@ -14,13 +14,13 @@
 //! QEMU, which is what OVMF's probes expect of absent hardware (the CPU
 //! hotplug block at 0xAF00, the TPM at 0xFED40000).
 
+use super::snapshot::DeviceState;
 use crate::devices::acpi_pm::{AcpiPm, PmEffect};
 use crate::devices::cmos::Cmos;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::lapic::{Lapic, LAPIC_BASE, LAPIC_SIZE};
 use crate::devices::pci::{Pci, PciEffect};
 use crate::devices::pflash::Pflash;
-use super::snapshot::DeviceState;
 
 const FW_CFG_SELECTOR: u16 = 0x510;
 const FW_CFG_DATA: u16 = 0x511;
@@ -147,9 +147,11 @@ impl Platform {
     /// there.
     pub fn load_devices(&mut self, devices: &[DeviceState]) -> Result<(), String> {
         let find = |tag: &[u8; 4]| {
-            devices.iter().find(|d| &d.tag == tag).map(|d| &d.bytes[..]).ok_or_else(|| {
-                format!("the snapshot has no {} state", String::from_utf8_lossy(tag).trim_end())
-            })
+            devices
+                .iter()
+                .find(|d| &d.tag == tag)
+                .map(|d| &d.bytes[..])
+                .ok_or_else(|| format!("the snapshot has no {} state", String::from_utf8_lossy(tag).trim_end()))
         };
         self.pci.load(find(b"PCI ")?)?;
         self.cmos.load(find(b"CMOS")?)?;
