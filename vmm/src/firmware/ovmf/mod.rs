@@ -433,8 +433,31 @@ impl Ovmf {
         Ok(ovmf)
     }
 
-    /// Writes `snap`'s pages (every region zeroed first) and devices.
+    /// Writes `snap`'s pages (every region zeroed first) and devices. The
+    /// file was checked for consistency when decoded; what this platform
+    /// needs on top is checked here (a snapshot file is input efivmm does
+    /// not trust): RAM regions within RAM, the mailbox block whole in RAM,
+    /// the flash region where this image's vars region is.
     fn load_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
+        for r in &snap.regions {
+            let end = r.base.checked_add(r.pages.saturating_mul(snapshot::PAGE_SIZE));
+            let ok = match r.kind {
+                RegionKind::Flash => {
+                    r.base == self.image.vars_base()
+                        && r.pages * snapshot::PAGE_SIZE == self.image.layout().file_size() as u64
+                }
+                _ => end.is_some_and(|e| e <= RAM_SIZE),
+            };
+            if !ok {
+                return Err(format!(
+                    "its region {:?} at {:#x} ({} pages) is not where this platform has one",
+                    r.kind, r.base, r.pages
+                ));
+            }
+        }
+        if snap.mailbox % 4096 != 0 || snap.mailbox.checked_add(MAILBOX_BLOCK_SIZE).is_none_or(|e| e > RAM_SIZE) {
+            return Err(format!("its mailbox block {:#x} is not in sandbox RAM", snap.mailbox));
+        }
         for r in snap.regions.iter().filter(|r| r.kind != RegionKind::Flash) {
             let len = (r.pages * snapshot::PAGE_SIZE) as usize;
             self.ram.write_slice(&vec![0u8; len], GuestAddress(r.base)).map_err(|e| e.to_string())?;
