@@ -251,3 +251,27 @@ fn demo_through_20_generations_with_ovmf_at_cpl3() {
     }
     assert!(run.stderr.contains("restored from a snapshot, at CPL3"), "{}", run.stderr);
 }
+
+/// A snapshot file is input efivmm does not trust: one that is
+/// consistent in itself (valid checksum, mailbox in loader memory) but
+/// whose mailbox block would leave the sandbox's RAM is refused whole, and
+/// efivmm says why.
+#[test]
+fn a_consistent_but_hostile_snapshot_is_refused() {
+    use efivmm::firmware::ovmf::snapshot::{Region, RegionKind, Snapshot};
+    let p = prepared();
+    let mut snap = Snapshot::load(&p.snapshot).unwrap();
+    let last = snap.ram_size - 4096;
+    snap.regions.retain(|r| r.base + r.pages * 4096 <= last);
+    let kept = snap.regions.clone();
+    snap.pages.retain(|&a, _| kept.iter().any(|r| (r.base..r.base + r.pages * 4096).contains(&a)));
+    snap.regions.push(Region { base: last, pages: 1, kind: RegionKind::LoaderData });
+    snap.regions.sort_by_key(|r| r.base);
+    snap.mailbox = last;
+    snap.save(&p.snapshot).unwrap();
+    let before = std::fs::read(&p.vars).unwrap();
+    let (code, _, stderr) = rt(&p, &["get-time"]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("mailbox block") && stderr.contains("not in sandbox RAM"), "{stderr}");
+    assert_eq!(std::fs::read(&p.vars).unwrap(), before);
+}
