@@ -30,6 +30,15 @@ pub fn data(selector: u16, dpl: u8) -> kvm_segment {
     flat(selector, 0x3, 0, 1, dpl)
 }
 
+/// The GDT of both sandboxes (the built-in firmware's and OVMF's at CPL3):
+/// null, kernel code (0x08), kernel data (0x10), user code (0x18), user data
+/// (0x20), and an available 64-bit TSS (0x28, two slots) at `tss` with
+/// `limit`.
+pub fn sandbox_gdt(tss: u64, limit: u32) -> [u64; 7] {
+    let tss_lo = u64::from(limit) | ((tss & 0xff_ffff) << 16) | (0x89u64 << 40) | (((tss >> 24) & 0xff) << 56);
+    [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00af_fb00_0000_ffff, 0x00cf_f300_0000_ffff, tss_lo, tss >> 32]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use super::ovmf::{self, snapshot::Snapshot, SnapshotOptions};
+use super::ovmf::{self, hex, snapshot::Snapshot, SnapshotOptions};
 use super::{Firmware, FirmwareSource};
 use crate::ExitError;
 
@@ -152,8 +152,4 @@ pub fn seed_vars(path: &Path, snapshot: &Path, layout: varstore::Layout) -> Resu
     file.commit(&vars.bytes)?;
     tracing::info!(vars = %path.display(), "created the vars file with the snapshot's vars content");
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -95,18 +95,7 @@ pub fn write_system_structures(
     }
 
     // GDT: null, kernel code, kernel data, user code, user data, TSS (16 bytes).
-    let tss_lo =
-        u64::from(TSS_LIMIT) | ((TSS_ADDR & 0xff_ffff) << 16) | (0x89u64 << 40) | (((TSS_ADDR >> 24) & 0xff) << 56);
-    let gdt: [u64; 7] = [
-        0,
-        0x00af_9b00_0000_ffff,
-        0x00cf_9300_0000_ffff,
-        0x00af_fb00_0000_ffff,
-        0x00cf_f300_0000_ffff,
-        tss_lo,
-        TSS_ADDR >> 32,
-    ];
-    for (i, d) in gdt.iter().enumerate() {
+    for (i, d) in segments::sandbox_gdt(TSS_ADDR, TSS_LIMIT).iter().enumerate() {
         mem.write_obj(*d, GuestAddress(GDT_ADDR + i as u64 * 8))?;
     }
 

@@ -169,18 +169,7 @@ impl System {
         system.write_slice(&vec![0u8; SYSTEM_SIZE as usize], self.at(0))?;
 
         // GDT: null, kernel code, kernel data, user code, user data, TSS.
-        let tss = self.base + TSS_OFFSET;
-        let tss_lo = u64::from(TSS_LIMIT) | ((tss & 0xff_ffff) << 16) | (0x89u64 << 40) | (((tss >> 24) & 0xff) << 56);
-        let gdt: [u64; 7] = [
-            0,
-            0x00af_9b00_0000_ffff,
-            0x00cf_9300_0000_ffff,
-            0x00af_fb00_0000_ffff,
-            0x00cf_f300_0000_ffff,
-            tss_lo,
-            tss >> 32,
-        ];
-        for (i, d) in gdt.iter().enumerate() {
+        for (i, d) in segments::sandbox_gdt(self.base + TSS_OFFSET, TSS_LIMIT).iter().enumerate() {
             system.write_obj(*d, self.at(GDT_OFFSET + i as u64 * 8))?;
         }
         system.write_obj(TSS_SEL, self.at(SELECTORS_OFFSET))?;

@@ -137,7 +137,8 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("ovmf-snapshots"))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (snapshot names, reports).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -455,7 +456,9 @@ impl Ovmf {
                 ));
             }
         }
-        if snap.mailbox % 4096 != 0 || snap.mailbox.checked_add(MAILBOX_BLOCK_SIZE).is_none_or(|e| e > RAM_SIZE) {
+        if !snap.mailbox.is_multiple_of(4096)
+            || snap.mailbox.checked_add(MAILBOX_BLOCK_SIZE).is_none_or(|e| e > RAM_SIZE)
+        {
             return Err(format!("its mailbox block {:#x} is not in sandbox RAM", snap.mailbox));
         }
         for r in snap.regions.iter().filter(|r| r.kind != RegionKind::Flash) {
