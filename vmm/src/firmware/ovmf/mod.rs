@@ -212,8 +212,8 @@ pub struct Ovmf {
     last_service: u64,
     /// CPL3 mode (None: CPL0, as booted).
     cpl3: Option<Cpl3>,
-    /// Whether dropping logs [`Backend::report`] (not for an instance a
-    /// recovery replaces).
+    /// Whether dropping logs [`Backend::report`]: once at runtime, and not
+    /// for an instance a recovery replaces.
     report_on_drop: bool,
 }
 
@@ -374,7 +374,7 @@ impl Ovmf {
             last_flash_writes: 0,
             last_service: 0,
             cpl3: None,
-            report_on_drop: true,
+            report_on_drop: false,
         })
     }
 
@@ -405,6 +405,7 @@ impl Ovmf {
             ovmf.save_snapshot();
         }
         ovmf.start_time = started.elapsed();
+        ovmf.report_on_drop = true;
         Ok(ovmf)
     }
 
@@ -426,6 +427,7 @@ impl Ovmf {
         ovmf.enter_cpl3(&regs)?;
         ovmf.origin = Origin::Restored;
         ovmf.start_time = started.elapsed();
+        ovmf.report_on_drop = true;
         tracing::info!(
             restore = ?ovmf.start_time,
             pages = ovmf.cpl3.as_ref().map_or(0, |c| c.baseline.pages.len()),
