@@ -10,7 +10,8 @@
 # timeout of one input, out of memory), after printing the input that did it
 # (target/fuzz/artifacts/<target>/) and how to replay it. The corpus each run
 # grows is kept in target/fuzz/corpus/<target>/ (the committed seeds are
-# only read), the logs in target/fuzz/logs/<target>.log.
+# only read), the logs in target/fuzz/logs/<target>.log (FUZZ_OUT=DIR for
+# another directory than target/fuzz).
 #
 # Toolchain: the default (stable) one, without a sanitizer (`-s none`):
 # cargo-fuzz needs nightly only for sanitizers, and efivmm's build script
@@ -53,7 +54,9 @@ sanitizer="${FUZZ_SANITIZER:-none}"
 say "building the fuzz targets (the first build compiles efivmm and its firmware: a few minutes)"
 cargo "${toolchain[@]}" fuzz build -s "$sanitizer"
 
-out=target/fuzz
+# FUZZ_OUT: another directory for the grown corpora, artifacts and logs
+# (to run this script twice at once without mixing their logs).
+out=${FUZZ_OUT:-target/fuzz}
 mkdir -p "$out/logs"
 # This run's own scratch directory for the targets' vars files (tmpfs when
 # there is one): removing it after a crash cannot touch another run's files.
