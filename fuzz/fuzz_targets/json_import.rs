@@ -57,7 +57,11 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     }
-    assert!(varstore::check(store.image()).is_ok(), "the edited store is invalid: {:?}", varstore::check(store.image()));
+    assert!(
+        varstore::check(store.image()).is_ok(),
+        "the edited store is invalid: {:?}",
+        varstore::check(store.image())
+    );
     let mut want: HashMap<(Vec<u8>, varstore::Guid), &Var> = HashMap::new();
     for v in &vars {
         want.insert((v.name.clone(), v.guid), v);

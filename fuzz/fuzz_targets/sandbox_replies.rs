@@ -127,9 +127,7 @@ fn store_image(r: &StoreReply, cur: &[u8]) -> Option<Vec<u8>> {
             Some(img)
         }
         StoreReply::Truncate(n) => Some(cur[..*n as usize % cur.len()].to_vec()),
-        StoreReply::OtherLayout => {
-            Some(fresh(if layout == Layout::Ovmf2M { Layout::Ovmf4M } else { Layout::Ovmf2M }))
-        }
+        StoreReply::OtherLayout => Some(fresh(if layout == Layout::Ovmf2M { Layout::Ovmf4M } else { Layout::Ovmf2M })),
         StoreReply::Fresh => Some(fresh(layout)),
         StoreReply::Raw(b) => Some(b.clone()),
     }
@@ -190,7 +188,11 @@ impl Run {
         let committed = self.fw.vars().image().to_vec();
         let on_disk = std::fs::read(self.fw.vars().path()).expect("the vars file is readable");
         assert!(on_disk == committed, "the vars file on disk is not the committed image");
-        assert!(varstore::check(&committed).is_ok(), "an invalid store was committed: {:?}", varstore::check(&committed));
+        assert!(
+            varstore::check(&committed).is_ok(),
+            "an invalid store was committed: {:?}",
+            varstore::check(&committed)
+        );
         assert_eq!(committed.len(), self.len, "the vars file changed its layout");
         if s.received.is_empty() {
             assert!(committed == before, "the store changed without a call");
@@ -204,7 +206,12 @@ impl Run {
             assert!(committed == before, "a failed call changed the store");
             assert!(s.restored.len() == 1 && s.restored[0] == before, "the backend was not restored to the last image");
         } else {
-            assert_eq!(self.fw.last_failure().is_some(), size_lie, "failure {:?} for a good call", self.fw.last_failure());
+            assert_eq!(
+                self.fw.last_failure().is_some(),
+                size_lie,
+                "failure {:?} for a good call",
+                self.fw.last_failure()
+            );
             assert!(s.restored.is_empty(), "a good call restored the backend");
             assert!(committed == offered.unwrap_or_else(|| before.to_vec()), "the offered store was not committed");
         }
@@ -249,7 +256,11 @@ impl Run {
         let status = match op {
             Op::GetVariable { name: n, size, .. } => {
                 let r = fw.get_variable(&name(*n), &Guid::GLOBAL_VARIABLE, u64::from(*size));
-                assert!(r.data.len() as u64 <= u64::from(*size), "GetVariable returned {} bytes for a {size}-byte buffer", r.data.len());
+                assert!(
+                    r.data.len() as u64 <= u64::from(*size),
+                    "GetVariable returned {} bytes for a {size}-byte buffer",
+                    r.data.len()
+                );
                 if r.status != EFI_SUCCESS {
                     assert!(r.data.is_empty());
                 } else {
@@ -261,13 +272,19 @@ impl Run {
                 let buf = &buf[..buf.len().min(NAME_SIZE as usize)];
                 let r = fw.get_next_variable_name(buf, &Guid::GLOBAL_VARIABLE, u64::from(*size));
                 let cap = u64::from(*size).min(NAME_SIZE);
-                assert!(r.name.len() as u64 <= cap, "GetNextVariableName returned {} bytes for a {cap}-byte buffer", r.name.len());
+                assert!(
+                    r.name.len() as u64 <= cap,
+                    "GetNextVariableName returned {} bytes for a {cap}-byte buffer",
+                    r.name.len()
+                );
                 if r.status == EFI_SUCCESS {
                     assert_eq!(r.name.len() as u64, r.name_size, "GetNextVariableName: name and size disagree");
                 }
                 r.status
             }
-            Op::SetVariable { name: n, attrs, data, .. } => fw.set_variable(&name(*n), &Guid::GLOBAL_VARIABLE, *attrs, data),
+            Op::SetVariable { name: n, attrs, data, .. } => {
+                fw.set_variable(&name(*n), &Guid::GLOBAL_VARIABLE, *attrs, data)
+            }
             Op::QueryVariableInfo { attrs, .. } => fw.query_variable_info(*attrs).status,
             Op::GetTime { .. } => fw.get_time().status,
             Op::SetTime { time, .. } => fw.set_time(&EfiTime::from_halves(time[0], time[1])),
@@ -285,7 +302,10 @@ impl Run {
             Op::QueryCapsule { headers, count, .. } => fw.query_capsule_capabilities(headers, *count).0,
             Op::UpdateCapsule { headers, count, sg, .. } => fw.update_capsule(headers, *count, *sg),
             Op::Raw { service, args, name: n, data, .. } => {
-                let mut req = Request { mailbox: Mailbox { service: *service, args: *args, ..Default::default() }, ..Default::default() };
+                let mut req = Request {
+                    mailbox: Mailbox { service: *service, args: *args, ..Default::default() },
+                    ..Default::default()
+                };
                 req.name = n[..n.len().min(NAME_SIZE as usize)].to_vec();
                 req.data = data.clone();
                 let done = fw.request(&req);
@@ -302,13 +322,31 @@ impl Run {
                         write_va(&mut ph, p, GVA + 0x1000, &Guid::GLOBAL_VARIABLE.0);
                         write_va(&mut ph, p, GVA + 0x2000, &u64::from(*size % 0x5000).to_le_bytes());
                         write_va(&mut ph, p, GVA + 0xF028, &(GVA + 0x4000).to_le_bytes());
-                        (6, GuestRegs { rcx: GVA, rdx: GVA + 0x1000, r8: GVA + 0x2100, r9: GVA + 0x2000, rsp: GVA + 0xF000 })
+                        (
+                            6,
+                            GuestRegs {
+                                rcx: GVA,
+                                rdx: GVA + 0x1000,
+                                r8: GVA + 0x2100,
+                                r9: GVA + 0x2000,
+                                rsp: GVA + 0xF000,
+                            },
+                        )
                     }
                     1 => {
                         // GetNextVariableName(&size, name, &guid)
                         write_va(&mut ph, p, GVA + 0x2000, &u64::from(*size % 0x5000).to_le_bytes());
                         write_va(&mut ph, p, GVA + 0x4000, &name(1));
-                        (7, GuestRegs { rcx: GVA + 0x2000, rdx: GVA + 0x4000, r8: GVA + 0x1000, r9: 0, rsp: GVA + 0xF000 })
+                        (
+                            7,
+                            GuestRegs {
+                                rcx: GVA + 0x2000,
+                                rdx: GVA + 0x4000,
+                                r8: GVA + 0x1000,
+                                r9: 0,
+                                rsp: GVA + 0xF000,
+                            },
+                        )
                     }
                     2 => (0, GuestRegs { rcx: GVA + 0x3000, rdx: GVA + 0x3100, ..Default::default() }),
                     _ => (13, GuestRegs { rcx: 7, rdx: GVA + 0x3000, r8: GVA + 0x3008, r9: GVA + 0x3010, rsp: 0 }),
@@ -318,7 +356,8 @@ impl Run {
                 r.status
             }
         };
-        let size_lie = self.size_lie && !offered.as_ref().is_some_and(|img| !(img.len() == self.len && varstore::check(img).is_ok()));
+        let size_lie = self.size_lie
+            && !offered.as_ref().is_some_and(|img| !(img.len() == self.len && varstore::check(img).is_ok()));
         let must_fail = self.after(&before, offered, size_lie);
         if !self.script.lock().unwrap().received.is_empty() && !matches!(op, Op::Proxy { .. }) {
             self.expect_status(must_fail, status);

@@ -58,7 +58,8 @@ fn built(body: &[u8]) -> Vec<u8> {
     // Edits: (u16 position, byte) triples from byte 32 on.
     for e in body.get(32..).unwrap_or_default().chunks_exact(3).take(8) {
         let at = usize::from(u16::from_le_bytes([e[0], e[1]]));
-        if let Some(b) = bytes.get_mut(at % bytes.len().max(1)) {
+        let len = bytes.len().max(1);
+        if let Some(b) = bytes.get_mut(at % len) {
             *b ^= e[2];
         }
     }
@@ -83,7 +84,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(page.iter().any(|&b| b != 0), "an all-zero page was stored");
     }
     let loader_data = |addr: u64| {
-        snap.regions.iter().any(|r| r.kind == RegionKind::LoaderData && (r.base..r.base + r.pages * 4096).contains(&addr))
+        snap.regions
+            .iter()
+            .any(|r| r.kind == RegionKind::LoaderData && (r.base..r.base + r.pages * 4096).contains(&addr))
     };
     assert!(loader_data(snap.mailbox), "the mailbox is not in loader data");
 });

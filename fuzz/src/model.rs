@@ -473,7 +473,8 @@ pub fn check_call(
     s.fail |= s.store.as_ref().is_some_and(|img| img.len() != store_len || varstore::check(img).is_err());
 
     // The shim's range is never written, whatever happened.
-    let f = forbidden.start.min(before.bytes.len() as u64) as usize..forbidden.end.min(before.bytes.len() as u64) as usize;
+    let f =
+        forbidden.start.min(before.bytes.len() as u64) as usize..forbidden.end.min(before.bytes.len() as u64) as usize;
     assert!(before.bytes[f.clone()] == after.bytes[f], "the forbidden range {forbidden:#x?} was written");
 
     let expected = match &prep {
@@ -519,7 +520,10 @@ pub fn check_call(
         panic!(
             "guest memory differs from the model at gpa {at:#x}: expected {:#04x}, found {:#04x} (was {:#04x}); \
              prep {:?}",
-            expected.bytes[at], after.bytes[at], before.bytes[at], prep_kind(&prep)
+            expected.bytes[at],
+            after.bytes[at],
+            before.bytes[at],
+            prep_kind(&prep)
         );
     }
     result
