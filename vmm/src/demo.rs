@@ -157,6 +157,7 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
         serial_sink: Some(Box::new(log.clone())),
         serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
         timeout: Some(Duration::from_secs(30 + 5 * u64::from(args.generations))),
+        var_policy: crate::proxy::VarPolicy::none(),
     };
     eprintln!("efivmm demo: {} generations, --svam-policy {:?}", args.generations, args.svam_policy);
     let started = Instant::now();
@@ -254,6 +255,7 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<Gue
             serial_sink: Some(Box::new(log.clone())),
             serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
             timeout: Some(timeout),
+            var_policy: crate::proxy::VarPolicy::none(),
         };
         let mut vm = Vm::build(config, firmware)?;
         let exit = vm.run();

@@ -42,6 +42,15 @@ pub struct LaunchArgs {
     /// OVMF's snapshot and privilege level.
     #[command(flatten)]
     pub ovmf: crate::firmware::prepare::OvmfArgs,
+    /// The host's variable policy (JSON): per variable (a GUID and a name or
+    /// a name prefix) what the guest may do: `read-write` (the default),
+    /// `read-only` (its SetVariable gets EFI_WRITE_PROTECTED) or `hidden`
+    /// (it never sees the variable). Enforced before the firmware is
+    /// called; `efivmm rt` and `efivmm vars` are not bound by it. Example:
+    /// `{"variables": [{"guid": "global", "name": "BootOrder", "access":
+    /// "read-only"}]}`. See docs/var-policy.md.
+    #[arg(long, value_name = "FILE")]
+    pub var_policy: Option<PathBuf>,
     /// The VM's vars file (OVMF format). A missing file is created empty.
     /// Without --vars, a temporary store is used and discarded at exit.
     #[arg(long, value_name = "PATH")]
@@ -105,6 +114,10 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
             (dir.path().join("vars.fd"), Some(dir))
         }
     };
+    let var_policy = match &args.var_policy {
+        Some(path) => crate::proxy::VarPolicy::load(path).map_err(ExitError::Usage)?,
+        None => crate::proxy::VarPolicy::none(),
+    };
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
     let firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
     let config = VmConfig {
@@ -118,6 +131,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         serial_sink: None,
         serial_limit: args.serial_limit.unwrap_or(crate::vm::DEFAULT_SERIAL_LIMIT),
         timeout: args.timeout.map(Duration::from_secs),
+        var_policy,
     };
     let mut vm = Vm::build(config, firmware)?;
     let exit = vm.run();

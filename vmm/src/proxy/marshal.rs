@@ -7,8 +7,12 @@ use sandbox_abi::{Mailbox, Service, DATA_SIZE, FLAGS_ARG, FLAG_P0, NAME_SIZE};
 use vm_memory::GuestMemoryMmap;
 
 use super::paging::{read_guest, read_u64, read_utf16z, Fault, GuestPaging, WritePlan};
+use super::policy::{Access, VarPolicy};
 use super::{GuestRegs, ProxyResult, CAPSULE_HEADER_SIZE, MAX_CAPSULES};
-use crate::efi::{EFI_BUFFER_TOO_SMALL, EFI_DEVICE_ERROR, EFI_INVALID_PARAMETER, EFI_SUCCESS};
+use crate::efi::{
+    Guid, EFI_BUFFER_TOO_SMALL, EFI_DEVICE_ERROR, EFI_INVALID_PARAMETER, EFI_NOT_FOUND, EFI_SUCCESS,
+    EFI_WRITE_PROTECTED,
+};
 use crate::firmware::{Buffer, Firmware};
 
 /// Either a value or the status the call ends with at once.
@@ -19,6 +23,8 @@ pub(super) struct Ctx<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub paging: &'a GuestPaging,
     pub forbidden: Range<u64>,
+    /// The host's variable policy.
+    pub policy: &'a VarPolicy,
 }
 
 fn refuse(what: &str, fault: Fault) -> u64 {
@@ -155,11 +161,24 @@ fn name_and_guid(cx: &Ctx<'_>, c: &mut Call, regs: &GuestRegs) -> Step<()> {
     Ok(())
 }
 
+/// The policy's access to the variable a GetVariable or SetVariable names
+/// (read-write when the name or the GUID is NULL: the firmware refuses).
+fn access(cx: &Ctx<'_>, c: &Call) -> Access {
+    let guid_given = c.mb.args[FLAGS_ARG] & (FLAG_P0 << 1) != 0;
+    if c.name.is_empty() || !guid_given {
+        return Access::ReadWrite;
+    }
+    cx.policy.access(&c.name, &Guid::from_halves(c.mb.args[1], c.mb.args[2]))
+}
+
 /// GetVariable(Name, Guid, *Attributes, *DataSize, Data).
 pub(super) fn get_variable(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Firmware) -> Step<u64> {
     let data_va = cx.fifth(regs)?;
     let mut c = Call::new(Service::GetVariable);
     name_and_guid(cx, &mut c, regs)?;
+    if access(cx, &c) == Access::Hidden {
+        return Ok(EFI_NOT_FOUND);
+    }
     let attr = c.ptr(regs.r8);
     let attr_plan = opt_plan(cx, attr, 4, "Attributes")?;
     let size_va = c.ptr(regs.r9);
@@ -189,6 +208,9 @@ pub(super) fn set_variable(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Firmware) ->
     let data_va = cx.fifth(regs)?;
     let mut c = Call::new(Service::SetVariable);
     name_and_guid(cx, &mut c, regs)?;
+    if access(cx, &c) != Access::ReadWrite {
+        return Ok(EFI_WRITE_PROTECTED);
+    }
     c.mb.args[3] = u64::from(regs.r8 as u32);
     c.mb.args[4] = regs.r9;
     if let Some(va) = c.ptr(data_va) {
@@ -221,7 +243,35 @@ pub(super) fn get_next_variable_name(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Fi
         [c.mb.args[1], c.mb.args[2]] = cx.read_halves(va, "VendorGuid")?;
     }
     let guid_plan = opt_plan(cx, guid_va, 16, "VendorGuid")?;
-    let r = c.run(fw)?;
+    let (input_name, input_guid) = (c.name.clone(), [c.mb.args[1], c.mb.args[2]]);
+    let mut r = c.run(fw)?;
+    if cx.policy.hides_any() && (r.status == EFI_SUCCESS || r.status == EFI_BUFFER_TOO_SMALL) {
+        // The next name the guest may see, and the reply it would have had.
+        let start = if r.status == EFI_SUCCESS {
+            Next { name: fw.read_output(Buffer::Name, r.outs[1].min(NAME_SIZE)), guid: [r.outs[2], r.outs[3]] }
+        } else {
+            match next_name(fw, input_name, input_guid)? {
+                Ok(next) => next,
+                Err(status) => return Ok(status),
+            }
+        };
+        let visible = match skip_hidden(cx, fw, start)? {
+            Ok(next) => next,
+            Err(status) => return Ok(status),
+        };
+        let needed = visible.name.len() as u64;
+        r.outs[1] = needed;
+        [r.outs[2], r.outs[3]] = visible.guid;
+        r.status = if needed > size { EFI_BUFFER_TOO_SMALL } else { EFI_SUCCESS };
+        let mut out = Outputs::default();
+        if r.status == EFI_SUCCESS {
+            checked_len(&name_plan, needed)?;
+            out.push(&name_plan, &visible.name)?;
+            out.push(&guid_plan, &halves_bytes(r.outs[2], r.outs[3]))?;
+        }
+        out.push(&size_plan, &needed.to_le_bytes())?;
+        return out.commit(cx, r.status);
+    }
     let mut out = Outputs::default();
     if r.status == EFI_SUCCESS {
         let n = checked_len(&name_plan, r.outs[1])?;
@@ -235,6 +285,53 @@ pub(super) fn get_next_variable_name(cx: &Ctx<'_>, regs: &GuestRegs, fw: &mut Fi
         out.push(&size_plan, &r.outs[1].to_le_bytes())?;
     }
     out.commit(cx, r.status)
+}
+
+/// A variable name (UTF-16LE with its NUL) and GUID (mailbox halves).
+struct Next {
+    name: Vec<u8>,
+    guid: [u64; 2],
+}
+
+/// Most hidden variables skipped in one GetNextVariableName (more than a
+/// store can hold: a firmware that cycles is its own fault).
+const MAX_SKIPPED: usize = 100_000;
+
+/// GetNextVariableName after `name`/`guid` with the largest buffer, for the
+/// policy's own walk: `Ok(Err(status))` when the firmware has no next name
+/// (or refuses).
+fn next_name(fw: &mut Firmware, name: Vec<u8>, guid: [u64; 2]) -> Step<Result<Next, u64>> {
+    let mut c = Call::new(Service::GetNextVariableName);
+    for _ in 0..3 {
+        c.ptr(1);
+    }
+    c.mb.args[0] = NAME_SIZE;
+    c.mb.args[3] = name.len() as u64;
+    [c.mb.args[1], c.mb.args[2]] = guid;
+    c.name = name;
+    let r = c.run(fw)?;
+    if r.status != EFI_SUCCESS {
+        return Ok(Err(r.status));
+    }
+    if r.outs[1] > NAME_SIZE {
+        return Err(EFI_DEVICE_ERROR);
+    }
+    Ok(Ok(Next { name: fw.read_output(Buffer::Name, r.outs[1]), guid: [r.outs[2], r.outs[3]] }))
+}
+
+/// From `next` on, the first name the policy does not hide.
+fn skip_hidden(cx: &Ctx<'_>, fw: &mut Firmware, mut next: Next) -> Step<Result<Next, u64>> {
+    for _ in 0..MAX_SKIPPED {
+        if cx.policy.access(&next.name, &Guid::from_halves(next.guid[0], next.guid[1])) != Access::Hidden {
+            return Ok(Ok(next));
+        }
+        next = match next_name(fw, next.name, next.guid)? {
+            Ok(n) => n,
+            Err(status) => return Ok(Err(status)),
+        };
+    }
+    tracing::error!("the firmware's variable list does not end: {MAX_SKIPPED} hidden names in a row");
+    Err(EFI_DEVICE_ERROR)
 }
 
 /// QueryVariableInfo(Attributes, *MaximumVariableStorageSize,

@@ -62,8 +62,10 @@ use crate::firmware::Firmware;
 
 mod marshal;
 pub mod paging;
+pub mod policy;
 
 pub use paging::{Access, Fault, GuestPaging};
+pub use policy::VarPolicy;
 
 /// Most capsules one UpdateCapsule/QueryCapsuleCapabilities may pass.
 pub const MAX_CAPSULES: u64 = 1024;
@@ -136,8 +138,23 @@ pub fn call_service(
     forbidden: Range<u64>,
     fw: &mut Firmware,
 ) -> ProxyResult {
+    call_service_with_policy(service, regs, paging, mem, forbidden, fw, &VarPolicy::none())
+}
+
+/// [`call_service`] under the host's variable policy ([`policy`]): hidden
+/// variables are not found and skipped by GetNextVariableName, read-only and
+/// hidden ones not written, before the firmware is called.
+pub fn call_service_with_policy(
+    service: u64,
+    regs: &GuestRegs,
+    paging: &GuestPaging,
+    mem: &GuestMemoryMmap,
+    forbidden: Range<u64>,
+    fw: &mut Firmware,
+    policy: &VarPolicy,
+) -> ProxyResult {
     use Service::*;
-    let cx = marshal::Ctx { mem, paging, forbidden };
+    let cx = marshal::Ctx { mem, paging, forbidden, policy };
     let f = match Service::from_u64(service) {
         Some(GetTime) => marshal::get_time,
         Some(SetTime) => marshal::set_time,

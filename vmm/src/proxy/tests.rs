@@ -26,6 +26,7 @@ const GUID: &str = "3cc9ad5e-7a1c-4b1f-9a3e-5f0c8d2b6e71";
 struct T {
     g: Guest,
     fw: Firmware,
+    policy: VarPolicy,
     _dir: tempfile::TempDir,
 }
 
@@ -45,7 +46,7 @@ fn setup(levels: u8) -> T {
     g.map(BIG, 0x60_0000, Size::M2, RW);
     g.poke(0x60_0000, &[b'A'; 0x20_0000]);
     g.poke(0x41_0000, &Guid::parse(GUID).unwrap().0);
-    T { g, fw, _dir: dir }
+    T { g, fw, policy: VarPolicy::none(), _dir: dir }
 }
 
 fn regs(rcx: u64, rdx: u64, r8: u64, r9: u64) -> GuestRegs {
@@ -61,7 +62,7 @@ impl T {
 
     fn call(&mut self, svc: Service, r: GuestRegs) -> ProxyResult {
         let p = self.g.paging();
-        call_service(svc as u64, &r, &p, &self.g.mem, FORBIDDEN, &mut self.fw)
+        call_service_with_policy(svc as u64, &r, &p, &self.g.mem, FORBIDDEN, &mut self.fw, &self.policy)
     }
 
     fn read(&self, va: u64, len: u64) -> Vec<u8> {
@@ -422,4 +423,111 @@ fn odd_names_zero_sizes_and_inputs_from_the_shim() {
     t.write(DATA, b"e");
     let r = t.call5(Service::SetVariable, regs(NAME + 0x1000 - name.len() as u64, MISC, 7, 1), DATA);
     assert_eq!(r.status, EFI_SUCCESS);
+}
+
+/// Enumerates with GetNextVariableName (name buffer at DATA+0xFF0, size at
+/// MISC+0x200, GUID at MISC+0x300), `size` bytes of buffer each time.
+fn enumerate(t: &mut T) -> Vec<String> {
+    t.write(DATA + 0xFF0, &[0, 0]);
+    let mut seen = Vec::new();
+    loop {
+        t.write(MISC + 0x200, &1024u64.to_le_bytes());
+        let r = t.call(Service::GetNextVariableName, regs(MISC + 0x200, DATA + 0xFF0, MISC + 0x300, 0));
+        if r.status == EFI_NOT_FOUND {
+            return seen;
+        }
+        assert_eq!(r.status, EFI_SUCCESS);
+        let size = t.u64_at(MISC + 0x200);
+        seen.push(name_from_utf16(&t.read(DATA + 0xFF0, size)));
+        assert!(seen.len() < 100);
+    }
+}
+
+/// The host's variable policy: read-only variables are not written, hidden
+/// ones are neither found, enumerated nor created, and the firmware's own
+/// store is untouched by the refused writes.
+#[test]
+fn the_variable_policy_is_enforced_before_the_firmware() {
+    let mut t = setup(4);
+    for n in ["Alpha", "Locked", "Secret1", "Secret2", "Zed"] {
+        assert_eq!(t.set(n, b"v1"), EFI_SUCCESS);
+    }
+    t.policy = VarPolicy::parse(&format!(
+        r#"{{"variables": [{{"guid": "{GUID}", "name": "Locked", "access": "read-only"}},
+                          {{"guid": "{GUID}", "name_prefix": "Secret", "access": "hidden"}}]}}"#
+    ))
+    .unwrap();
+    let guid = Guid::parse(GUID).unwrap();
+    // Read-only: readable, not writable (nor deletable), the store unchanged.
+    assert_eq!(t.get("Locked", 64), EFI_SUCCESS);
+    assert_eq!(t.set("Locked", b"v2"), EFI_WRITE_PROTECTED);
+    assert_eq!(t.fw.get_variable(&utf16("Locked"), &guid, 64).data, b"v1");
+    t.write(NAME, &utf16("Locked"));
+    let delete = t.call5(Service::SetVariable, regs(NAME, MISC, 7, 0), 0);
+    assert_eq!(delete.status, EFI_WRITE_PROTECTED);
+    assert_eq!(t.fw.get_variable(&utf16("Locked"), &guid, 64).status, EFI_SUCCESS);
+    // Hidden: not found, not enumerated, not created, the store unchanged.
+    assert_eq!(t.get("Secret1", 64), EFI_NOT_FOUND);
+    assert_eq!(t.set("Secret1", b"v2"), EFI_WRITE_PROTECTED);
+    assert_eq!(t.set("SecretNew", b"v2"), EFI_WRITE_PROTECTED);
+    assert_eq!(t.fw.get_variable(&utf16("Secret1"), &guid, 64).data, b"v1");
+    assert_eq!(t.fw.get_variable(&utf16("SecretNew"), &guid, 64).status, EFI_NOT_FOUND);
+    let seen = enumerate(&mut t);
+    for n in ["Alpha", "Locked", "Zed"] {
+        assert!(seen.contains(&n.to_string()), "{n} is listed: {seen:?}");
+    }
+    assert!(!seen.iter().any(|n| n.starts_with("Secret")), "hidden names are skipped: {seen:?}");
+    // Others: as without a policy.
+    assert_eq!(t.set("Alpha", b"v2"), EFI_SUCCESS);
+    assert_eq!(t.fw.get_variable(&utf16("Alpha"), &guid, 64).data, b"v2");
+}
+
+/// GetNextVariableName's buffer sizing is the guest's, for the name after
+/// the hidden ones: a buffer too small for a hidden name but large enough
+/// for the next visible one gets that name; one too small for the next
+/// visible name gets EFI_BUFFER_TOO_SMALL with its size (not a hidden
+/// one's).
+#[test]
+fn a_hidden_name_is_skipped_also_when_the_buffer_is_too_small() {
+    let mut t = setup(4);
+    let before = enumerate(&mut t);
+    for n in ["Aaa", "SecretLongerName1", "Z", "SecretX", "ZLongVisibleName"] {
+        assert_eq!(t.set(n, b"v"), EFI_SUCCESS);
+    }
+    let all = enumerate(&mut t);
+    t.policy = VarPolicy::parse(&format!(
+        r#"{{"variables": [{{"guid": "{GUID}", "name_prefix": "Secret", "access": "hidden"}}]}}"#
+    ))
+    .unwrap();
+    let visible: Vec<String> = all.iter().filter(|n| !n.starts_with("Secret")).cloned().collect();
+    assert_eq!(enumerate(&mut t), visible);
+    assert_eq!(visible.len(), before.len() + 3);
+    // Walk again, each time with a buffer just large enough for the input
+    // name (2 bytes at the start), as tight as the caller may make it.
+    t.write(DATA + 0xFF0, &[0, 0]);
+    let (mut walked, mut too_small) = (Vec::new(), Vec::new());
+    let mut input_len = 2u64;
+    loop {
+        t.write(MISC + 0x200, &input_len.to_le_bytes());
+        let r = t.call(Service::GetNextVariableName, regs(MISC + 0x200, DATA + 0xFF0, MISC + 0x300, 0));
+        if r.status == EFI_NOT_FOUND {
+            break;
+        }
+        if r.status == EFI_BUFFER_TOO_SMALL {
+            let needed = t.u64_at(MISC + 0x200);
+            assert!(needed > input_len);
+            let r = t.call(Service::GetNextVariableName, regs(MISC + 0x200, DATA + 0xFF0, MISC + 0x300, 0));
+            assert_eq!(r.status, EFI_SUCCESS);
+            assert_eq!(t.u64_at(MISC + 0x200), needed, "the size reported was the visible name's");
+            too_small.push(name_from_utf16(&t.read(DATA + 0xFF0, needed)));
+        } else {
+            assert_eq!(r.status, EFI_SUCCESS);
+        }
+        input_len = t.u64_at(MISC + 0x200);
+        walked.push(name_from_utf16(&t.read(DATA + 0xFF0, input_len)));
+        assert!(walked.len() < 100);
+    }
+    assert_eq!(walked, visible);
+    assert!(walked.windows(2).any(|w| w == ["Aaa", "Z"]), "Z, after a longer hidden name, fit Aaa's buffer");
+    assert!(too_small.contains(&"ZLongVisibleName".to_string()), "{too_small:?}");
 }

@@ -144,6 +144,8 @@ pub struct VmConfig {
     pub serial_limit: u64,
     /// Stop the guest after this long (None: never).
     pub timeout: Option<Duration>,
+    /// The host's variable policy for the guest's calls (`--var-policy`).
+    pub var_policy: crate::proxy::VarPolicy,
 }
 
 /// Why a guest could not be built or run.
@@ -244,6 +246,7 @@ struct Runtime {
     shim: Shim,
     firmware: Firmware,
     svam_policy: SvamPolicy,
+    var_policy: crate::proxy::VarPolicy,
 }
 
 /// The first reason to stop, and an event that wakes the event loop.
@@ -434,7 +437,12 @@ impl Vm {
         let shared = Shared {
             mem,
             devices: Mutex::new(LegacyDevices::new(irq, out)),
-            runtime: Mutex::new(Runtime { shim, firmware, svam_policy: config.svam_policy }),
+            runtime: Mutex::new(Runtime {
+                shim,
+                firmware,
+                svam_policy: config.svam_policy,
+                var_policy: config.var_policy,
+            }),
             stop: Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Event)? },
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),

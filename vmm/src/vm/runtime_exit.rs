@@ -29,7 +29,7 @@ use sandbox_abi::Service;
 use super::{Exit, Runtime, Shared, SvamPolicy, SHIM_RESERVE};
 use crate::efi::{EFI_INVALID_PARAMETER, EFI_SUCCESS, EFI_UNSUPPORTED};
 use crate::proxy::paging::{read_guest, write_guest, GuestPaging};
-use crate::proxy::{call_service, GuestRegs};
+use crate::proxy::{call_service_with_policy, GuestRegs};
 use vm_memory::GuestMemoryMmap;
 
 /// Largest memory map SetVirtualAddressMap accepts.
@@ -98,7 +98,15 @@ impl Shared {
             Some(_) => {
                 let guest = GuestRegs { rcx: regs.rcx, rdx: regs.rdx, r8: regs.r8, r9: regs.r9, rsp: regs.rsp };
                 let forbidden = rt.shim.base()..rt.shim.base() + SHIM_RESERVE;
-                let result = call_service(service, &guest, &paging, &self.mem, forbidden, &mut rt.firmware);
+                let result = call_service_with_policy(
+                    service,
+                    &guest,
+                    &paging,
+                    &self.mem,
+                    forbidden,
+                    &mut rt.firmware,
+                    &rt.var_policy,
+                );
                 if let Some((reset_type, _)) = result.reset {
                     tracing::info!(reset_type, "the guest called ResetSystem");
                     let exit = if reset_type == 2 { Exit::PowerOff } else { Exit::Reset("ResetSystem") };
@@ -230,7 +238,12 @@ mod tests {
         let shared = Shared {
             mem: g.mem.clone(),
             devices: Mutex::new(LegacyDevices::new(EventFd::new(0).unwrap(), Box::new(std::io::sink()))),
-            runtime: Mutex::new(Runtime { shim, firmware, svam_policy: SvamPolicy::Accept }),
+            runtime: Mutex::new(Runtime {
+                shim,
+                firmware,
+                svam_policy: SvamPolicy::Accept,
+                var_policy: crate::proxy::VarPolicy::none(),
+            }),
             stop: Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK).unwrap() },
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
