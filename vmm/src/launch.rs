@@ -72,6 +72,18 @@ pub struct LaunchArgs {
     /// 315360000 (ten years).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(..=MAX_TIMEOUT_SECS))]
     pub timeout: Option<u64>,
+    /// Read options from a JSON file: an object whose keys are these
+    /// options' long names (`"kernel"`, `"memory"`, `"var_policy"`, ...) and
+    /// whose values are strings or numbers (`true`/`false` for the options
+    /// without a value). The command line overrides the file. See
+    /// docs/config.md.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (the file's options, the command
+    /// line's, and the defaults) as JSON, in the form `--config` reads, and
+    /// exit without starting anything.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 /// The largest `--timeout`: ten years, far inside what `Instant` can add.

@@ -14,6 +14,7 @@
 //! - [`confine`]: host confinement: per-thread seccomp filters, no core dumps of guest memory.
 
 pub mod boot;
+pub mod config;
 pub mod confine;
 pub mod demo;
 pub mod devices;

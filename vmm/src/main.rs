@@ -1,6 +1,6 @@
 //! The `efivmm` command.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use efivmm::demo::DemoArgs;
 use efivmm::efi::escape_controls;
 use efivmm::launch::LaunchArgs;
@@ -82,7 +82,25 @@ fn main() {
         }))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // `--config FILE`: its options go before the command line's, and later
+    // options override earlier ones (efivmm::config).
+    let command = Cli::command().args_override_self(true);
+    let argv = match efivmm::config::expand(&command, std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("efivmm: error: {}", escape_controls(&e));
+            std::process::exit(2);
+        }
+    };
+    let matches = command.clone().get_matches_from(argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if cli.command.is_none() && cli.launch.print_config {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&efivmm::config::effective(&command, &matches)).unwrap_or_default()
+        );
+        std::process::exit(0);
+    }
     efivmm::confine::set_enabled(!cli.no_seccomp);
     if !cli.no_seccomp {
         if let Err(e) = efivmm::confine::harden_process() {
