@@ -107,3 +107,37 @@ fn secure_boot_state_is_read_from_debians_stores() {
     assert!(secure_boot_enforced(&read("/usr/share/OVMF/OVMF_VARS_4M.fd")).is_none());
     assert!(secure_boot_enforced(&read("/usr/share/OVMF/OVMF_VARS.fd")).is_none());
 }
+
+/// `efivmm firmware prepare` boots OVMF, so on a KVM that cannot run its
+/// boot code it fails like `--firmware` does (exit 3, one message) and
+/// leaves neither a vars file nor a snapshot behind.
+#[test]
+fn firmware_prepare_either_makes_a_snapshot_or_exits_3_leaving_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vars, snap) = (dir.path().join("vars.fd"), dir.path().join("ovmf.snapshot"));
+    let (code, stdout, stderr) = efivmm(
+        &[
+            "firmware",
+            "prepare",
+            "--firmware",
+            ovmf().to_str().unwrap(),
+            "--vars",
+            vars.to_str().unwrap(),
+            "--snapshot",
+            snap.to_str().unwrap(),
+        ],
+        Duration::from_secs(240),
+    );
+    match code {
+        0 => {
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(v["checks_at_cpl3"]["get_time"], "EFI_SUCCESS", "{stdout}");
+            assert!(snap.exists() && vars.exists());
+        }
+        3 => {
+            assert!(stderr.contains("cannot run the firmware's boot code"), "{stderr}");
+            assert!(!vars.exists() && !snap.exists(), "nothing is left behind");
+        }
+        other => panic!("exit {other}: {stderr}"),
+    }
+}
