@@ -125,6 +125,13 @@ fn every_runtime_service_through_ovmf_restored_at_cpl3() {
     assert!(m2["high_count"].as_u64() > m1["high_count"].as_u64(), "{m1} then {m2}");
     let wake = rt_ok(&p, &["get-wakeup-time"]);
     assert!(["EFI_SUCCESS", "EFI_UNSUPPORTED"].contains(&common::status(&wake)), "{wake}");
+    // OVMF's answers for the rest, as it gives them booted (the lab's EO:RT).
+    assert_eq!(common::status(&rt_ok(&p, &["set-time", "2025-01-02T03:04:05Z"])), "EFI_SUCCESS");
+    assert_eq!(common::status(&rt_ok(&p, &["set-wakeup-time", "--disable"])), "EFI_SUCCESS");
+    let caps = rt_ok(&p, &["query-capsule-capabilities"]);
+    assert_eq!(common::status(&caps), "EFI_UNSUPPORTED", "OVMF.fd has no capsule support: {caps}");
+    let reset = rt_ok(&p, &["reset-system", "warm"]);
+    assert_eq!((common::status(&reset), reset["reset"]["type"].as_str()), ("EFI_SUCCESS", Some("warm")), "{reset}");
     // Deleting: gone for the firmware and for virt-fw-vars.
     let del = rt_ok(&p, &["set-variable", "SnapTest", g, "--attrs", "7"]);
     assert_eq!(common::status(&del), "EFI_SUCCESS", "{del}");
