@@ -80,6 +80,8 @@ const KVM_IDENTITY_MAP_ADDR: u64 = 0xfeff_c000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// `out imm8, al` to the doorbell port: the loader's doorbell instruction.
 const DOORBELL_INSN: [u8; 2] = [0xe6, DOORBELL_PORT as u8];
+/// `EFI_VARIABLE_NON_VOLATILE`.
+const EFI_VARIABLE_NON_VOLATILE: u32 = 1;
 /// `out dx, al`: the exception stubs' report.
 const OUT_DX_AL: u8 = 0xee;
 
@@ -1112,10 +1114,13 @@ impl Backend for Ovmf {
     fn settled(&mut self, reply: &Mailbox, store_changed: bool) {
         let set_variable = self.last_service == Service::SetVariable as u64;
         let Some(c) = &mut self.cpl3 else { return };
-        if set_variable && reply.status == crate::efi::EFI_SUCCESS && !store_changed {
-            // A volatile variable (the flash did not change): it lives in
-            // OVMF's RAM only, and must not reach a snapshot a later run
-            // restores.
+        // A volatile variable set or deleted (the flash did not change): it
+        // lives in OVMF's RAM only, and must not reach a snapshot a later
+        // run restores. (A non-volatile write of the value already stored
+        // does not change the flash either: OVMF skips it. The mailbox
+        // keeps the request's attributes, args[3], and size, args[4].)
+        let rewrite_of_nv = reply.args[3] & u64::from(EFI_VARIABLE_NON_VOLATILE) != 0 && reply.args[4] != 0;
+        if set_variable && reply.status == crate::efi::EFI_SUCCESS && !store_changed && !rewrite_of_nv {
             c.volatile_changed = true;
         }
         if !(store_changed || set_variable) {
