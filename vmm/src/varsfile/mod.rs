@@ -198,7 +198,9 @@ fn invalid(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, message)
 }
 
-fn kind(t: &std::fs::FileType) -> &'static str {
+/// What a file that is not a regular one is, for messages ("a FIFO", "a
+/// directory", ...).
+pub(crate) fn kind(t: &std::fs::FileType) -> &'static str {
     if t.is_fifo() {
         "a FIFO"
     } else if t.is_char_device() {

@@ -599,30 +599,8 @@ impl Ovmf {
             devices: Vec::new(),
             pages: Default::default(),
         };
-        self.refresh(&mut snap, &regs, &virtual_cpu(&self.vcpu))?;
+        refresh(&self.ram, &self.platform, &mut snap, &regs, &virtual_cpu(&self.vcpu))?;
         Ok(snap)
-    }
-
-    /// Brings `snap` up to date with the sandbox now: pages of every RAM
-    /// region, devices, the vars content, `regs`, the firmware's `cpu`.
-    fn refresh(&self, snap: &mut Snapshot, regs: &LoaderRegs, cpu: &VirtualCpu) -> Result<(), String> {
-        for r in snap.regions.clone().iter().filter(|r| r.kind != RegionKind::Flash) {
-            let mut bytes = vec![0u8; (r.pages * snapshot::PAGE_SIZE) as usize];
-            self.ram.read_slice(&mut bytes, GuestAddress(r.base)).map_err(|e| e.to_string())?;
-            snap.set_pages(r.base, &bytes);
-        }
-        snap.devices = self.platform.save_devices();
-        snap.devices.push(cpu_device(cpu));
-        // The loader in the snapshot's memory (this efivmm's).
-        snap.devices
-            .push(snapshot::DeviceState { tag: *b"LDR ", bytes: snapshot::sha256(super::OVMF_LOADER).to_vec() });
-        // The vars content it belongs to: a new vars file can start from it.
-        snap.devices.push(snapshot::DeviceState { tag: *b"VARS", bytes: self.platform.pflash_image().to_vec() });
-        snap.vars_sha256 = snapshot::sha256(self.platform.pflash_image());
-        snap.regs = *regs;
-        snap.created_unix_secs =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        Ok(())
     }
 
     /// Builds the system region for the current regions and enters the
@@ -905,6 +883,35 @@ impl Drop for Ovmf {
     }
 }
 
+/// Brings `snap` up to date with the sandbox now (its `ram` and
+/// `platform`): pages of every RAM region, devices, the vars content,
+/// `regs`, the firmware's `cpu`. A function of the parts it reads, so that
+/// [`Backend::settled`] can refresh the baseline in place.
+fn refresh(
+    ram: &GuestMemoryMmap,
+    platform: &Platform,
+    snap: &mut Snapshot,
+    regs: &LoaderRegs,
+    cpu: &VirtualCpu,
+) -> Result<(), String> {
+    for r in snap.regions.clone().iter().filter(|r| r.kind != RegionKind::Flash) {
+        let mut bytes = vec![0u8; (r.pages * snapshot::PAGE_SIZE) as usize];
+        ram.read_slice(&mut bytes, GuestAddress(r.base)).map_err(|e| e.to_string())?;
+        snap.set_pages(r.base, &bytes);
+    }
+    snap.devices = platform.save_devices();
+    snap.devices.push(cpu_device(cpu));
+    // The loader in the snapshot's memory (this efivmm's).
+    snap.devices.push(snapshot::DeviceState { tag: *b"LDR ", bytes: snapshot::sha256(super::OVMF_LOADER).to_vec() });
+    // The vars content it belongs to: a new vars file can start from it.
+    snap.devices.push(snapshot::DeviceState { tag: *b"VARS", bytes: platform.pflash_image().to_vec() });
+    snap.vars_sha256 = snapshot::sha256(platform.pflash_image());
+    snap.regs = *regs;
+    snap.created_unix_secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(())
+}
+
 /// The firmware's control registers as it left them at its doorbell.
 fn virtual_cpu(vcpu: &VcpuFd) -> VirtualCpu {
     let s = vcpu.get_sregs().unwrap_or_default();
@@ -1135,37 +1142,14 @@ impl Backend for Ovmf {
                 return;
             }
         };
-        let (mut baseline, cpu) = match &mut self.cpl3 {
-            Some(c) => (std::mem::replace(&mut c.baseline, empty_snapshot()), c.cpu),
-            None => return,
-        };
-        if let Err(e) = self.refresh(&mut baseline, &regs, &cpu) {
+        let Some(c) = &mut self.cpl3 else { return };
+        if let Err(e) = refresh(&self.ram, &self.platform, &mut c.baseline, &regs, &c.cpu) {
             tracing::error!("cannot update OVMF's last good state: {e}");
             self.broken.get_or_insert_with(|| "its last good state could not be updated".into());
-        }
-        if let Some(c) = &mut self.cpl3 {
-            c.baseline = baseline;
         }
         if store_changed {
             self.save_snapshot();
         }
-    }
-}
-
-/// A placeholder while the baseline is being refreshed.
-fn empty_snapshot() -> Snapshot {
-    Snapshot {
-        platform_version: PLATFORM_VERSION,
-        firmware_sha256: [0; 32],
-        vars_sha256: [0; 32],
-        firmware_name: String::new(),
-        created_unix_secs: 0,
-        mailbox: 0,
-        ram_size: RAM_SIZE,
-        regs: LoaderRegs::default(),
-        regions: Vec::new(),
-        devices: Vec::new(),
-        pages: Default::default(),
     }
 }
 

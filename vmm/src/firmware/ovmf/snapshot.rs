@@ -55,7 +55,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -638,19 +638,7 @@ impl Snapshot {
         let meta = file.metadata().map_err(io)?;
         let ft = meta.file_type();
         if !ft.is_file() {
-            let what = if ft.is_fifo() {
-                "a FIFO"
-            } else if ft.is_char_device() {
-                "a character device"
-            } else if ft.is_block_device() {
-                "a block device"
-            } else if ft.is_socket() {
-                "a socket"
-            } else if ft.is_dir() {
-                "a directory"
-            } else {
-                "of an unknown type"
-            };
+            let what = crate::varsfile::kind(&ft);
             return Err(SnapshotError::NotAFile { path: path.to_owned(), what });
         }
         if meta.len() > MAX_FILE_SIZE {
