@@ -1,6 +1,7 @@
 //! The guest's ACPI tables, built with rust-vmm's `acpi_tables` crate: RSDP,
-//! XSDT, a hardware-reduced FADT, a DSDT describing COM1 and a MADT with one
-//! local APIC per vCPU and the I/O APIC.
+//! XSDT, a hardware-reduced FADT, a DSDT describing COM1 and a power button
+//! (behind a Generic Event Device), and a MADT with one local APIC per vCPU
+//! and the I/O APIC.
 //!
 //! Why ACPI at all (the MP table already lists the vCPUs): an x86 Linux
 //! powers off through the EFI ResetSystem only when `efi_poweroff_required()`
@@ -17,6 +18,31 @@
 //! source overrides, matching KVM's default GSI routing). The tables live in
 //! the reserved BIOS area below 1 MiB; the RSDP's address goes to
 //! `boot_params.acpi_rsdp_addr` and into the shim's EFI configuration table.
+//!
+//! The power button (an orderly shutdown requested by the host). There is
+//! no fixed-feature power button without the PM1 block and SCI, so, as in
+//! Cloud Hypervisor (`devices/src/acpi.rs` `AcpiGedDevice`; `\_SB.PWRB` in
+//! `vmm/src/device_manager.rs`) and Firecracker (its GED in
+//! `src/vmm/src/device_manager/acpi.rs`, for the VMGenID and VMClock devices
+//! of `devices/acpi/`; it has no power button), the DSDT has a PNP0C0C
+//! button `\_SB.PWRB` and a Generic Event Device `\_SB.GED_` (ACPI0013)
+//! whose interrupt, [`POWER_BUTTON_GSI`], runs `_EVT`, which does
+//! `Notify (\_SB.PWRB, 0x80)`. Checked against torvalds/linux:
+//! - `drivers/acpi/evged.c` (always built in: `acpi-y += evged.o` in
+//!   `drivers/acpi/Makefile`) binds ACPI0013, requests each `_CRS`
+//!   interrupt as a threaded one-shot IRQ, and runs `_Exx`/`_Lxx` (xx = the
+//!   GSI in hex, E for an edge descriptor) if present, else `_EVT`, with
+//!   Arg0 = the GSI (not the Linux IRQ number). We have `_EVT` only.
+//! - Edge, active high: a KVM irqfd without a resample fd raises and lowers
+//!   the line at once, an edge; level would need `KVM_IRQFD_FLAG_RESAMPLE`
+//!   and a device holding the line until acknowledged.
+//! - `drivers/acpi/button.c` binds PNP0C0C (`ACPI_BUTTON_HID_POWER`). Only
+//!   the `LNXPWRBN` pseudo-device uses the fixed event, and
+//!   `drivers/acpi/scan.c` creates none on hardware-reduced ACPI ("Fixed
+//!   feature devices do not exist on HW-reduced platform"); for PNP0C0C it
+//!   installs a notify handler, and Notify 0x80 (`ACPI_BUTTON_NOTIFY_STATUS`)
+//!   becomes a KEY_POWER press and release ("Power Button" input device).
+//!   No SCI or GPE is involved. The guest kernel needs `CONFIG_ACPI_BUTTON`.
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -55,7 +81,33 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
     v
 }
 
-/// The DSDT: COM1 as an ACPI device.
+/// The power button's interrupt: the GSI (I/O APIC pin) of the Generic Event
+/// Device `\_SB.GED_`, whose `_EVT` notifies `\_SB.PWRB` (see the module
+/// doc).
+///
+/// The wiring: efivmm registers an eventfd as a KVM irqfd on this GSI and
+/// writes it once per shutdown request from the host. KVM's in-kernel I/O
+/// APIC sees an edge (an irqfd without a resample fd raises the line and
+/// lowers it at once), Linux's evged runs `_EVT (5)`, which does
+/// `Notify (\_SB.PWRB, 0x80)`, and the button driver reports KEY_POWER.
+/// One write is one press; the guest's user space decides what to do with
+/// it (systemd-logind powers off by default), and its `poweroff` reaches
+/// efivmm as EFI `ResetSystem(EfiResetShutdown)`.
+///
+/// Why pin 5: the pins below 16 are ISA IRQs, identity-mapped to I/O APIC
+/// pins (KVM's default routing, and the MP table's entries for 0-15). 0 and
+/// 2 are the PIT (KVM's in-kernel PIT raises IRQ 0; 2 is the PIC cascade and
+/// where firmware usually overrides IRQ 0 to), 1 and 12 the i8042 keyboard
+/// and mouse (efivmm emulates the i8042 reset line; a guest may still probe
+/// for them), 3 and 4 the serial ports (COM1 is 4), 6 the floppy, 7 LPT1, 8
+/// the CMOS RTC (which efivmm emulates), 9 the SCI on a full-ACPI PC, 14 and
+/// 15 the IDE channels. 5 (LPT2 or a sound card on a PC) has nothing here,
+/// and is the first GSI Firecracker and Cloud Hypervisor hand out to their
+/// own devices on x86 (`GSI_LEGACY_START = 5`, `IRQ_BASE = 5`).
+pub const POWER_BUTTON_GSI: u32 = 5;
+
+/// The DSDT: COM1, the power button and the Generic Event Device that
+/// presses it.
 ///
 /// ```text
 /// Scope (\_SB) {
@@ -67,6 +119,22 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
 ///       Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {4}
 ///     })
 ///   }
+///   Device (PWRB) {
+///     Name (_HID, EisaId ("PNP0C0C"))
+///     Name (_UID, 0)
+///   }
+///   Device (GED_) {
+///     Name (_HID, "ACPI0013")
+///     Name (_UID, 0)
+///     Name (_CRS, ResourceTemplate () {
+///       Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {5}
+///     })
+///     Method (_EVT, 1, Serialized) {
+///       If (Arg0 == 5) {
+///         Notify (\_SB.PWRB, 0x80)
+///       }
+///     }
+///   }
 /// }
 /// ```
 ///
@@ -77,18 +145,39 @@ fn bytes(table: &dyn Aml) -> Vec<u8> {
 /// space output does not). Described here, the port is taken over by
 /// 8250_pnp with GSI 4 mapped through the I/O APIC (edge, active high: the
 /// serial irqfd's pulse).
+///
+/// `_EVT` tests `Arg0` (the GSI, as evged passes it) rather than notifying
+/// unconditionally: the GED has one interrupt today, so both behave the
+/// same, but with the test a second interrupt added to its `_CRS` later
+/// cannot press the power button. `Serialized` as in Cloud Hypervisor and
+/// Firecracker (evged's one-shot threaded IRQ already runs it one at a time).
 fn dsdt() -> Vec<u8> {
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+
     let io = aml::IO::new(COM1, COM1, 1, 8);
     let irq = aml::Interrupt::new(true, true, false, false, 4);
     let crs = aml::ResourceTemplate::new(vec![&io, &irq]);
     let hid = aml::EISAName::new("PNP0501");
-    let (hid, uid, crs) = (
-        aml::Name::new("_HID".into(), &hid),
-        aml::Name::new("_UID".into(), &aml::ZERO),
-        aml::Name::new("_CRS".into(), &crs),
-    );
+    let (hid, crs) = (aml::Name::new("_HID".into(), &hid), aml::Name::new("_CRS".into(), &crs));
     let com1 = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
-    let scope = aml::Scope::new("_SB_".into(), vec![&com1]);
+
+    let pwrb_hid = aml::EISAName::new("PNP0C0C");
+    let pwrb_hid = aml::Name::new("_HID".into(), &pwrb_hid);
+    let pwrb = aml::Device::new("PWRB".into(), vec![&pwrb_hid, &uid]);
+
+    // Consumer, edge, active high, exclusive: the irqfd's pulse.
+    let ged_irq = aml::Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+    let ged_crs = aml::ResourceTemplate::new(vec![&ged_irq]);
+    let ged_crs = aml::Name::new("_CRS".into(), &ged_crs);
+    let ged_hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let pwrb_path = aml::Path::new("\\_SB_.PWRB");
+    let press = aml::Notify::new(&pwrb_path, &0x80u8);
+    let ours = aml::Equal::new(&aml::Arg(0), &POWER_BUTTON_GSI);
+    let if_ours = aml::If::new(&ours, vec![&press]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&if_ours]);
+    let ged = aml::Device::new("GED_".into(), vec![&ged_hid, &uid, &ged_crs, &evt]);
+
+    let scope = aml::Scope::new("_SB_".into(), vec![&com1, &pwrb, &ged]);
     let mut dsdt = Sdt::new(*b"DSDT", 36, 2, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     dsdt.append_slice(&bytes(&scope));
     dsdt.as_slice().to_vec()
@@ -213,5 +302,103 @@ mod tests {
         for w in pieces.windows(2) {
             assert!(w[0].0 + w[0].1.len() as u64 <= w[1].0);
         }
+    }
+
+    /// The DSDT among the pieces `build` returns.
+    fn dsdt_of(pieces: &[(u64, Vec<u8>)]) -> &[u8] {
+        &pieces.iter().find(|(_, b)| b.starts_with(b"DSDT")).expect("a DSDT").1
+    }
+
+    /// A compressed EISA ID as AML stores it: three letters of 5 bits each
+    /// ('A' = 1) in a big-endian 16-bit word, then the 4 hex digits as a
+    /// big-endian 16-bit word.
+    fn eisa_id(id: &str) -> [u8; 4] {
+        let b = id.as_bytes();
+        assert_eq!(b.len(), 7);
+        let letter = |c: u8| {
+            assert!(c.is_ascii_uppercase());
+            u16::from(c - b'A' + 1)
+        };
+        let vendor = (letter(b[0]) << 10) | (letter(b[1]) << 5) | letter(b[2]);
+        let product = u16::from_str_radix(&id[3..], 16).unwrap();
+        let (v, p) = (vendor.to_be_bytes(), product.to_be_bytes());
+        [v[0], v[1], p[0], p[1]]
+    }
+
+    #[test]
+    fn eisa_id_compression() {
+        // The bytes the COM1 assertion above spells out by hand.
+        assert_eq!(eisa_id("PNP0501"), [0x41, 0xd0, 0x05, 0x01]);
+    }
+
+    /// The power button in the AML: `\_SB.PWRB` with EisaId PNP0C0C, and
+    /// `\_SB.GED_` with the string `_HID` ACPI0013, an extended interrupt
+    /// descriptor for [`POWER_BUTTON_GSI`] (consumer, edge, active high,
+    /// exclusive) and `_EVT (1 argument)` doing
+    /// `If (LEqual (Arg0, N)) { Notify (\_SB.PWRB, 0x80) }`.
+    #[test]
+    fn dsdt_power_button_behind_ged() {
+        let pieces = build(2);
+        let dsdt = dsdt_of(&pieces);
+        assert_eq!(sum(dsdt), 0, "DSDT checksum");
+        assert_eq!(u32::from_le_bytes(dsdt[4..8].try_into().unwrap()) as usize, dsdt.len());
+        let find = |needle: &[u8]| dsdt.windows(needle.len()).position(|w| w == needle);
+        let cat = |parts: &[&[u8]]| parts.concat();
+        // AML opcodes and prefixes (ACPI 6.5, section 20.3).
+        const NAME_OP: u8 = 0x08;
+        const DWORD_PREFIX: u8 = 0x0c;
+        const STRING_PREFIX: u8 = 0x0d;
+        const BYTE_PREFIX: u8 = 0x0a;
+        const EXT_OP_PREFIX: u8 = 0x5b;
+        const DEVICE_OP: u8 = 0x82;
+        const METHOD_OP: u8 = 0x14;
+        const IF_OP: u8 = 0xa0;
+        const LEQUAL_OP: u8 = 0x93;
+        const ARG0_OP: u8 = 0x68;
+        const NOTIFY_OP: u8 = 0x86;
+        const ROOT_CHAR: u8 = b'\\';
+        const DUAL_NAME_PREFIX: u8 = 0x2e;
+        // Each device's name is followed by its `_HID`; the device op and a
+        // package length (1 to 4 bytes, the count in the first byte's top two
+        // bits) come before the name.
+        let device_with = |name: &[u8; 4], hid: &[u8]| {
+            let what = String::from_utf8_lossy(name);
+            let at = find(&cat(&[name, &[NAME_OP], b"_HID", hid]))
+                .unwrap_or_else(|| panic!("Device ({what}) with its _HID"));
+            let ok = (1..=4).any(|n| {
+                dsdt[at - n - 2..at - n] == [EXT_OP_PREFIX, DEVICE_OP] && usize::from(dsdt[at - n] >> 6) + 1 == n
+            });
+            assert!(ok, "Device ({what}): no DeviceOp and package length before the name");
+        };
+        device_with(b"PWRB", &cat(&[&[DWORD_PREFIX], &eisa_id("PNP0C0C")]));
+        device_with(b"GED_", &cat(&[&[STRING_PREFIX], b"ACPI0013\0"]));
+
+        // Extended interrupt descriptor (ACPI 6.5, 6.4.3.6): tag 0x89, length
+        // 6, flags (bit 0 consumer, bit 1 edge, bit 2 active low, bit 3
+        // shared), one interrupt, the GSI as a little-endian dword.
+        let flags = 1 | (1 << 1);
+        let irq = cat(&[&[0x89, 6, 0, flags, 1], &POWER_BUTTON_GSI.to_le_bytes()]);
+        let irq_at = find(&irq).expect("Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) {N}");
+        let ged_at = find(b"GED_").unwrap();
+        assert!(irq_at > ged_at, "the interrupt is in the GED's _CRS");
+
+        // Method (_EVT, 1, Serialized): flags = 1 argument | serialized (bit 3).
+        let evt_at = find(&cat(&[b"_EVT", &[1 | (1 << 3)]])).expect("Method (_EVT, 1, Serialized)");
+        assert_eq!(dsdt[evt_at - 2], METHOD_OP);
+        assert!(evt_at > ged_at, "_EVT is the GED's");
+        // Its body: If (LEqual (Arg0, N)) { Notify (\_SB.PWRB, 0x80) }.
+        let gsi = u8::try_from(POWER_BUTTON_GSI).unwrap();
+        assert!(gsi > 1, "a GSI of 0 or 1 would be encoded as ZeroOp/OneOp");
+        let body = cat(&[
+            &[LEQUAL_OP, ARG0_OP, BYTE_PREFIX, gsi],
+            &[NOTIFY_OP, ROOT_CHAR, DUAL_NAME_PREFIX],
+            b"_SB_PWRB",
+            &[BYTE_PREFIX, 0x80],
+        ]);
+        let body_at = find(&body).expect("If (Arg0 == N) { Notify (\\_SB.PWRB, 0x80) }");
+        assert_eq!(dsdt[body_at - 2], IF_OP);
+        assert_eq!(body_at - 2, evt_at + 5, "the If is _EVT's first term");
+        // The If's package length covers exactly the comparison and the Notify.
+        assert_eq!(dsdt[body_at - 1] as usize, 1 + body.len());
     }
 }
