@@ -26,19 +26,21 @@ done
 # Debian packages the tests use: ovmf (real OVMF vars files as fixtures, and
 # OVMF.fd for the loader test), qemu-system-x86 (runs OVMF with the loader),
 # e2fsprogs and mount (tests/crash_scale.rs makes an ext4 on a loop device:
-# mkfs.ext4, debugfs, losetup, mount).
+# mkfs.ext4, debugfs, losetup, mount), acpica-tools (iasl: a unit test in
+# vmm/src/boot/acpi.rs disassembles the guest's DSDT; it fails without iasl).
 want_debs=()
 [ -f /usr/share/OVMF/OVMF_VARS_4M.ms.fd ] && [ -f /usr/share/ovmf/OVMF.fd ] || want_debs+=(ovmf)
 command -v qemu-system-x86_64 >/dev/null || want_debs+=(qemu-system-x86)
 PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null && PATH="$PATH:/usr/sbin:/sbin" command -v debugfs >/dev/null || want_debs+=(e2fsprogs)
 PATH="$PATH:/usr/sbin:/sbin" command -v losetup >/dev/null && command -v mount >/dev/null || want_debs+=(mount)
+command -v iasl >/dev/null || want_debs+=(acpica-tools)
 if [ ${#want_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${want_debs[*]}"
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${want_debs[@]}" >/dev/null
   else
-    say "warning: missing Debian packages ${want_debs[*]} (need root and apt-get); the tests that use them will say they were skipped"
+    say "warning: missing Debian packages ${want_debs[*]} (need root and apt-get); the tests that use them will say they were skipped (the iasl one fails)"
   fi
 fi
 

@@ -401,4 +401,63 @@ mod tests {
         // The If's package length covers exactly the comparison and the Notify.
         assert_eq!(dsdt[body_at - 1] as usize, 1 + body.len());
     }
+
+    /// Runs the real ACPI disassembler (`iasl -d`, Debian's acpica-tools,
+    /// which `scripts/setup.sh` installs) on the DSDT and reads the ASL.
+    #[test]
+    fn iasl_disassembles_dsdt() {
+        let pieces = build(2);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("dsdt.dat"), dsdt_of(&pieces)).unwrap();
+        let out = match std::process::Command::new("iasl").arg("-d").arg("dsdt.dat").current_dir(dir.path()).output() {
+            Ok(out) => out,
+            Err(e) => panic!("cannot run iasl ({e}): install acpica-tools (scripts/setup.sh does, as root)"),
+        };
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "iasl -d failed:\n{log}");
+        let asl = std::fs::read_to_string(dir.path().join("dsdt.dsl")).unwrap();
+        // iasl names what it recognises, in comments of the raw text.
+        for w in [
+            "EisaId (\"PNP0501\") /* 16550A-compatible COM Serial Port */",
+            "EisaId (\"PNP0C0C\") /* Power Button Device */",
+            "\"ACPI0013\" /* Generic Event Device */",
+        ] {
+            assert!(asl.contains(w), "no {w:?} in iasl's disassembly:\n{asl}");
+        }
+        // The ASL without comments, whitespace runs squeezed to one space.
+        let mut code = String::new();
+        for line in asl.lines() {
+            let mut line = line.split("//").next().unwrap().to_string();
+            while let (Some(a), Some(b)) = (line.find("/*"), line.find("*/")) {
+                let a = line[..a].trim_end().len();
+                line.replace_range(a..b + 2, "");
+            }
+            code.push_str(&line);
+            code.push(' ');
+        }
+        let code = code.split_whitespace().collect::<Vec<_>>().join(" ");
+        // iasl prints the name GED_ as GED (trailing underscores are padding).
+        let want = [
+            "DefinitionBlock (\"\", \"DSDT\", 2, \"EFIVMM\", \"MICROVM \", 0x00000001) { Scope (_SB) {".to_string(),
+            "Device (COM1) { Name (_HID, EisaId (\"PNP0501\")) Name (_UID, Zero) Name (_CRS, ResourceTemplate () { \
+             IO (Decode16, 0x03F8, 0x03F8, 0x01, 0x08, ) \
+             Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000004, } }) }"
+                .into(),
+            "Device (PWRB) { Name (_HID, EisaId (\"PNP0C0C\")) Name (_UID, Zero) }".into(),
+            format!(
+                "Device (GED) {{ Name (_HID, \"ACPI0013\") Name (_UID, Zero) Name (_CRS, ResourceTemplate () {{ \
+                 Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) {{ 0x{POWER_BUTTON_GSI:08X}, }} }}) \
+                 Method (_EVT, 1, Serialized) {{ If ((Arg0 == 0x{POWER_BUTTON_GSI:02X})) {{ Notify (\\_SB.PWRB, 0x80) }} }} }}"
+            ),
+        ];
+        for w in &want {
+            assert!(code.contains(w.as_str()), "no {w:?} in iasl's disassembly:\n{code}");
+        }
+        // And the ASL compiles back (iasl checks the predefined names: _HID,
+        // _UID, _CRS, and _EVT's one argument) without errors or warnings.
+        let out = std::process::Command::new("iasl").arg("dsdt.dsl").current_dir(dir.path()).output().unwrap();
+        let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "iasl could not compile its own disassembly:\n{log}\n{asl}");
+        assert!(log.contains("0 Errors, 0 Warnings"), "iasl:\n{log}");
+    }
 }
