@@ -89,6 +89,14 @@ pub enum Role {
     /// `efivmm vars`: the offline vars-file tool (no KVM): reads, parses
     /// and atomically rewrites one file, prints to stdout.
     Offline,
+    /// The control API's thread (`--api-socket`): accepts connections on
+    /// its Unix socket, reads requests and writes responses, and makes
+    /// host variable calls on the firmware as a vCPU thread does (the
+    /// firmware-call set of [`Role::Vcpu`]); removes its socket at the end.
+    Api {
+        /// As for [`Role::Vcpu`].
+        rebuild_sandbox: bool,
+    },
 }
 
 /// Confinement could not be set up.
@@ -227,6 +235,14 @@ pub fn rules(role: Role) -> Rules {
                 sandbox_rebuild(&mut r);
             }
         }
+        Role::Api { rebuild_sandbox } => {
+            vcpu(&mut r);
+            vars_commit(&mut r);
+            if rebuild_sandbox {
+                sandbox_rebuild(&mut r);
+            }
+            api(&mut r);
+        }
         Role::ConsoleWriter => console_writer(&mut r),
         Role::Offline => {
             vars_commit(&mut r);
@@ -355,6 +371,10 @@ fn vcpu(r: &mut Rules) {
     // when the runtime lock passes to another vCPU thread), armed and
     // disarmed per call.
     allow(r, &[SYS_timer_create, SYS_timer_settime, SYS_timer_delete]);
+    // The commit budget (firmware::budget): a call past the burst sleeps
+    // until its commit's token is there. Missing until a SetVariable storm
+    // under the control API's tests was killed here (SIGSYS).
+    allow(r, &[SYS_clock_nanosleep, SYS_nanosleep]);
 }
 
 /// Committing the vars file (`varsfile::write_atomically`): a temp file
@@ -403,6 +423,19 @@ fn sandbox_rebuild(r: &mut Rules) {
             kvm::GET_XSAVE,
         ],
     );
+}
+
+/// The control API's socket: waiting for a connection or the stop event
+/// (poll), accepting (accept4), the per-connection time limits
+/// (setsockopt SO_RCVTIMEO/SO_SNDTIMEO), reading and writing the stream
+/// (read/write, or recvfrom/sendto), and the socket file removed at the
+/// end (unlink, in vars_commit).
+fn api(r: &mut Rules) {
+    use libc::*;
+    allow(r, &[SYS_poll, SYS_ppoll, SYS_accept, SYS_accept4, SYS_read, SYS_recvfrom, SYS_sendto, SYS_shutdown]);
+    allow_values(r, SYS_setsockopt, 1, &[SOL_SOCKET as u64]);
+    allow_values(r, SYS_fcntl, 1, &[F_GETFL as u64, F_SETFL as u64]);
+    allow(r, &[SYS_lstat, SYS_newfstatat]);
 }
 
 /// The console writer (audit F10): takes output from a queue and writes it
@@ -572,6 +605,7 @@ mod tests {
                 "sandbox-without-rebuild" => rebuild_sandbox_works(vcpu),
                 "rebuild-ovmf" => rebuild_ovmf_works(),
                 "vcpu-snapshot" => snapshot_save_works(vcpu),
+                "vcpu-commit-budget" => commit_budget_works(vcpu),
                 other => panic!("unknown case {other}"),
             }
         }
@@ -603,6 +637,28 @@ mod tests {
         snap.save(&path).unwrap();
         snap.save(&path).unwrap();
         assert_eq!(Snapshot::load(&path).unwrap(), snap);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A guest's SetVariable storm past the commit budget's burst: the
+    /// calls past it sleep before they commit (on a vCPU thread).
+    fn commit_budget_works(role: Role) {
+        use crate::firmware::{budget, Firmware, FirmwareSource};
+        let path = std::env::temp_dir().join(format!("efivmm-confine-{}.fd", std::process::id()));
+        let vars = crate::varsfile::VarsFile::open_or_create(&path, varstore::Layout::Ovmf2M).unwrap();
+        let mut fw = Firmware::start(&FirmwareSource::Builtin, vars).unwrap();
+        let name = crate::efi::name_to_utf16("Storm");
+        let guid = varstore::Guid::parse("4c61622d-6566-6976-6d6d-000000000001").unwrap();
+        install(role).unwrap();
+        let started = std::time::Instant::now();
+        let past_burst = 2 * budget::RATE_PER_SEC as u64;
+        for i in 0..budget::BURST as u64 + past_burst {
+            assert_eq!(fw.set_variable(&name, &guid, 7, &i.to_le_bytes()), crate::efi::EFI_SUCCESS);
+        }
+        // Had the calls past the burst not waited, they would have taken
+        // under a second, and under a second refills fewer tokens than
+        // RATE_PER_SEC: at least that many waited 1/RATE_PER_SEC each.
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1), "{:?}", started.elapsed());
         std::fs::remove_file(&path).unwrap();
     }
 
@@ -697,6 +753,11 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_past_the_commit_budget_waits_instead_of_being_killed() {
+        assert_survives("vcpu-commit-budget");
+    }
+
+    #[test]
     fn a_panic_with_a_backtrace_is_reported_not_killed() {
         for case in ["vcpu-panic", "event-loop-panic"] {
             let (status, err) = run_case(case);
@@ -717,6 +778,8 @@ mod tests {
             Role::Vcpu { rebuild_sandbox: true },
             Role::ConsoleWriter,
             Role::Offline,
+            Role::Api { rebuild_sandbox: false },
+            Role::Api { rebuild_sandbox: true },
         ] {
             let filter = Filter::new(role).unwrap();
             eprintln!("{role:?}: {} system calls, {} BPF instructions", rules(role).len(), filter.program.len());

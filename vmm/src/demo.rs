@@ -58,6 +58,11 @@ pub struct DemoArgs {
     /// OVMF's snapshot and privilege level.
     #[command(flatten)]
     pub ovmf: crate::firmware::prepare::OvmfArgs,
+    /// Serve the control API on a Unix socket at PATH while the demo's
+    /// guest runs (`--mode normal`), as `efivmm --api-socket` does: watch
+    /// `GET /metrics` as the generations go by. See docs/api.md.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<std::path::PathBuf>,
     /// Iterations of each timed loop in `--mode bench`.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
     pub iters: u32,
@@ -142,6 +147,7 @@ pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
 }
 
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
+    let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
     let firmware = Firmware::start_on_with(&args.firmware, vars_path, &args.ovmf.options())?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
@@ -158,6 +164,7 @@ fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError
         serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
         timeout: Some(Duration::from_secs(30 + 5 * u64::from(args.generations))),
         var_policy: crate::proxy::VarPolicy::none(),
+        api,
     };
     eprintln!("efivmm demo: {} generations, --svam-policy {:?}", args.generations, args.svam_policy);
     let started = Instant::now();
@@ -256,6 +263,7 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<Gue
             serial_limit: crate::vm::DEFAULT_SERIAL_LIMIT,
             timeout: Some(timeout),
             var_policy: crate::proxy::VarPolicy::none(),
+            api: None,
         };
         let mut vm = Vm::build(config, firmware)?;
         let exit = vm.run();

@@ -51,6 +51,17 @@ pub struct LaunchArgs {
     /// "read-only"}]}`. See docs/var-policy.md.
     #[arg(long, value_name = "FILE")]
     pub var_policy: Option<PathBuf>,
+    /// Serve the control API on a Unix socket at PATH (created with mode
+    /// 0600, removed when the guest stops): HTTP/1.1 with JSON bodies.
+    /// `GET /vm`, `GET /vars`, `GET|PUT|DELETE /vars/{guid}/{name}` (the
+    /// guest's firmware, serialized with the guest's calls, committed
+    /// before the answer; not bound by --var-policy), `GET /metrics`
+    /// (`?format=prometheus` for Prometheus' text), `PUT /vm/shutdown`
+    /// (the ACPI power button, `{"timeout_s": N}` before the guest is
+    /// stopped, default 30) and `PUT /vm/stop`. Example: `curl
+    /// --unix-socket PATH http://localhost/vm`. See docs/api.md.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// The VM's vars file (OVMF format). A missing file is created empty.
     /// Without --vars, a temporary store is used and discarded at exit.
     #[arg(long, value_name = "PATH")]
@@ -103,7 +114,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Boots the guest; returns the process exit code (0 power-off or reset, or
-/// stopped with `Ctrl-A x`; 5 timeout; 1 crash; 128+N stopped by signal N).
+/// stopped with `Ctrl-A x` or the API's `PUT /vm/stop`; 5 timeout, or a
+/// shutdown through the API that the guest did not finish in time; 1 crash;
+/// 128+N stopped by signal N).
 pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
     let Some(kernel_path) = args.kernel else {
         return Err(ExitError::Usage("give a kernel with --kernel PATH (or see `efivmm --help`)".into()));
@@ -130,6 +143,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         Some(path) => crate::proxy::VarPolicy::load(path).map_err(ExitError::Usage)?,
         None => crate::proxy::VarPolicy::none(),
     };
+    // Bound before the firmware starts: a path in use fails fast.
+    let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
     let firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
     let config = VmConfig {
@@ -144,6 +159,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         serial_limit: args.serial_limit.unwrap_or(crate::vm::DEFAULT_SERIAL_LIMIT),
         timeout: args.timeout.map(Duration::from_secs),
         var_policy,
+        api,
     };
     let mut vm = Vm::build(config, firmware)?;
     let exit = vm.run();
@@ -166,7 +182,14 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
             eprintln!("efivmm: the guest stopped: {why}");
             1
         }
-        Exit::Signal(0) => 0,
+        Exit::Signal(0) | Exit::Stopped => 0,
+        Exit::ShutdownTimeout(t) => {
+            eprintln!(
+                "efivmm: the guest did not power off within {}s of the shutdown request and was stopped",
+                t.as_secs()
+            );
+            5
+        }
         Exit::Signal(n) => {
             eprintln!("efivmm: stopped the guest on signal {n}");
             128 + n

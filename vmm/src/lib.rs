@@ -11,8 +11,10 @@
 //! - [`boot`]: the Linux boot path (e820, zero page with `efi_info`, 64-bit entry).
 //! - [`efi`]: UEFI values on the host side (statuses, GUIDs, names, times).
 //! - [`devices`]: platform device models for running OVMF in the sandbox.
+//! - [`api`]: the control API (`--api-socket`): HTTP/1.1 + JSON on a Unix socket.
 //! - [`confine`]: host confinement: per-thread seccomp filters, no core dumps of guest memory.
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod confine;

@@ -138,6 +138,8 @@ pub struct Firmware {
     /// Store commits so far, and the bytes they wrote.
     commits: u64,
     bytes_committed: u64,
+    /// Calls that failed in the sandbox (each restored the last good state).
+    failures: u64,
     /// None: commits are not rate-limited (benchmarks of the call path).
     budget: Option<budget::CommitBudget>,
 }
@@ -230,6 +232,7 @@ impl Firmware {
             last_failure: None,
             commits: 0,
             bytes_committed: 0,
+            failures: 0,
             budget: Some(budget::CommitBudget::new(std::time::Instant::now())),
         }
     }
@@ -259,6 +262,15 @@ impl Firmware {
     /// Store commits so far and the bytes they wrote to the vars file.
     pub fn commits(&self) -> (u64, u64) {
         (self.commits, self.bytes_committed)
+    }
+
+    /// Sandbox failures, commits and bytes committed so far.
+    pub fn totals(&self) -> crate::vm::metrics::FirmwareTotals {
+        crate::vm::metrics::FirmwareTotals {
+            sandbox_failures: self.failures,
+            commits: self.commits,
+            bytes_committed: self.bytes_committed,
+        }
     }
 
     /// The vars file.
@@ -304,6 +316,7 @@ impl Firmware {
                 self.backend.restore_store(self.vars.image());
                 let reply = Mailbox { status: EFI_DEVICE_ERROR, ..request };
                 self.last_failure = Some(why.clone());
+                self.failures += 1;
                 Completed { reply, failure: Some(why) }
             }
         }

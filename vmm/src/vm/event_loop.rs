@@ -6,7 +6,9 @@
 //!   exit); `Ctrl-A x` stops the guest, `Ctrl-A Ctrl-A` sends one `Ctrl-A`
 //!   (as in QEMU),
 //!
-//! and the guest's `--timeout`.
+//! - the control API's wake-ups (a shutdown was requested: its timeout),
+//!
+//! and the guest's `--timeout`, and a requested shutdown's timeout.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
@@ -75,6 +77,24 @@ impl MutEventSubscriber for StopWatcher {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::new_raw(self.0, EventSet::IN)) {
             tracing::error!("cannot watch the stop event: {e:?}");
+        }
+    }
+}
+
+/// Drains the control API's wake-ups (the loop then looks at the
+/// shutdown's deadline again).
+struct ControlWatcher(RawFd);
+
+impl MutEventSubscriber for ControlWatcher {
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reading 8 bytes into an 8-byte buffer from the eventfd
+        // (non-blocking), which `Shared` keeps open while the loop runs.
+        unsafe { libc::read(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+    }
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.0, EventSet::IN)) {
+            tracing::error!("cannot watch the control API's events: {e:?}");
         }
     }
 }
@@ -182,6 +202,7 @@ pub(super) fn run(shared: &Arc<Shared>, console_input: bool, timeout: Option<Dur
         }
     };
     manager.add_subscriber(Box::new(StopWatcher(shared.stop.evt.as_raw_fd())));
+    manager.add_subscriber(Box::new(ControlWatcher(shared.control.wake_fd())));
     match install_signal_handlers() {
         Ok(fd) => {
             manager.add_subscriber(Box::new(SignalWatcher { fd, shared: shared.clone() }));
@@ -201,15 +222,20 @@ pub(super) fn run(shared: &Arc<Shared>, console_input: bool, timeout: Option<Dur
         }
     }
     while !shared.stop.requested() {
-        let wait_ms = match deadline {
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    shared.stop.request(Exit::Timeout);
-                    break;
-                }
-                left.as_millis().clamp(1, i32::MAX as u128) as i32
-            }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            shared.stop.request(Exit::Timeout);
+            break;
+        }
+        let shutdown = shared.control.shutdown_deadline();
+        if let Some((_, timeout)) = shutdown.filter(|(d, _)| *d <= now) {
+            tracing::warn!(?timeout, "the guest did not power off after the power button: stopping it");
+            shared.stop.request(Exit::ShutdownTimeout(timeout));
+            break;
+        }
+        let next = [deadline, shutdown.map(|(d, _)| d)].into_iter().flatten().min();
+        let wait_ms = match next {
+            Some(d) => d.saturating_duration_since(now).as_millis().clamp(1, i32::MAX as u128) as i32,
             None => -1,
         };
         if let Err(e) = manager.run_with_timeout(wait_ms) {

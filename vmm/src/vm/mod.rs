@@ -7,10 +7,14 @@
 //!
 //! One place to read how a guest is put together: [`Vm::build`]. Threads:
 //! one per vCPU ([`vcpu`]), and the main thread's event loop
-//! ([`event_loop`]: console input, signals, stop requests, the timeout).
+//! ([`event_loop`]: console input, signals, stop requests, the timeout);
+//! with `--api-socket`, the control API's thread ([`crate::api`], through
+//! [`control`]).
 
+pub(crate) mod control;
 pub mod devices;
 mod event_loop;
+pub mod metrics;
 mod runtime_exit;
 pub mod serial_out;
 mod vcpu;
@@ -146,6 +150,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// The host's variable policy for the guest's calls (`--var-policy`).
     pub var_policy: crate::proxy::VarPolicy,
+    /// The control API's socket (`--api-socket`), already listening.
+    pub api: Option<crate::api::Listener>,
 }
 
 /// Why a guest could not be built or run.
@@ -191,6 +197,11 @@ pub enum Exit {
     /// efivmm was asked to stop the guest: by a signal (its number), or
     /// (0) by the console escape `Ctrl-A x`.
     Signal(i32),
+    /// The control API asked to stop the guest (`PUT /vm/stop`).
+    Stopped,
+    /// The control API pressed the power button (`PUT /vm/shutdown`) and
+    /// the guest had not powered off when this timeout passed.
+    ShutdownTimeout(Duration),
 }
 
 /// What the run loop counted.
@@ -215,6 +226,7 @@ pub struct Vm {
     vcpus: Vec<VcpuFd>,
     _vm: VmFd,
     shared: Arc<Shared>,
+    api: Option<crate::api::Listener>,
     console_input: bool,
     timeout: Option<Duration>,
     /// The seccomp filters of the vCPU threads and the main thread's event
@@ -226,6 +238,7 @@ pub struct Vm {
 struct Filters {
     vcpu: Filter,
     event_loop: Filter,
+    api: Filter,
 }
 
 /// What the vCPU threads and the event loop share.
@@ -239,6 +252,8 @@ pub(crate) struct Shared {
     svam_calls: AtomicU64,
     call_ns: AtomicU64,
     refused_calls: AtomicU64,
+    /// The host's view and requests (the control API).
+    control: control::Control,
 }
 
 /// The state behind the runtime-services lock.
@@ -249,20 +264,31 @@ struct Runtime {
     var_policy: crate::proxy::VarPolicy,
 }
 
-/// The first reason to stop, and an event that wakes the event loop.
+/// The first reason to stop, and an event that wakes the event loop (and
+/// the control API's thread).
 pub(crate) struct Stop {
     exit: Mutex<Option<Exit>>,
     evt: EventFd,
 }
 
 impl Stop {
+    fn new() -> std::io::Result<Self> {
+        Ok(Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK)? })
+    }
+
     /// Records `exit` unless a stop was already requested; wakes the loop.
+    /// The event is never read: it stays readable once a stop is requested.
     fn request(&self, exit: Exit) {
         let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(exit);
             let _ = self.evt.write(1);
         }
+    }
+
+    /// The event that becomes readable when a stop is requested.
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.evt)
     }
 
     /// Whether a stop was requested.
@@ -394,6 +420,11 @@ impl Vm {
         // Devices.
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Memory(e.to_string()))?;
         vm.register_irqfd(&irq, COM1_IRQ).map_err(kvm("connect the serial interrupt"))?;
+        // The ACPI power button's interrupt (boot::acpi): pulsed by a
+        // shutdown request of the control API.
+        let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Event)?;
+        vm.register_irqfd(&power_button, boot::acpi::POWER_BUTTON_GSI)
+            .map_err(kvm("connect the power button's interrupt"))?;
         let has_sink = config.serial_sink.is_some();
         // Stdout and files are written by a thread of their own through a
         // bounded queue (serial_out): a stalled reader never blocks a vCPU.
@@ -430,9 +461,16 @@ impl Vm {
             Some(Filters {
                 vcpu: Filter::new(Role::Vcpu { rebuild_sandbox })?,
                 event_loop: Filter::new(Role::EventLoop)?,
+                api: Filter::new(Role::Api { rebuild_sandbox })?,
             })
         } else {
             None
+        };
+        let info = control::VmInfo {
+            cpus: config.cpus,
+            memory: mem_size,
+            firmware: firmware.source().describe(),
+            vars: firmware.vars().path().to_path_buf(),
         };
         let shared = Shared {
             mem,
@@ -443,13 +481,22 @@ impl Vm {
                 svam_policy: config.svam_policy,
                 var_policy: config.var_policy,
             }),
-            stop: Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::Event)? },
+            stop: Stop::new().map_err(VmError::Event)?,
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
             call_ns: AtomicU64::new(0),
             refused_calls: AtomicU64::new(0),
+            control: control::Control::new(info, Some(power_button)).map_err(VmError::Event)?,
         };
-        Ok(Vm { vcpus, _vm: vm, shared: Arc::new(shared), console_input, timeout: config.timeout, filters })
+        Ok(Vm {
+            vcpus,
+            _vm: vm,
+            shared: Arc::new(shared),
+            api: config.api,
+            console_input,
+            timeout: config.timeout,
+            filters,
+        })
     }
 
     /// What the run loop counted so far.
@@ -487,9 +534,29 @@ impl Vm {
                 }
             }
         }
+        // The control API's thread, confined by its own filter.
+        let api = self.api.take().and_then(|listener| {
+            let shared = self.shared.clone();
+            let filter = self.filters.as_ref().map(|f| f.api.clone());
+            let spawned = std::thread::Builder::new()
+                .name("api".into())
+                .spawn(move || crate::api::serve(listener, shared, filter));
+            match spawned {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.shared.stop.request(Exit::Crashed(format!("cannot start the control API's thread: {e}")));
+                    None
+                }
+            }
+        });
         // The main thread confines itself once the threads exist (they would
         // inherit its filter) and its loop is set up.
         event_loop::run(&self.shared, self.console_input, self.timeout, self.filters.as_ref().map(|f| &f.event_loop));
+        // The API's thread sees the stop event and returns (removing its
+        // socket) within one request's time limit.
+        if let Some(t) = api {
+            let _ = t.join();
+        }
         // Every vCPU thread leaves KVM_RUN on the kick signal and sees the
         // stop; a kick that lands just before KVM_RUN is lost, so repeat.
         while threads.iter().any(|t| !t.is_finished()) {

@@ -41,21 +41,27 @@ impl Shared {
     pub(super) fn runtime_call(&self, vcpu: &VcpuFd, service: u64) -> Result<Option<Exit>, String> {
         let started = std::time::Instant::now();
         let result = self.serve(vcpu, service);
-        self.call_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        result
+        let elapsed = started.elapsed();
+        self.call_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        if let Ok(Some(status)) = result {
+            self.control.metrics.record(service, status, elapsed);
+        }
+        result.map(|_| None)
     }
 
-    fn serve(&self, vcpu: &VcpuFd, service: u64) -> Result<Option<Exit>, String> {
+    /// Serves the call; the status the guest got, if it was served by
+    /// efivmm or the firmware (not refused from user mode, not dropped).
+    fn serve(&self, vcpu: &VcpuFd, service: u64) -> Result<Option<u64>, String> {
         let mut regs = vcpu.get_regs().map_err(|e| format!("get regs: {e}"))?;
         let sregs = vcpu.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
-        match self.serve_regs(&regs, &sregs, service) {
-            Served::Status(status) => {
-                regs.rax = status;
-                vcpu.set_regs(&regs).map_err(|e| format!("set regs: {e}"))?;
-                Ok(None)
-            }
-            Served::Dropped => Ok(None),
-        }
+        let (status, counted) = match self.serve_regs(&regs, &sregs, service) {
+            Served::Status(status) => (status, true),
+            Served::Refused(status) => (status, false),
+            Served::Dropped => return Ok(None),
+        };
+        regs.rax = status;
+        vcpu.set_regs(&regs).map_err(|e| format!("set regs: {e}"))?;
+        Ok(counted.then_some(status))
     }
 
     /// Serves one call made with `regs` and `sregs`.
@@ -72,7 +78,7 @@ impl Shared {
                     "runtime call from guest user mode refused"
                 );
             }
-            return Served::Status(EFI_UNSUPPORTED);
+            return Served::Refused(EFI_UNSUPPORTED);
         }
         let paging = GuestPaging { cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer };
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +121,7 @@ impl Shared {
                     self.stop.request(exit);
                     return Served::Dropped;
                 }
+                self.control.metrics.firmware(rt.firmware.totals());
                 result.status
             }
         };
@@ -127,6 +134,9 @@ impl Shared {
 enum Served {
     /// Resume the guest with this EFI_STATUS in RAX.
     Status(u64),
+    /// The same, for a call refused before it was looked at (made from
+    /// guest user mode): counted apart from the served calls.
+    Refused(u64),
     /// Leave the vCPU as it is: the guest is stopping (a stop was
     /// requested, maybe by this very call).
     Dropped,
@@ -244,11 +254,21 @@ mod tests {
                 svam_policy: SvamPolicy::Accept,
                 var_policy: crate::proxy::VarPolicy::none(),
             }),
-            stop: Stop { exit: Mutex::new(None), evt: EventFd::new(libc::EFD_NONBLOCK).unwrap() },
+            stop: Stop::new().unwrap(),
             calls: AtomicU64::new(0),
             svam_calls: AtomicU64::new(0),
             call_ns: AtomicU64::new(0),
             refused_calls: AtomicU64::new(0),
+            control: crate::vm::control::Control::new(
+                crate::vm::control::VmInfo {
+                    cpus: 1,
+                    memory: MEM_SIZE,
+                    firmware: "builtin".into(),
+                    vars: dir.path().join("v.fd"),
+                },
+                None,
+            )
+            .unwrap(),
         };
         (shared, g)
     }
@@ -284,7 +304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (shared, g) = shared(&dir);
         let set = Service::SetVariable as u64;
-        assert_eq!(shared.serve_regs(&set_variable_regs(), &sregs(&g, 3), set), Served::Status(EFI_UNSUPPORTED));
+        assert_eq!(shared.serve_regs(&set_variable_regs(), &sregs(&g, 3), set), Served::Refused(EFI_UNSUPPORTED));
         assert_eq!(stored(&shared).0, EFI_NOT_FOUND, "the variable must not be created");
         assert_eq!(shared.refused_calls.load(Ordering::Relaxed), 1);
         assert_eq!(shared.calls.load(Ordering::Relaxed), 0);
@@ -297,7 +317,7 @@ mod tests {
         for (regs, cpl) in [(set_variable_regs(), 1), (set_variable_regs(), 2), (vm86, 0)] {
             let mut s = sregs(&g, cpl);
             s.cs.selector = (s.cs.selector & !3) | u16::from(cpl);
-            assert_eq!(shared.serve_regs(&regs, &s, set), Served::Status(EFI_UNSUPPORTED), "cpl {cpl}");
+            assert_eq!(shared.serve_regs(&regs, &s, set), Served::Refused(EFI_UNSUPPORTED), "cpl {cpl}");
         }
     }
 
