@@ -27,13 +27,15 @@ done
 # OVMF.fd for the loader test), qemu-system-x86 (runs OVMF with the loader),
 # e2fsprogs and mount (tests/crash_scale.rs makes an ext4 on a loop device:
 # mkfs.ext4, debugfs, losetup, mount), acpica-tools (iasl: a unit test in
-# vmm/src/boot/acpi.rs disassembles the guest's DSDT; it fails without iasl).
+# vmm/src/boot/acpi.rs disassembles the guest's DSDT; it fails without iasl),
+# curl (tests/api.rs is a real client of the control API's Unix socket).
 want_debs=()
 [ -f /usr/share/OVMF/OVMF_VARS_4M.ms.fd ] && [ -f /usr/share/ovmf/OVMF.fd ] || want_debs+=(ovmf)
 command -v qemu-system-x86_64 >/dev/null || want_debs+=(qemu-system-x86)
 PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null && PATH="$PATH:/usr/sbin:/sbin" command -v debugfs >/dev/null || want_debs+=(e2fsprogs)
 PATH="$PATH:/usr/sbin:/sbin" command -v losetup >/dev/null && command -v mount >/dev/null || want_debs+=(mount)
 command -v iasl >/dev/null || want_debs+=(acpica-tools)
+command -v curl >/dev/null || want_debs+=(curl)
 if [ ${#want_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${want_debs[*]}"

@@ -126,6 +126,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         Ok(n) if (1..=max).contains(&n) => n,
         _ => return Err(ExitError::Usage(format!("--cpus {}: give 1 to {max} vCPUs", args.cpus))),
     };
+    // Bound first: a socket path in use fails fast, before anything is read.
+    let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
     let read = |what: &str, p: &PathBuf| {
         std::fs::read(p).map_err(|e| ExitError::Usage(format!("cannot read the {what} {}: {e}", p.display())))
     };
@@ -143,8 +145,6 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         Some(path) => crate::proxy::VarPolicy::load(path).map_err(ExitError::Usage)?,
         None => crate::proxy::VarPolicy::none(),
     };
-    // Bound before the firmware starts: a path in use fails fast.
-    let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
     let firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
     let config = VmConfig {
