@@ -20,7 +20,9 @@
 //!   that long and never a guest's vCPU;
 //! - host variable calls take the runtime lock once per firmware call, like
 //!   a guest's call: a flood of requests costs a guest call at most one
-//!   firmware call's wait (measured: docs/api.md).
+//!   firmware call's wait (measured: docs/api.md); host writes pay their
+//!   commit budget on this thread before they take the lock
+//!   ([`routes::HostBudget`]), never with it held.
 //!
 //! The socket is created with mode 0600 (the mode is set on the socket
 //! before `bind`, so the path never exists with a wider one). A socket file
@@ -197,6 +199,7 @@ pub(crate) fn serve(listener: Listener, shared: Arc<Shared>, filter: Option<Filt
         }
     }
     let stop_fd = shared.stop_fd();
+    let mut budget = routes::HostBudget::new();
     loop {
         let mut fds = [
             libc::pollfd { fd: listener.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -216,7 +219,7 @@ pub(crate) fn serve(listener: Listener, shared: Arc<Shared>, filter: Option<Filt
             return;
         }
         match listener.socket.accept() {
-            Ok((stream, _)) => handle(stream, &shared),
+            Ok((stream, _)) => handle(stream, &shared, &mut budget),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 // Out of descriptors, say: wait a little rather than spin.
@@ -228,11 +231,11 @@ pub(crate) fn serve(listener: Listener, shared: Arc<Shared>, filter: Option<Filt
 }
 
 /// Reads one request from `stream`, answers it and closes the connection.
-fn handle(mut stream: UnixStream, shared: &Shared) {
+fn handle(mut stream: UnixStream, shared: &Shared, budget: &mut routes::HostBudget) {
     let started = Instant::now();
     let response = match read_request(&mut stream, started) {
         Ok(request) => {
-            let response = routes::route(&request, shared);
+            let response = routes::route(&request, shared, budget);
             tracing::debug!(method = %request.method, path = %request.path, code = response.code, "API request");
             response
         }

@@ -39,8 +39,30 @@ const MAX_SHUTDOWN_TIMEOUT_S: u64 = 24 * 3600;
 /// GetNextVariableName steps in one listing (a firmware that never ends).
 const MAX_LISTED: usize = 100_000;
 
+/// The host's own commit budget (`firmware::budget`'s token bucket, the
+/// same rate as a guest's): a PUT or DELETE takes its token here, waiting
+/// on the API's thread if it must, and only then takes the runtime lock,
+/// with the firmware's (the guest's) budget lifted for that call. A host
+/// that floods writes is slowed down without a guest call ever waiting
+/// behind a sleeping host write, and without spending the guest's tokens.
+pub(crate) struct HostBudget(crate::firmware::budget::CommitBudget);
+
+impl HostBudget {
+    pub fn new() -> Self {
+        HostBudget(crate::firmware::budget::CommitBudget::new(std::time::Instant::now()))
+    }
+
+    fn pay(&mut self) {
+        let wait = self.0.take(std::time::Instant::now());
+        if !wait.is_zero() {
+            tracing::debug!(?wait, "control API: the host's commit budget is spent; the write waits");
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// Answers one request.
-pub(crate) fn route(req: &Request, shared: &Shared) -> Response {
+pub(crate) fn route(req: &Request, shared: &Shared, budget: &mut HostBudget) -> Response {
     let segments: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method.as_str();
     match (segments.as_slice(), method) {
@@ -48,7 +70,7 @@ pub(crate) fn route(req: &Request, shared: &Shared) -> Response {
         (["vm"], _) => not_allowed("GET"),
         (["vars"], "GET") => list(shared),
         (["vars"], _) => not_allowed("GET"),
-        (["vars", guid, name], "GET" | "PUT" | "DELETE") => variable(req, shared, guid, name),
+        (["vars", guid, name], "GET" | "PUT" | "DELETE") => variable(req, shared, guid, name, budget),
         (["vars", _, _], _) => not_allowed("GET, PUT, DELETE"),
         (["metrics"], "GET") => {
             let prometheus = req.query.as_deref().is_some_and(|q| q.split('&').any(|p| p == "format=prometheus"));
@@ -129,7 +151,7 @@ fn variable_key(guid: &str, name: &str) -> Result<(Guid, Vec<u8>), Response> {
     Ok((guid, utf16))
 }
 
-fn variable(req: &Request, shared: &Shared, guid: &str, name: &str) -> Response {
+fn variable(req: &Request, shared: &Shared, guid: &str, name: &str, budget: &mut HostBudget) -> Response {
     let (guid, name) = match variable_key(guid, name) {
         Ok(k) => k,
         Err(r) => return r,
@@ -141,9 +163,13 @@ fn variable(req: &Request, shared: &Shared, guid: &str, name: &str) -> Response 
                 Ok(b) => b,
                 Err(why) => return Response::error(400, why),
             };
+            budget.pay();
             set(shared, &guid, &name, attributes, &data)
         }
-        _ => set(shared, &guid, &name, 0, &[]),
+        _ => {
+            budget.pay();
+            set(shared, &guid, &name, 0, &[])
+        }
     }
 }
 
@@ -200,7 +226,7 @@ fn get(shared: &Shared, guid: &Guid, name: &[u8]) -> Response {
 
 fn set(shared: &Shared, guid: &Guid, name: &[u8], attributes: u32, data: &[u8]) -> Response {
     let Ok((status, failure)) = shared.with_firmware(|fw| {
-        let status = fw.set_variable(name, guid, attributes, data);
+        let status = fw.with_budget_paid(|fw| fw.set_variable(name, guid, attributes, data));
         (status, fw.last_failure().map(str::to_string))
     }) else {
         return stopping();

@@ -259,6 +259,17 @@ impl Firmware {
         self.budget = None;
     }
 
+    /// Runs `f` with the commit budget lifted: for callers that paid for
+    /// their commits from a budget of their own before taking the runtime
+    /// lock (the control API: a host's write never sleeps with the lock
+    /// held, so it never holds a guest's call back for a token).
+    pub fn with_budget_paid<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let budget = self.budget.take();
+        let result = f(self);
+        self.budget = budget;
+        result
+    }
+
     /// Store commits so far and the bytes they wrote to the vars file.
     pub fn commits(&self) -> (u64, u64) {
         (self.commits, self.bytes_committed)
