@@ -256,17 +256,27 @@ fn variables_through_the_api_and_the_store_the_guest_cannot_see() {
     let (code, list) = g.json(&["http://localhost/vars"]);
     assert_eq!(code, 200);
     let find = |name: &str| {
-        list["variables"].as_array().unwrap().iter().find(|v| v["name"] == name && v["guid"] == common::TEST_GUID).cloned()
+        list["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name && v["guid"] == common::TEST_GUID)
+            .cloned()
     };
     assert_eq!(find("BootOnly").map(|v| (v["attributes"].clone(), v["size"].clone())), Some((3.into(), 2.into())));
     assert_eq!(find("Café Var").map(|v| v["size"].clone()), Some(1.into()));
     assert!(find("EfivmmCounter").is_some(), "{list}");
     assert!(find("Absent").is_none());
     // `global` names the EFI global variable GUID.
-    let (code, _) = g.json(&["-X", "PUT", "http://localhost/vars/global/BootOrder", "-d", r#"{"attributes":7,"data_hex":"0100"}"#]);
+    let (code, _) =
+        g.json(&["-X", "PUT", "http://localhost/vars/global/BootOrder", "-d", r#"{"attributes":7,"data_hex":"0100"}"#]);
     assert_eq!(code, 200);
     let (_, list) = g.json(&["http://localhost/vars"]);
-    assert!(list["variables"].as_array().unwrap().iter().any(|v| v["name"] == "BootOrder" && v["guid"] == common::GLOBAL));
+    assert!(list["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "BootOrder" && v["guid"] == common::GLOBAL));
     // Prometheus' text form.
     let (code, text) = g.curl(&["http://localhost/metrics?format=prometheus"]);
     assert_eq!(code, 200);
@@ -324,11 +334,7 @@ fn a_shutdown_the_guest_ignores_ends_at_its_timeout_and_the_socket_path_is_guard
     let dir = tempfile::tempdir().unwrap();
     let mut g = Guest::start(dir.path(), 1_000_000);
     // A second efivmm on the same socket is refused and leaves it alone.
-    let other = Command::new(BIN)
-        .args(["--kernel", "/nonexistent", "--api-socket"])
-        .arg(&g.socket)
-        .output()
-        .unwrap();
+    let other = Command::new(BIN).args(["--kernel", "/nonexistent", "--api-socket"]).arg(&g.socket).output().unwrap();
     assert_eq!(other.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&other.stderr).contains("another process is serving this socket"));
     assert_eq!(g.json(&["http://localhost/vm"]).0, 200);
