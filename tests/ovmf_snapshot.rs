@@ -282,3 +282,70 @@ fn a_consistent_but_hostile_snapshot_is_refused() {
     assert!(stderr.contains("mailbox block") && stderr.contains("not in sandbox RAM"), "{stderr}");
     assert_eq!(std::fs::read(&p.vars).unwrap(), before);
 }
+
+/// The control API on a guest whose firmware is the restored OVMF: the
+/// listing adds OVMF's volatile runtime variables (PlatformLangCodes, BS|RT)
+/// from the firmware's walk to the committed store's, and a host write goes
+/// through OVMF to the vars file.
+#[test]
+fn the_control_api_through_ovmf_lists_its_volatile_variables_and_writes_through_it() {
+    use std::io::Read;
+    let p = prepared();
+    let dir = p.snapshot.parent().unwrap();
+    let kernel = dir.join("test-kernel.elf");
+    std::fs::write(&kernel, efivmm::demo::TEST_KERNEL).unwrap();
+    let socket = dir.join("api.sock");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .args(["--firmware", OVMF, "--firmware-snapshot"])
+        .arg(&p.snapshot)
+        .arg("--vars")
+        .arg(&p.vars)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--api-socket")
+        .arg(&socket)
+        .args(["--memory", "64M", "--timeout", "120", "--serial", "off"])
+        .args(["--cmdline", "efivmm.mode=counter efivmm.iters=1000000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "efivmm ended early");
+        assert!(started.elapsed() < Duration::from_secs(60), "no API socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let curl = |args: &[&str]| -> Value {
+        let out = std::process::Command::new("curl").args(["-sS", "--unix-socket"]).arg(&socket).args(args).output();
+        serde_json::from_slice(&out.expect("curl").stdout).unwrap_or(Value::Null)
+    };
+    let list = curl(&["http://localhost/vars"]);
+    let attrs_of = |name: &str| {
+        list["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name && v["guid"] == common::GLOBAL)
+            .map(|v| v["attributes"].clone())
+    };
+    assert_eq!(attrs_of("PlatformLangCodes"), Some(6.into()), "volatile, from OVMF's walk: {list}");
+    assert_eq!(attrs_of("PlatformLang"), Some(7.into()), "non-volatile, from the store: {list}");
+    let r = curl(&[
+        "-X",
+        "PUT",
+        &format!("http://localhost/vars/{}/ApiThroughOvmf", common::TEST_GUID),
+        "-d",
+        r#"{"attributes":7,"data_hex":"0a0b0c"}"#,
+    ]);
+    assert_eq!(common::status(&r), "EFI_SUCCESS", "{r}");
+    let r = curl(&[&format!("http://localhost/vars/{}/ApiThroughOvmf", common::TEST_GUID)]);
+    assert_eq!(r["data_hex"], "0a0b0c");
+    let m = curl(&["http://localhost/metrics"]);
+    assert!(m["services"]["SetVariable"]["calls"].as_u64().unwrap() > 0, "the guest's storm ran: {m}");
+    assert_eq!(curl(&["-X", "PUT", "http://localhost/vm/stop"])["state"], "stopping");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(virt_fw_vars_data(&p.vars, "ApiThroughOvmf", common::TEST_GUID).as_deref(), Some("0a0b0c"));
+}
