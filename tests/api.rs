@@ -205,8 +205,8 @@ fn host_writes_interleaved_with_a_guest_storm_are_all_committed() {
     let console = g.console();
     let last_ack: u64 = console
         .lines()
-        .filter_map(|l| l.strip_prefix("COUNTER ack="))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("COUNTER ack="))
         .unwrap_or_else(|| panic!("no acknowledged write: {console}"))
         .trim()
         .parse()
