@@ -9,12 +9,17 @@
 # `LAB-RESULT <scenario> PASS|FAIL <evidence>` lines, which this script
 # collects.
 #
-# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 S6 S5 EO; also S3H,
+# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 API S6 S5 EO; also S3H,
 # S5:S1, S5:S2, S5:S3 for one QEMU+OVMF scenario of S5, and EO:SNAP, EO:RT,
 # EO:S1, EO:S2, EO:S3, EO:S3L, EO:S4 for one scenario of EO: efivmm with the
 # Debian OVMF.fd in its sandbox (at CPL3 after its boot), a snapshot of it
 # for the host's tests (SNAP: written to target/lab/snapshot/), `efivmm rt`
 # (RT) and the Debian L2)
+# API: efivmm's control API (--api-socket) and ACPI power button, with L1 as
+# the host: L1 sets the guest's BootOrder through the API (read-only for the
+# guest by --var-policy: efibootmgr in L2 must fail), changes it while L2
+# runs, then asks for a shutdown (PUT /vm/shutdown), which L2's busybox acpid
+# turns into `poweroff -f` (tests/lab/API.sh, l1-init's run_api).
 # Output: target/lab/ (l1.log: the whole console; report.md). The Debian
 # kernel package is cached in target/lab/cache/.
 # Environment: LAB_TIMEOUT (seconds for all L1 boots together, default 1800),
@@ -31,7 +36,7 @@ t_start=$(date +%s)
 scenarios=("$@")
 # S6 last among the efivmm ones: if its guest cannot reboot, the L1 run
 # ends there.
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4 S6 S5 EO)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4 API S6 S5 EO)
 # EO = every scenario of efivmm with OVMF.fd in the sandbox.
 expanded=()
 for s in "${scenarios[@]}"; do
@@ -42,7 +47,7 @@ scenarios=("${expanded[@]}")
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
-pkgs=(qemu-system-x86 ovmf busybox-static kexec-tools cpio efibootmgr gcc libc6-dev file)
+pkgs=(qemu-system-x86 ovmf busybox-static kexec-tools cpio efibootmgr gcc libc6-dev file curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -97,23 +102,25 @@ copy_with_libs() { # tree program...
 }
 mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
 
-# 4. The L2 initramfs: busybox, kexec, efibootmgr, efivarfs.ko, the scenarios.
+# 4. The L2 initramfs: busybox, kexec, efibootmgr, efivarfs.ko (and evdev.ko,
+# button.ko for API's power button), the scenarios.
 say "building the L2 initramfs"
 l2=$out/l2-root
 rm -rf "$l2" && mkdir -p "$l2"/{bin,sbin,proc,sys,dev,tmp,lab,lib/modules}
 cp "$(command -v busybox)" "$l2/bin/busybox"
 copy_with_libs "$l2" "$(command -v kexec)" "$(command -v efibootmgr)"
-for m in fs/efivarfs/efivarfs.ko drivers/block/loop.ko; do
+for m in fs/efivarfs/efivarfs.ko drivers/block/loop.ko drivers/input/evdev.ko drivers/acpi/button.ko; do
   [ -e "$mods/$m" ] && cp "$mods/$m" "$l2/lib/modules/"
 done
 cp "$vmlinuz" "$l2/vmlinuz" # the kexec chains boot it again
 gcc -O2 -Wall -static -o "$l2/bin/efi-reload" "$here/efi-reload.c"
 cp "$here"/l2-init "$l2/init"
-cp "$here"/lib.sh "$here"/S*.sh "$l2/lab/"
+cp "$here"/lib.sh "$here"/S*.sh "$here"/API.sh "$l2/lab/"
 chmod +x "$l2/init"
 mkcpio "$l2" "$out/l2.cpio.gz"
 
-# 5. The L1 initramfs: KVM modules, busybox, efivmm, the L2 kernel and initramfs.
+# 5. The L1 initramfs: KVM modules, busybox, efivmm, the L2 kernel and
+# initramfs; curl and a variable policy for API.
 say "building the L1 initramfs"
 l1=$out/l1-root
 rm -rf "$l1" && mkdir -p "$l1"/{bin,proc,sys,dev,tmp,mods,lab}
@@ -124,6 +131,12 @@ done
 cp "$efivmm" "$l1/bin/efivmm"
 cp "$vmlinuz" "$l1/vmlinuz"
 cp "$out/l2.cpio.gz" "$l1/l2.cpio.gz"
+# API: curl talks to efivmm's socket (HTTP over a Unix socket needs none of
+# the libraries curl loads at run time: no name service, no TLS engine).
+if [[ " ${scenarios[*]} " == *" API "* ]]; then
+  copy_with_libs "$l1" "$(command -v curl)"
+  cp "$here/api-policy.json" "$l1/lab/"
+fi
 # The QEMU+OVMF scenarios (S5 = all three).
 ovmf_runs=()
 for s in "${scenarios[@]}"; do
@@ -197,9 +210,10 @@ l0_aborts=0
 t_l1=$(date +%s)
 efivmm_runs=()
 for s in "${scenarios[@]}"; do [[ $s == S5* || $s == EO:* ]] || efivmm_runs+=("$s"); done
-# The efivmm L1 takes about 170 s; its cap leaves room to boot it again
-# after a stall (seen once in ~15 runs: no output after an L2 finished,
-# L0 idle), and each L2 run is bounded by efivmm --timeout (l1-init).
+# The efivmm L1 takes about 170 s, and about 40 s more with API (one L2
+# boot); its cap leaves room to boot it again after a stall (seen once in
+# ~15 runs: no output after an L2 finished, L0 idle), and each L2 run is
+# bounded by efivmm --timeout (l1-init).
 [ ${#efivmm_runs[@]} -eq 0 ] || boot_l1 420 "${efivmm_runs[@]}" || true
 for o in ${ovmf_runs[@]+"${ovmf_runs[@]}"}; do boot_l1 240 "S5:$o" || true; done
 # efivmm with OVMF.fd in its sandbox: a fresh L1 per scenario, like S5 (an
@@ -217,6 +231,47 @@ secs() {
 }
 result_of() { # TAGGED-SCENARIO -> "PASS evidence" / "FAIL evidence" / ""
   grep -a "^LAB-RESULT $1 " "$log" | tail -1 | sed "s/^LAB-RESULT $1 //" || true
+}
+# API: what L1 checked as the host (LAB-NOTE API lines of the last API run;
+# an L1 boot the L0 aborted may have left an earlier one). Prints the
+# failed checks, "; "-separated; nothing if all passed. A step L1 never
+# reached (no socket, no marker from L2) is one failure, not one per check.
+api_checks() {
+  local notes failed=() n
+  notes=$(awk '/^LAB-TIME API efivmm-start /{ buf = "" } /^LAB-NOTE API /{ buf = buf $0 "\n" } END { printf "%s", buf }' "$log")
+  note_of() { grep -E "^LAB-NOTE API $1" <<< "$notes" | tail -1 | sed 's/^LAB-NOTE API //' | cut -c1-160; }
+  # check ERE WHAT NOTE: WHAT failed unless a note matches ^LAB-NOTE API ERE;
+  # the note starting with NOTE says what happened instead.
+  check() {
+    grep -qE "^LAB-NOTE API $1" <<< "$notes" && return
+    n=$(note_of "$3")
+    failed+=("$2 (${n:-no note})")
+  }
+  if [ -n "$(note_of 'no socket')" ]; then
+    failed+=("no API socket ($(note_of 'no socket'))")
+  else
+    check 'host PUT BootOrder 0001,0000: HTTP 200( |$)' "the host's first PUT of BootOrder is not 200" 'host PUT BootOrder 0001'
+    check 'socket mode 600$' "the socket's mode is not 600" 'socket mode'
+    check 'malformed PUT: HTTP 4[0-9][0-9]( |$)' "a malformed request did not get a 4xx" 'malformed PUT'
+  fi
+  if [ -n "$(note_of 'no LAB-API-LOCKED')" ]; then
+    failed+=("L2 never printed LAB-API-LOCKED")
+  else
+    check 'host PUT BootOrder 0000,0001: HTTP 200( |$)' "the host's second PUT of BootOrder is not 200" 'host PUT BootOrder 0000'
+  fi
+  if [ -n "$(note_of 'no LAB-API-READY-FOR-SHUTDOWN')" ]; then
+    failed+=("L2 never printed LAB-API-READY-FOR-SHUTDOWN")
+  else
+    check 'GET /vm: HTTP 200 .*"state" *: *"running"' "GET /vm before the shutdown did not say running" 'GET /vm'
+    check 'PUT /vm/shutdown: HTTP 202( |$)' "PUT /vm/shutdown is not 202" 'PUT /vm/shutdown'
+  fi
+  check 'efivmm exit code 0$' "efivmm's exit code is not 0 (5: the guest did not power off within timeout_s, or --timeout)" 'efivmm exit code'
+  [ -n "$(note_of 'no socket')" ] || check 'socket after exit: gone$' "the socket is not gone after efivmm's exit" 'socket after exit'
+  [ ${#failed[@]} -eq 0 ] || { local IFS='|'; echo "${failed[*]}" | sed 's/|/; /g'; }
+}
+# API's result, also of its last run only.
+api_result() {
+  awk '/^LAB-TIME API efivmm-start /{ r = "" } index($0, "LAB-RESULT API ") == 1 { r = substr($0, 16) } END { printf "%s", r }' "$log"
 }
 fail=0
 rows=()
@@ -246,6 +301,7 @@ eo_cell() { # SCENARIO -> "verdict|time"
 }
 for s in "${rows_of[@]}"; do
   r=$(result_of "$s")
+  [ "$s" != API ] || r=$(api_result)
   if [[ " ${scenarios[*]} " != *" $s "* ]]; then r="- not run under efivmm"; fi
   case $s in S4) t=$(secs "S4a efivmm-start" "S4b efivmm-end") ;; *) t=$(secs "$s efivmm-start" "$s efivmm-end") ;; esac
   verdict=${r%% *}
@@ -257,6 +313,14 @@ for s in "${rows_of[@]}"; do
   fi
   if [ "$s" = S6 ] && [ "$verdict" = PASS ] && ! grep -aq '^LAB-NOTE S6 efivmm exit code 0' "$log"; then
     verdict=FAIL evidence="generation 2 booted without EFI, but its reboot did not end efivmm (exit code 0)"
+  fi
+  if [ "$s" = API ] && [ "$verdict" != - ]; then
+    api_failed=$(api_checks)
+    if [ -n "$api_failed" ]; then
+      if [ "$verdict" = PASS ]; then evidence="the guest passed, but the host's checks failed: $api_failed; guest: $evidence"
+      else evidence="$evidence; the host's checks failed too: $api_failed"; fi
+      verdict=FAIL
+    fi
   fi
   [ "$verdict" = PASS ] || [ "$verdict" = - ] || fail=1
   eo=$(eo_cell "$s")
@@ -307,12 +371,18 @@ fi
 l2boot=$(secs "S1 efivmm-start" "S1 l2-init")
 l2boot_ovmf=$(secs "ovmf-S1 qemu-start" "ovmf-S1 l2-init")
 l2boot_eo=$(secs "eovmf-S1 efivmm-start" "eovmf-S1 l2-init")
+# API: from the host's PUT /vm/shutdown to efivmm's exit (the last API run).
+api_shutdown=$(awk '/^LAB-TIME API efivmm-start /{ s = ""; e = "" } /^LAB-TIME API shutdown-request /{ s = $NF } /^LAB-TIME API efivmm-exit /{ e = $NF }
+  END { if (s != "" && e != "") printf "%.1fs", e - s; else printf "-" }' "$log")
 {
   echo "# efivmm lab report"
   echo
   echo "Kernel: $kver (L1 and L2). Host: $(nproc) cores. Total: $((t_end - t_start))s, L1 run: $((t_end - t_l1))s."
   echo "L1 up (init's first line): $(awk '/LAB-TIME l1-init /{print $NF "s"; exit}' "$log")."
   echo "L2 boot, start to the L2 init's first line: efivmm $l2boot, efivmm + OVMF $l2boot_eo (includes OVMF's boot in the sandbox), QEMU+OVMF $l2boot_ovmf."
+  if [[ " ${scenarios[*]} " == *" API "* ]]; then
+    echo "API: the host's PUT /vm/shutdown to efivmm's exit (power button, acpid, poweroff -f, ResetSystem): $api_shutdown."
+  fi
   echo
   echo "| scenario | efivmm (built-in) | time | efivmm + OVMF | time | QEMU + OVMF | time | evidence (efivmm, built-in) |"
   echo "|---|---|---|---|---|---|---|---|"
