@@ -3,7 +3,7 @@
 # policy that makes the global BootOrder read-only for the guest; L1 PUTs
 # BootOrder through the API before this script starts. This generation:
 #   1. waits until BootOrder reads as the host's first value, 0001,0000;
-#   2. tries `efibootmgr -o 0000`: it must fail (the policy: the firmware
+#   2. tries `efibootmgr -o 0000,0001` (the entries exist: L1 PUT Boot0000 and Boot0001): it must fail (the policy: the firmware
 #      answers EFI_WRITE_PROTECTED, efivarfs EROFS) and BootOrder must stay
 #      0001,0000; prints the marker LAB-API-LOCKED;
 #   3. L1 PUTs the second value, 0000,0001: it must read back here (each
@@ -113,16 +113,16 @@ api() {
   note "API BootOrder from the host: $first ($(efibootmgr 2>&1 | grep '^BootOrder' | tr '\n' ' '))"
 
   # 2. The guest's own write must be refused (--var-policy: read-only).
-  out=$(efibootmgr -o 0000 2>&1)
+  out=$(efibootmgr -o 0000,0001 2>&1)
   rc=$?
   msg=$(echo "$out" | grep -v '^$' | tr '\n' '|' | sed 's/|$//')
-  note "API efibootmgr -o 0000: exit $rc: $msg"
+  note "API efibootmgr -o 0000,0001: exit $rc: $msg"
   if [ $rc -eq 0 ]; then
-    lab_result API FAIL "efibootmgr -o 0000 succeeded (BootOrder is read-only by policy): $msg; BootOrder now '$(api_bootorder)'"
+    lab_result API FAIL "efibootmgr -o 0000,0001 succeeded (BootOrder is read-only by policy): $msg; BootOrder now '$(api_bootorder)'"
     return
   fi
   if ! echo "$out" | grep -qiE 'could not set|write|protected|read-only'; then
-    lab_result API FAIL "efibootmgr -o 0000 failed (exit $rc) without saying that the write failed: $msg"
+    lab_result API FAIL "efibootmgr -o 0000,0001 failed (exit $rc) without saying that the write failed: $msg"
     return
   fi
   after=$(api_bootorder)
@@ -181,7 +181,7 @@ api() {
     n=$((n + 1))
   done
   note "API acpid (pid $acpid_pid) listens on $(ls -l /proc/$acpid_pid/fd | grep -o '/dev/input/event[0-9]*' | tr '\n' ' ')"
-  echo "efibootmgr -o 0000 refused (exit $rc: $msg); BootOrder seen: $(api_order ${first#* }) (host), unchanged after the refused write, then $(api_order ${second#* }) (the host's second PUT); Power Button ${button}${bootmsg:+ ($bootmsg)}" > $API_EVIDENCE
+  echo "efibootmgr -o 0000,0001 refused (exit $rc: $msg); BootOrder seen: $(api_order ${first#* }) (host), unchanged after the refused write, then $(api_order ${second#* }) (the host's second PUT); Power Button ${button}${bootmsg:+ ($bootmsg)}" > $API_EVIDENCE
   echo "LAB-API-READY-FOR-SHUTDOWN"
 
   # 5. L1 asks for the shutdown; the action powers the VM off. This script
