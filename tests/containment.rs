@@ -12,23 +12,34 @@ use efivmm::firmware::{Firmware, FirmwareSource};
 use efivmm::varsfile::VarsFile;
 use sandbox_abi::Service;
 
-fn firmware(dir: &tempfile::TempDir) -> Firmware {
+fn firmware(dir: &tempfile::TempDir, fast: bool) -> Firmware {
     let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), varstore::Layout::Ovmf2M).unwrap();
-    Firmware::start(&FirmwareSource::Builtin, vars).unwrap()
+    let mut fw = Firmware::start(&FirmwareSource::Builtin, vars).unwrap();
+    if fast {
+        assert!(fw.enable_fast_path(Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US)).unwrap());
+    }
+    fw
 }
 
-/// Sets a variable, runs `bad`, and checks the aftermath.
+/// Sets a variable, runs `bad`, and checks the aftermath: on the slow path
+/// and on the fast path (the firmware polling on a thread of its own).
 fn contained(bad: Request, deadline: Duration) {
+    for fast in [false, true] {
+        contained_on(&bad, deadline, fast);
+    }
+}
+
+fn contained_on(bad: &Request, deadline: Duration, fast: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut fw = firmware(&dir);
+    let mut fw = firmware(&dir, fast);
     fw.set_deadline(deadline);
     let guid = Guid::parse(common::TEST_GUID).unwrap();
     let name = name_to_utf16("Kept");
     assert_eq!(fw.set_variable(&name, &guid, 7, b"before"), EFI_SUCCESS);
     let file_before = std::fs::read(fw.vars().path()).unwrap();
 
-    let done = fw.request(&bad);
-    assert_eq!(done.reply.status, EFI_DEVICE_ERROR);
+    let done = fw.request(bad);
+    assert_eq!(done.reply.status, EFI_DEVICE_ERROR, "fast path: {fast}");
     assert!(done.failure.is_some());
     assert_eq!(std::fs::read(fw.vars().path()).unwrap(), file_before, "the vars file keeps only completed writes");
 
@@ -67,8 +78,14 @@ fn a_store_left_invalid_is_never_written_to_disk() {
 /// just the store (here seen through DATA_OUT, which only a restore clears).
 #[test]
 fn an_invalid_store_restores_the_whole_sandbox() {
+    for fast in [false, true] {
+        an_invalid_store_restores_the_whole_sandbox_on(fast);
+    }
+}
+
+fn an_invalid_store_restores_the_whole_sandbox_on(fast: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let mut fw = firmware(&dir);
+    let mut fw = firmware(&dir, fast);
     let mut fill = Request::new(Service::DiagBuffers, 0);
     fill.mailbox.args[0] = 0x100;
     assert_eq!(fw.request(&fill).reply.status, EFI_SUCCESS);

@@ -260,6 +260,11 @@ fn a_stalled_console_does_not_keep_efivmm_from_stopping() {
 /// Boots the embedded test kernel with `cmdline` on `cpus` vCPUs; returns
 /// the exit code and the serial output.
 fn boot_test_kernel(cpus: u32, cmdline: &str) -> (Option<i32>, String) {
+    boot_test_kernel_polling(cpus, cmdline, efivmm::sandbox::DEFAULT_POLL_US)
+}
+
+/// The same with `--firmware-poll-us poll_us` (0: the fast path off).
+fn boot_test_kernel_polling(cpus: u32, cmdline: &str, poll_us: u64) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("test-kernel.elf");
     std::fs::write(&kernel, efivmm::demo::TEST_KERNEL).unwrap();
@@ -267,6 +272,7 @@ fn boot_test_kernel(cpus: u32, cmdline: &str) -> (Option<i32>, String) {
         .arg("--kernel")
         .arg(&kernel)
         .args(["--cpus", &cpus.to_string(), "--cmdline", cmdline, "--timeout", "60"])
+        .args(["--firmware-poll-us", &poll_us.to_string()])
         .output()
         .unwrap();
     (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -274,8 +280,18 @@ fn boot_test_kernel(cpus: u32, cmdline: &str) -> (Option<i32>, String) {
 
 #[test]
 fn two_vcpus_calling_at_once_get_correct_serialized_results() {
-    let (code, out) = boot_test_kernel(2, "efivmm.smp=100");
-    assert_eq!(code, Some(0), "{out}");
+    // On the fast path (the default) and on the slow path.
+    for poll_us in [efivmm::sandbox::DEFAULT_POLL_US, 0] {
+        two_vcpus_on(poll_us);
+    }
+    // Control: with one vCPU there is no AP to start, and the kernel says so.
+    let (_, out) = boot_test_kernel(1, "efivmm.smp=10");
+    assert!(out.contains("SMP ap=timeout result=FAIL"), "{out}");
+}
+
+fn two_vcpus_on(poll_us: u64) {
+    let (code, out) = boot_test_kernel_polling(2, "efivmm.smp=100", poll_us);
+    assert_eq!(code, Some(0), "--firmware-poll-us {poll_us}: {out}");
     let line = out.lines().find(|l| l.starts_with("SMP ")).unwrap_or_else(|| panic!("no SMP line: {out}"));
     let field = |k: &str| {
         line.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("{k} missing: {line}"))
@@ -288,10 +304,6 @@ fn two_vcpus_calling_at_once_get_correct_serialized_results() {
     // between its own calls.
     assert!(field("interleaved=").parse::<u32>().unwrap() > 10, "{line}");
     assert_eq!(field("result="), "PASS");
-
-    // Control: with one vCPU there is no AP to start, and the kernel says so.
-    let (_, out) = boot_test_kernel(1, "efivmm.smp=10");
-    assert!(out.contains("SMP ap=timeout result=FAIL"), "{out}");
 }
 
 #[test]

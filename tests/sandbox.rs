@@ -1,5 +1,6 @@
 //! The sandbox VM on this machine's real /dev/kvm: the firmware runs at CPL3
-//! in a VM of its own; faults and hangs are contained.
+//! in a VM of its own; faults and hangs are contained, on the slow path and
+//! on the fast path (sandbox::poller) alike.
 
 use std::time::{Duration, Instant};
 
@@ -11,56 +12,71 @@ fn empty_store() -> Vec<u8> {
     vec![0xff; varstore::Layout::Ovmf2M.file_size()]
 }
 
+/// A sandbox on the slow path (each call enters and leaves it), and one on
+/// the fast path (its firmware polls between calls on a thread of its own):
+/// every test here holds for both.
+fn both() -> [Sandbox; 2] {
+    let slow = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    let mut fast = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    fast.start_polling(Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US)).unwrap();
+    assert!(fast.polling() && !slow.polling());
+    [slow, fast]
+}
+
 fn diag(service: Service) -> Mailbox {
     Mailbox { service: service as u64, ..Default::default() }
 }
 
 #[test]
 fn firmware_runs_at_cpl3_in_its_own_vm() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    let reply = sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap();
-    // What the firmware saw in CS ...
-    assert_eq!(reply.status, 0);
-    assert_eq!(reply.outs[0], 3, "the firmware must see CPL3");
-    // ... and what KVM says about the vCPU that rang the doorbell.
-    assert_eq!(sb.vcpu_cpl().unwrap(), 3);
+    for mut sb in both() {
+        let reply = sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap();
+        // What the firmware saw in CS ...
+        assert_eq!(reply.status, 0);
+        assert_eq!(reply.outs[0], 3, "the firmware must see CPL3");
+        // ... and what KVM says about the vCPU that rang the doorbell.
+        assert_eq!(sb.vcpu_cpl().unwrap(), 3);
+    }
 }
 
 #[test]
 fn a_privileged_instruction_faults_with_gp() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    match sb.call(&diag(Service::DiagPrivileged), &[], &[]) {
-        Err(CallFailure::Fault { vector: 13, rip, .. }) => {
-            assert!((sandbox_abi::FIRMWARE_ADDR..sandbox_abi::FIRMWARE_END).contains(&rip), "rip {rip:#x}");
+    for mut sb in both() {
+        match sb.call(&diag(Service::DiagPrivileged), &[], &[]) {
+            Err(CallFailure::Fault { vector: 13, rip, .. }) => {
+                assert!((sandbox_abi::FIRMWARE_ADDR..sandbox_abi::FIRMWARE_END).contains(&rip), "rip {rip:#x}");
+            }
+            other => panic!("expected #GP, got {other:?}"),
         }
-        other => panic!("expected #GP, got {other:?}"),
+        // The next call works, at CPL3 again.
+        assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
     }
-    // The next call works, at CPL3 again.
-    assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
 }
 
 #[test]
 fn a_page_fault_is_reported_with_cr2_and_contained() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    match sb.call(&diag(Service::DiagFault), &[], &[]) {
-        Err(CallFailure::Fault { vector: 14, cr2, error_code, .. }) => {
-            assert_eq!(cr2, UNMAPPED_ADDR);
-            assert_eq!(error_code & 0b100, 0b100, "a user-mode access");
+    for mut sb in both() {
+        match sb.call(&diag(Service::DiagFault), &[], &[]) {
+            Err(CallFailure::Fault { vector: 14, cr2, error_code, .. }) => {
+                assert_eq!(cr2, UNMAPPED_ADDR);
+                assert_eq!(error_code & 0b100, 0b100, "a user-mode access");
+            }
+            other => panic!("expected #PF, got {other:?}"),
         }
-        other => panic!("expected #PF, got {other:?}"),
+        assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
     }
-    assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
 }
 
 #[test]
 fn a_hang_ends_at_the_deadline_and_the_next_call_works() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    sb.set_deadline(Duration::from_millis(200));
-    let start = Instant::now();
-    let result = sb.call(&diag(Service::DiagHang), &[], &[]);
-    assert_eq!(result, Err(CallFailure::Timeout(Duration::from_millis(200))));
-    assert!(start.elapsed() >= Duration::from_millis(200));
-    assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
+    for mut sb in both() {
+        sb.set_deadline(Duration::from_millis(200));
+        let start = Instant::now();
+        let result = sb.call(&diag(Service::DiagHang), &[], &[]);
+        assert_eq!(result, Err(CallFailure::Timeout(Duration::from_millis(200))));
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
+    }
 }
 
 /// An ELF64 x86-64 with one PT_LOAD per `(address, size, flags)`, each
@@ -117,54 +133,86 @@ fn diag_args(service: Service, args: &[u64]) -> Mailbox {
 /// fails, and the next call runs the image's code.
 #[test]
 fn the_firmware_cannot_patch_its_own_text() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    let before = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
-    let (byte, addr) = (before.outs[0], before.outs[1]);
-    assert_eq!(byte, 0x5a);
-    match sb.call(&diag_args(Service::DiagPatchText, &[0xa5]), &[], &[]) {
-        Err(CallFailure::Fault { vector: 14, cr2, error_code, .. }) => {
-            assert_eq!(cr2, addr);
-            assert_eq!(error_code & 0b111, 0b111, "a user-mode write to a present page: {error_code:#x}");
+    for mut sb in both() {
+        let before = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
+        let (byte, addr) = (before.outs[0], before.outs[1]);
+        assert_eq!(byte, 0x5a);
+        match sb.call(&diag_args(Service::DiagPatchText, &[0xa5]), &[], &[]) {
+            Err(CallFailure::Fault { vector: 14, cr2, error_code, .. }) => {
+                assert_eq!(cr2, addr);
+                assert_eq!(error_code & 0b111, 0b111, "a user-mode write to a present page: {error_code:#x}");
+            }
+            other => panic!("the firmware wrote its own text: {other:?}"),
         }
-        other => panic!("the firmware wrote its own text: {other:?}"),
+        let after = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
+        assert_eq!(after.outs[0], 0x5a, "the next call must run the unpatched image");
     }
-    let after = sb.call(&diag(Service::DiagPatchText), &[], &[]).unwrap();
-    assert_eq!(after.outs[0], 0x5a, "the next call must run the unpatched image");
 }
 
 /// `.data`/`.bss` start from the image on every call.
 #[test]
 fn no_firmware_data_survives_a_call() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    for _ in 0..3 {
-        assert_eq!(sb.call(&diag(Service::DiagCounter), &[], &[]).unwrap().outs[0], 0);
+    for mut sb in both() {
+        for _ in 0..3 {
+            assert_eq!(sb.call(&diag(Service::DiagCounter), &[], &[]).unwrap().outs[0], 0);
+        }
     }
 }
 
 /// A failed call leaves no FPU/SSE state to the next.
 #[test]
 fn fpu_state_is_reset_after_a_failed_call() {
-    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
-    // FTZ | DAZ | all exceptions masked, rounding toward zero.
-    match sb.call(&diag_args(Service::DiagFpu, &[0xffc0]), &[], &[]) {
-        Err(CallFailure::Fault { vector: 6, .. }) => {}
-        other => panic!("expected #UD, got {other:?}"),
+    for mut sb in both() {
+        assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
+        // FTZ | DAZ | all exceptions masked, rounding toward zero.
+        match sb.call(&diag_args(Service::DiagFpu, &[0xffc0]), &[], &[]) {
+            Err(CallFailure::Fault { vector: 6, .. }) => {}
+            other => panic!("expected #UD, got {other:?}"),
+        }
+        assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
     }
-    assert_eq!(sb.call(&diag(Service::DiagFpu), &[], &[]).unwrap().outs[0], 0x1f80);
 }
 
 /// The input buffers hold this call's inputs only; a failed call clears
 /// the output buffer too.
 #[test]
 fn buffers_hold_no_stale_tails() {
+    for mut sb in both() {
+        let r = sb.call(&diag_args(Service::DiagBuffers, &[0x3000]), &[7; 100], &[9; 5000]).unwrap();
+        assert_eq!(r.outs[..3], [100, 5000, 0]);
+        let r = sb.call(&diag(Service::DiagBuffers), &[7; 2], &[9; 10]).unwrap();
+        assert_eq!(r.outs[..2], [2, 10], "stale input tails");
+        assert_eq!(r.outs[2], 0x3000, "DATA_OUT is the firmware's own between completed calls");
+        sb.call(&diag(Service::DiagFault), &[], &[]).unwrap_err();
+        let r = sb.call(&diag(Service::DiagBuffers), &[], &[]).unwrap();
+        assert_eq!(r.outs[..3], [0, 0, 0], "a failed call leaves nothing in the buffers");
+    }
+}
+
+/// The fast path's point: a burst of calls inside the poll window runs the
+/// sandbox vCPU once (one wake-up, no exit per call); past the window the
+/// firmware parks and its thread uses no CPU until the next call.
+#[test]
+fn a_burst_finds_the_firmware_polling_and_an_idle_firmware_parks() {
     let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
-    let r = sb.call(&diag_args(Service::DiagBuffers, &[0x3000]), &[7; 100], &[9; 5000]).unwrap();
-    assert_eq!(r.outs[..3], [100, 5000, 0]);
-    let r = sb.call(&diag(Service::DiagBuffers), &[7; 2], &[9; 10]).unwrap();
-    assert_eq!(r.outs[..2], [2, 10], "stale input tails");
-    assert_eq!(r.outs[2], 0x3000, "DATA_OUT is the firmware's own between completed calls");
-    sb.call(&diag(Service::DiagFault), &[], &[]).unwrap_err();
-    let r = sb.call(&diag(Service::DiagBuffers), &[], &[]).unwrap();
-    assert_eq!(r.outs[..3], [0, 0, 0], "a failed call leaves nothing in the buffers");
+    // A window far longer than a call: every call of the burst finds the
+    // firmware polling.
+    sb.start_polling(Duration::from_secs(1)).unwrap();
+    for _ in 0..100 {
+        assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
+    }
+    assert_eq!(sb.fast_path_counts(), Some((100, 1)), "only the first call woke the firmware");
+
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    sb.start_polling(Duration::from_millis(1)).unwrap();
+    sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap();
+    // Parked after its window: no CPU from here on.
+    std::thread::sleep(Duration::from_millis(100));
+    let parked = sb.firmware_thread_cpu_time().expect("the thread's CPU clock");
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = sb.firmware_thread_cpu_time().unwrap() - parked;
+    assert!(idle < Duration::from_millis(10), "a parked firmware thread used {idle:?} of CPU");
+    // And the next call wakes it.
+    sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap();
+    assert_eq!(sb.fast_path_counts(), Some((2, 2)));
 }

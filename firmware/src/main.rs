@@ -10,6 +10,15 @@
 //! image before every call, and after a failed call it also resets the
 //! registers (general, special, FPU/SSE) and the buffers.
 //!
+//! The fast path (`sandbox_abi::POLL_WINDOW` non-zero): instead of the
+//! doorbell, the firmware writes the request number it served to
+//! `POLL_DONE` and polls `POLL_REQUEST` for the window (timed with `rdtsc`),
+//! serving the next request without any exit; only when the window passes
+//! does it park with the doorbell (after the `POLL_STATE` handshake that
+//! `sandbox_abi` describes). Polling touches the poll words and the stack
+//! only, so efivmm may reset `.data`/`.bss` and write the next request while
+//! it runs.
+//!
 //! Built for the host (as the workspace's tests do) this is an empty program.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
@@ -35,6 +44,19 @@ mod entry {
     #[no_mangle]
     #[link_section = ".text.entry"]
     pub extern "C" fn _start() -> ! {
+        let window = word(POLL_WINDOW);
+        if window != 0 {
+            // Running (entered, restarted or resumed): a new request needs
+            // no wake-up, this loop will see it.
+            set_word(POLL_STATE, POLL_POLLING);
+        }
+        let seq = word(POLL_REQUEST);
+        if window != 0 && seq == word(POLL_DONE) {
+            // Entered (or resumed after parking) with nothing to serve.
+            poll(window);
+        }
+        // The request's mailbox and buffers were written before its number.
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Acquire);
         // SAFETY: MAILBOX_ADDR is a mapped, writable, suitably aligned page of
         // the sandbox reserved for the header, and nothing else in this
         // single-threaded program refers to it while this reference lives.
@@ -43,11 +65,11 @@ mod entry {
         mailbox.store_dirty = 0;
         if mailbox.magic != MAILBOX_MAGIC {
             mailbox.status = EFI_INVALID_PARAMETER;
-            doorbell();
+            complete(window, seq);
         }
         if mailbox.store_len > STORE_MAX {
             mailbox.status = EFI_BAD_BUFFER_SIZE;
-            doorbell();
+            complete(window, seq);
         }
         match Service::from_u64(mailbox.service) {
             Some(Service::DiagNop) => mailbox.status = EFI_SUCCESS,
@@ -153,7 +175,98 @@ mod entry {
                 serve(&mut call);
             }
         }
-        doorbell()
+        complete(window, seq)
+    }
+
+    /// A word of the poll page (mapped, aligned, written by efivmm).
+    fn word(addr: u64) -> u64 {
+        // SAFETY: the poll words lie in the mailbox page, mapped readable
+        // for CPL3 and 8-byte aligned (sandbox_abi); volatile, as efivmm
+        // writes them while the firmware runs.
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
+    }
+
+    fn set_word(addr: u64, value: u64) {
+        // SAFETY: as in `word`; the mailbox page is writable for CPL3.
+        unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
+    }
+
+    fn rdtsc() -> u64 {
+        // SAFETY: rdtsc only reads the time-stamp counter (CR4.TSD is clear).
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+
+    /// The call `seq` is complete: the doorbell, or (fast path) its number
+    /// in POLL_DONE and polling for the next.
+    fn complete(window: u64, seq: u64) -> ! {
+        if window == 0 {
+            doorbell()
+        }
+        // The replies (mailbox, buffers, store) before the number.
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
+        set_word(POLL_DONE, seq);
+        poll(window)
+    }
+
+    /// Polls for a new request for `window` TSC ticks, then parks.
+    fn poll(window: u64) -> ! {
+        let started = rdtsc();
+        loop {
+            if word(POLL_REQUEST) != word(POLL_DONE) {
+                restart()
+            }
+            if rdtsc().wrapping_sub(started) > window {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        // Parking: announce it, then look once more (efivmm writes the
+        // request, fences, reads the state: one side sees the other).
+        set_word(POLL_STATE, POLL_PARKING);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        if word(POLL_REQUEST) != word(POLL_DONE) {
+            set_word(POLL_STATE, POLL_POLLING);
+            restart()
+        }
+        park()
+    }
+
+    /// Serves the next request from a fresh stack.
+    fn restart() -> ! {
+        // SAFETY: a jump to the entry point with the stack reset to where
+        // efivmm starts it; nothing is live across the jump.
+        unsafe {
+            asm!(
+                "mov rsp, {stack}",
+                "jmp {entry}",
+                stack = const STACK_TOP - 8,
+                entry = sym _start,
+                options(noreturn),
+            )
+        }
+    }
+
+    /// Parks with the doorbell; efivmm resumes the vCPU for the next
+    /// request, which then starts over at `_start` (polling again).
+    fn park() -> ! {
+        // SAFETY: port I/O to efivmm's doorbell (open in the TSS I/O
+        // bitmap; it only exits to efivmm), then the state word (mapped
+        // writable) back to polling, then `restart`'s jump.
+        unsafe {
+            asm!(
+                "out dx, al",
+                "mov qword ptr [{state}], {polling}",
+                "mov rsp, {stack}",
+                "jmp {entry}",
+                in("dx") DOORBELL_PORT,
+                in("al") 0u8,
+                state = in(reg) POLL_STATE,
+                polling = const POLL_POLLING,
+                stack = const STACK_TOP - 8,
+                entry = sym _start,
+                options(noreturn),
+            )
+        }
     }
 
     /// Tells efivmm the call is complete, then waits for the next call by

@@ -116,6 +116,31 @@ pub const DOORBELL_PORT: u16 = 0x00E1;
 /// The CPL0 exception stub for vector `v` writes `v` here.
 pub const EXCEPTION_PORT: u16 = 0x0EF2;
 
+/// The fast path (built-in firmware only): four `u64` words in the
+/// mailbox's page, after the header. With [`POLL_WINDOW`] non-zero, the
+/// firmware does not ring the doorbell after a call: it writes the request
+/// number it served to [`POLL_DONE`] and spins (reading [`POLL_REQUEST`])
+/// for up to `POLL_WINDOW` TSC ticks, serving the next request without any
+/// exit. When the window passes it writes [`POLL_PARKING`] to
+/// [`POLL_STATE`], fences, looks at `POLL_REQUEST` once more, and only then
+/// rings the doorbell to park; efivmm runs it again for the next request.
+/// efivmm writes `POLL_REQUEST` (after the mailbox and buffers) and reads
+/// `POLL_STATE` after a fence: one of the two sides always sees the other's
+/// write, so no request waits for a parked firmware. See
+/// `efivmm::sandbox::poller`.
+pub const POLL_REQUEST: u64 = MAILBOX_ADDR + 0x800;
+/// The last request number the firmware completed (written by the firmware).
+pub const POLL_DONE: u64 = MAILBOX_ADDR + 0x808;
+/// [`POLL_POLLING`] or [`POLL_PARKING`] (written by the firmware).
+pub const POLL_STATE: u64 = MAILBOX_ADDR + 0x810;
+/// How long the firmware polls after a call, in TSC ticks; 0: no fast path
+/// (the doorbell after every call).
+pub const POLL_WINDOW: u64 = MAILBOX_ADDR + 0x818;
+/// The firmware is running or polling: a new request needs no wake-up.
+pub const POLL_POLLING: u64 = 0;
+/// The firmware parked, or is about to: a new request must run the vCPU.
+pub const POLL_PARKING: u64 = 1;
+
 /// Offset of the name buffer from the mailbox header. An external firmware's
 /// loader (`ovmf-loader`) serves the same mailbox from a block it allocates
 /// itself: the header at the block's start and the buffers at these offsets.
@@ -375,6 +400,8 @@ mod tests {
         m.outs = [9, 10, 11, 12, 13, 14, 15, 16];
         assert_eq!(Mailbox::from_bytes(&m.to_bytes()), m);
         assert_eq!(MAILBOX_LEN, 22 * 8);
+        // The fast path's words follow the header in its page.
+        assert!(MAILBOX_ADDR + MAILBOX_LEN as u64 <= POLL_REQUEST && POLL_WINDOW + 8 <= NAME_ADDR);
     }
 
     #[test]

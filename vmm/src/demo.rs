@@ -63,6 +63,12 @@ pub struct DemoArgs {
     /// `GET /metrics` as the generations go by. See docs/api.md.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<std::path::PathBuf>,
+    /// The fast path's poll window in microseconds: after each call the
+    /// built-in firmware polls its mailbox this long on a core of its own,
+    /// so a call in a burst costs no sandbox exit; 0 turns the fast path
+    /// off (every call enters and leaves the sandbox). See docs/sandbox.md.
+    #[arg(long, value_name = "US", default_value_t = crate::sandbox::DEFAULT_POLL_US, value_parser = clap::value_parser!(u64).range(..=1_000_000))]
+    pub firmware_poll_us: u64,
     /// Iterations of each timed loop in `--mode bench`.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=999_999_999))]
     pub iters: u32,
@@ -138,17 +144,23 @@ pub fn parse_result(line: &str) -> Option<(u32, String, String, String, u32, Str
 /// Runs the demo; returns the exit code.
 pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
     match args.mode.as_str() {
-        "hostile" => return run_hostile(args.verbose),
-        "bench" => return run_bench(args.iters),
+        "hostile" => return run_hostile(args.verbose, poll_window(args.firmware_poll_us)),
+        "bench" => return run_bench(args.iters, poll_window(args.firmware_poll_us)),
         _ => {}
     }
     let dir = crate::launch::private_tempdir("efivmm-demo-")?;
     run_in(&args, &dir.path().join("vars.fd"))
 }
 
+/// `--firmware-poll-us` as a duration.
+pub fn poll_window(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
     let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
-    let firmware = Firmware::start_on_with(&args.firmware, vars_path, &args.ovmf.options())?;
+    let mut firmware = Firmware::start_on_with(&args.firmware, vars_path, &args.ovmf.options())?;
+    firmware.enable_fast_path(poll_window(args.firmware_poll_us))?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
         kernel: TEST_KERNEL.to_vec(),
@@ -245,11 +257,12 @@ impl GuestRun {
 /// Boots the embedded test kernel once with `extra` appended to its command
 /// line (`efivmm.gen=0 efivmm.generations=1 ...`), the built-in firmware and
 /// a temporary vars file; returns its exit and serial lines.
-pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<GuestRun, ExitError> {
+pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool, poll: Duration) -> Result<GuestRun, ExitError> {
     let dir = crate::launch::private_tempdir("efivmm-guest-")?;
     let result = (|| {
         let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), Layout::Ovmf2M)?;
-        let firmware = Firmware::start(&FirmwareSource::Builtin, vars)?;
+        let mut firmware = Firmware::start(&FirmwareSource::Builtin, vars)?;
+        firmware.enable_fast_path(poll)?;
         let log = LineLog { echo, ..Default::default() };
         let config = VmConfig {
             kernel: TEST_KERNEL.to_vec(),
@@ -276,9 +289,9 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool) -> Result<Gue
 
 /// `efivmm demo --mode hostile`: the guest's lines on stdout; exit 0 only if
 /// it reported `HOSTILE-DONE ... bad=0` and powered off.
-fn run_hostile(verbose: bool) -> Result<i32, ExitError> {
+fn run_hostile(verbose: bool, poll: Duration) -> Result<i32, ExitError> {
     eprintln!("efivmm demo: hostile runtime calls from the test kernel");
-    let run = run_test_kernel("efivmm.mode=hostile", Duration::from_secs(60), verbose)?;
+    let run = run_test_kernel("efivmm.mode=hostile", Duration::from_secs(60), verbose, poll)?;
     for line in run.text() {
         println!("{line}");
     }
@@ -363,8 +376,14 @@ pub fn kvm_tsc_hz() -> Option<f64> {
 /// Boots a bench guest: `iters` iterations of the loops `which` selects
 /// (`all`, `bare_out` or `get_variable`).
 pub fn bench_guest(iters: u64, which: &str) -> Result<BenchRun, String> {
+    bench_guest_with(iters, which, poll_window(crate::sandbox::DEFAULT_POLL_US))
+}
+
+/// [`bench_guest`] with the fast path's poll window `poll` (zero: off).
+pub fn bench_guest_with(iters: u64, which: &str, poll: Duration) -> Result<BenchRun, String> {
     let extra = format!("efivmm.mode=bench efivmm.iters={iters} efivmm.bench={which}");
-    let run = run_test_kernel(&extra, Duration::from_secs(120 + iters / 1000), false).map_err(|e| e.to_string())?;
+    let run =
+        run_test_kernel(&extra, Duration::from_secs(120 + iters / 1000), false, poll).map_err(|e| e.to_string())?;
     if run.exit != Exit::PowerOff {
         return Err(format!("the bench guest ended with {:?}", run.exit));
     }
@@ -373,7 +392,7 @@ pub fn bench_guest(iters: u64, which: &str) -> Result<BenchRun, String> {
 
 /// `efivmm demo --mode bench`: both loops in one guest, per-call times and
 /// their ratio.
-fn run_bench(iters: u32) -> Result<i32, ExitError> {
+fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
     eprintln!("efivmm demo: {iters} bare exits and {iters} GetVariable calls timed in the guest");
     // Asked before the guest runs: once it has, this thread is confined and
     // may no longer create VMs.
@@ -382,6 +401,7 @@ fn run_bench(iters: u32) -> Result<i32, ExitError> {
         &format!("efivmm.mode=bench efivmm.iters={iters}"),
         Duration::from_secs(120 + u64::from(iters) / 1000),
         false,
+        poll,
     )?;
     for line in run.text() {
         println!("{line}");

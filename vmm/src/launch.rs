@@ -62,6 +62,13 @@ pub struct LaunchArgs {
     /// --unix-socket PATH http://localhost/vm`. See docs/api.md.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// The fast path's poll window in microseconds (built-in firmware):
+    /// after each call the firmware polls its mailbox this long, on a core
+    /// of its own, so the calls of a burst (systemd, efibootmgr, fwupd read
+    /// variables in bursts) cost no sandbox exit; idle, it parks and costs
+    /// nothing. 0 turns the fast path off. See docs/sandbox.md.
+    #[arg(long, value_name = "US", default_value_t = crate::sandbox::DEFAULT_POLL_US, value_parser = clap::value_parser!(u64).range(..=1_000_000))]
+    pub firmware_poll_us: u64,
     /// The VM's vars file (OVMF format). A missing file is created empty.
     /// Without --vars, a temporary store is used and discarded at exit.
     #[arg(long, value_name = "PATH")]
@@ -146,7 +153,8 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
         None => crate::proxy::VarPolicy::none(),
     };
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
-    let firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
+    let mut firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
+    firmware.enable_fast_path(Duration::from_micros(args.firmware_poll_us))?;
     let config = VmConfig {
         kernel,
         initrd,

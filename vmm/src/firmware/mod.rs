@@ -115,6 +115,13 @@ pub trait Backend: Send {
     fn report(&self) -> Option<String> {
         None
     }
+    /// Starts the fast path (`sandbox::poller`): the firmware polls its
+    /// mailbox for `window` after each call. Returns whether this backend
+    /// has one (the built-in firmware does; OVMF's calls take the slow
+    /// path).
+    fn enable_fast_path(&mut self, _window: Duration) -> Result<bool, SetupError> {
+        Ok(false)
+    }
 }
 
 /// The outcome of one call as the caller sees it.
@@ -292,6 +299,15 @@ impl Firmware {
     /// Which firmware this is.
     pub fn source(&self) -> &FirmwareSource {
         &self.source
+    }
+
+    /// Starts the fast path with a poll window of `window` (zero: off);
+    /// whether the backend has one ([`Backend::enable_fast_path`]).
+    pub fn enable_fast_path(&mut self, window: Duration) -> Result<bool, SetupError> {
+        if window.is_zero() {
+            return Ok(false);
+        }
+        self.backend.enable_fast_path(window)
     }
 
     /// The backend's report line ([`Backend::report`]).

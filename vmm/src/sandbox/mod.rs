@@ -27,11 +27,13 @@
 
 pub mod image;
 pub mod layout;
+pub(crate) mod poller;
 pub(crate) mod watchdog;
 
 /// A per-thread deadline that interrupts `KVM_RUN` (also used for the guest's timeout).
 pub(crate) use watchdog::{install_handler as install_kick_handler, kick_signal};
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_sregs;
@@ -44,6 +46,13 @@ use watchdog::Watchdog;
 
 /// The firmware built into efivmm (an ELF for `x86_64-unknown-none`).
 pub static BUILTIN_FIRMWARE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/firmware.elf"));
+
+/// The fast path's default poll window, in microseconds
+/// (`--firmware-poll-us`): long enough that the calls of a burst (a
+/// guest's GetNextVariableName walk, efibootmgr's reads) each find the
+/// firmware polling; short enough that an idle guest costs one core a
+/// fraction of a millisecond after its last call.
+pub const DEFAULT_POLL_US: u64 = 200;
 
 /// Default deadline of one call.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(1000);
@@ -133,8 +142,12 @@ pub enum CallFailure {
 
 /// A sandbox VM with the firmware loaded.
 pub struct Sandbox {
-    // Field order is drop order: the vCPU and VM go before their memory.
-    vcpu: VcpuFd,
+    // Field order is drop order: the firmware thread (which shares the
+    // vCPU and the memory) ends first, then the vCPU and VM go before
+    // their memory.
+    /// The fast path's firmware thread, once started ([`Sandbox::start_polling`]).
+    poller: Option<poller::Poller>,
+    vcpu: Arc<Mutex<VcpuFd>>,
     _vm: VmFd,
     mem: GuestMemoryMmap,
     /// The firmware region as loaded, for restoring after a failed call.
@@ -148,17 +161,52 @@ pub struct Sandbox {
     data_in_len: usize,
     /// Nothing ran since the last [`Sandbox::restore`].
     pristine_state: bool,
-    sregs: kvm_sregs,
-    /// A clean x87/SSE state as KVM_GET_XSAVE reports it (some KVMs, e.g.
-    /// PVM, ignore KVM_SET_FPU): set with every [`Sandbox::restore`]. None
-    /// if KVM has no XSAVE or its area is larger than `kvm_xsave`.
-    clean_xsave: Option<kvm_bindings::kvm_xsave>,
+    entry: Arc<EntryState>,
     /// The vCPU is not at the firmware's entry state (first call, or after
     /// a failed one): set all registers before the next call.
     vcpu_dirty: bool,
     store_len: usize,
     deadline: Duration,
     watchdog: Watchdog,
+}
+
+/// The vCPU state a call starts from after a failure (or the first time):
+/// through the CPL0 stub that loads TR and drops to the firmware's entry.
+pub(crate) struct EntryState {
+    sregs: kvm_sregs,
+    /// A clean x87/SSE state as KVM_GET_XSAVE reports it (some KVMs, e.g.
+    /// PVM, ignore KVM_SET_FPU): set with every reset. None if KVM has no
+    /// XSAVE or its area is larger than `kvm_xsave`.
+    clean_xsave: Option<kvm_bindings::kvm_xsave>,
+}
+
+impl EntryState {
+    /// Puts `vcpu` at the entry stub with clean registers, FPU/SSE state
+    /// and no pending events (layout::write_entry_stub).
+    fn apply(&self, vcpu: &VcpuFd) -> Result<(), CallFailure> {
+        let kvm_fail = |what: &str, e: kvm_ioctls::Error| CallFailure::UnexpectedExit(format!("{what}: {e}"));
+        let (sregs, regs) = layout::entry_stub_state(&self.sregs);
+        vcpu.set_sregs(&sregs).map_err(|e| kvm_fail("set sregs", e))?;
+        vcpu.set_regs(&regs).map_err(|e| kvm_fail("set regs", e))?;
+        vcpu.set_fpu(&layout::clean_fpu()).map_err(|e| kvm_fail("set the FPU state", e))?;
+        if let Some(xsave) = &self.clean_xsave {
+            // SAFETY: `xsave` came from KVM_GET_XSAVE on this vCPU, and
+            // `Sandbox::new` checked that KVM's xsave area fits a
+            // `kvm_xsave` (KVM_CAP_XSAVE2 <= 4096 bytes: efivmm enables no
+            // dynamic XSAVE features), so KVM reads only within it.
+            unsafe { vcpu.set_xsave(xsave) }.map_err(|e| kvm_fail("set the XSAVE state", e))?;
+        }
+        vcpu.set_vcpu_events(&kvm_bindings::kvm_vcpu_events::default()).map_err(|e| kvm_fail("set vCPU events", e))
+    }
+}
+
+/// Reads the exception frame the CPU pushed on the CPL0 stack.
+fn fault_report(vcpu: &VcpuFd, mem: &GuestMemoryMmap, vector: u8) -> CallFailure {
+    let regs = vcpu.get_regs().unwrap_or_default();
+    let cr2 = vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
+    let word = |i: u64| -> u64 { mem.read_obj(GuestAddress(regs.rsp.wrapping_add(i * 8))).unwrap_or(0) };
+    let (error_code, rip) = if layout::has_error_code(vector) { (word(0), word(1)) } else { (0, word(0)) };
+    CallFailure::Fault { vector, error_code, rip, cr2 }
 }
 
 /// Checks that a request's name and data fit the mailbox's buffers (the
@@ -233,7 +281,8 @@ impl Sandbox {
         layout::write_entry_stub(&mem, entry).map_err(|e| SetupError::Memory(e.to_string()))?;
 
         let mut sandbox = Sandbox {
-            vcpu,
+            poller: None,
+            vcpu: Arc::new(Mutex::new(vcpu)),
             _vm: vm,
             mem,
             writable: image.writable_ranges(),
@@ -241,8 +290,7 @@ impl Sandbox {
             name_len: 0,
             data_in_len: 0,
             pristine_state: true,
-            sregs,
-            clean_xsave,
+            entry: Arc::new(EntryState { sregs, clean_xsave }),
             vcpu_dirty: true,
             store_len: store.len(),
             deadline: DEFAULT_DEADLINE,
@@ -256,6 +304,43 @@ impl Sandbox {
     /// Sets the deadline of each call.
     pub fn set_deadline(&mut self, deadline: Duration) {
         self.deadline = deadline;
+    }
+
+    /// Starts the fast path ([`poller`]): a firmware thread that runs the
+    /// vCPU, which polls its mailbox for `window` after each call.
+    pub fn start_polling(&mut self, window: Duration) -> Result<(), SetupError> {
+        if self.poller.is_some() || window.is_zero() {
+            return Ok(());
+        }
+        let khz =
+            self.vcpu().get_tsc_khz().map_err(|source| SetupError::Kvm { what: "report the TSC frequency", source })?;
+        let ticks = (window.as_nanos() as u64).saturating_mul(u64::from(khz)) / 1_000_000;
+        let poller = poller::Poller::start(self.vcpu.clone(), self.mem.clone(), self.entry.clone(), ticks.max(1))
+            .map_err(SetupError::Watchdog)?;
+        self.poller = Some(poller);
+        tracing::debug!(?window, ticks, "sandbox fast path: the firmware polls its mailbox between calls");
+        Ok(())
+    }
+
+    /// Whether the fast path is on.
+    pub fn polling(&self) -> bool {
+        self.poller.is_some()
+    }
+
+    /// With the fast path on: the calls made so far, and those that found
+    /// the firmware parked (each such call ran the vCPU again: an entry and,
+    /// later, a parking exit).
+    pub fn fast_path_counts(&self) -> Option<(u64, u64)> {
+        self.poller.as_ref().map(|p| p.counts())
+    }
+
+    /// With the fast path on: the CPU time its firmware thread has used.
+    pub fn firmware_thread_cpu_time(&self) -> Option<Duration> {
+        self.poller.as_ref().and_then(|p| p.thread_cpu_time())
+    }
+
+    fn vcpu(&self) -> std::sync::MutexGuard<'_, VcpuFd> {
+        self.vcpu.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Replaces the vars file image in the sandbox (same length as before,
@@ -303,7 +388,10 @@ impl Sandbox {
         (self.name_len, self.data_in_len) = (name.len(), data_in.len());
         self.pristine_state = false;
 
-        let result = self.run();
+        let result = match &mut self.poller {
+            Some(p) => p.call(self.deadline),
+            None => self.run(),
+        };
         match result {
             Ok(()) => {
                 let mut bytes = [0u8; MAILBOX_LEN];
@@ -315,6 +403,9 @@ impl Sandbox {
             Err(failure) => {
                 tracing::warn!(%failure, service = request.service, "sandbox call failed; restoring the sandbox");
                 self.restore();
+                if let Some(p) = &mut self.poller {
+                    p.after_restore();
+                }
                 Err(failure)
             }
         }
@@ -323,41 +414,30 @@ impl Sandbox {
     /// The privilege level the vCPU is at now (read from KVM, not from the
     /// firmware): after a completed call, the level the firmware ran at.
     pub fn vcpu_cpl(&self) -> Result<u8, kvm_ioctls::Error> {
-        Ok(self.vcpu.get_sregs()?.cs.dpl)
+        Ok(self.vcpu().get_sregs()?.cs.dpl)
     }
 
     fn run(&mut self) -> Result<(), CallFailure> {
         let kvm_fail = |what: &str, e: kvm_ioctls::Error| CallFailure::UnexpectedExit(format!("{what}: {e}"));
         // After a completed call the firmware waits at its entry on a fresh
         // stack (it jumps there after the doorbell): resuming it is enough.
+        let vcpu_lock = self.vcpu.clone();
+        let mut vcpu = vcpu_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.vcpu_dirty {
             // Enter through the CPL0 stub, which loads TR and drops to the
             // firmware's entry at CPL3 (layout::write_entry_stub).
-            let (sregs, regs) = layout::entry_stub_state(&self.sregs);
-            self.vcpu.set_sregs(&sregs).map_err(|e| kvm_fail("set sregs", e))?;
-            self.vcpu.set_regs(&regs).map_err(|e| kvm_fail("set regs", e))?;
-            self.vcpu.set_fpu(&layout::clean_fpu()).map_err(|e| kvm_fail("set the FPU state", e))?;
-            if let Some(xsave) = &self.clean_xsave {
-                // SAFETY: `xsave` came from KVM_GET_XSAVE on this vCPU, and
-                // `new` checked that KVM's xsave area fits a `kvm_xsave`
-                // (KVM_CAP_XSAVE2 <= 4096 bytes: efivmm enables no dynamic
-                // XSAVE features), so KVM reads only within it.
-                unsafe { self.vcpu.set_xsave(xsave) }.map_err(|e| kvm_fail("set the XSAVE state", e))?;
-            }
-            self.vcpu
-                .set_vcpu_events(&kvm_bindings::kvm_vcpu_events::default())
-                .map_err(|e| kvm_fail("set vCPU events", e))?;
+            self.entry.apply(&vcpu)?;
             self.vcpu_dirty = false;
         }
         self.watchdog
             .arm(self.deadline)
             .map_err(|e| CallFailure::UnexpectedExit(format!("cannot arm the deadline: {e}")))?;
         let outcome = loop {
-            match self.vcpu.run() {
+            match vcpu.run() {
                 Ok(VcpuExit::IoOut(DOORBELL_PORT, _)) => break Ok(()),
                 Ok(VcpuExit::IoOut(EXCEPTION_PORT, data)) => {
                     let vector = data.first().copied().unwrap_or(0xff);
-                    break Err(self.fault_report(vector));
+                    break Err(fault_report(&vcpu, &self.mem, vector));
                 }
                 Ok(exit) => break Err(CallFailure::UnexpectedExit(format!("{exit:?}"))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -372,15 +452,6 @@ impl Sandbox {
             tracing::error!("cannot disarm the sandbox deadline: {e}");
         }
         outcome
-    }
-
-    /// Reads the exception frame the CPU pushed on the CPL0 stack.
-    fn fault_report(&self, vector: u8) -> CallFailure {
-        let regs = self.vcpu.get_regs().unwrap_or_default();
-        let cr2 = self.vcpu.get_sregs().map(|s| s.cr2).unwrap_or(0);
-        let word = |i: u64| -> u64 { self.mem.read_obj(GuestAddress(regs.rsp.wrapping_add(i * 8))).unwrap_or(0) };
-        let (error_code, rip) = if layout::has_error_code(vector) { (word(0), word(1)) } else { (0, word(0)) };
-        CallFailure::Fault { vector, error_code, rip, cr2 }
     }
 
     fn write(&self, bytes: &[u8], addr: u64) {

@@ -1,0 +1,351 @@
+//! The fast path: the sandbox's vCPU on a thread of its own, polling its
+//! mailbox between calls, so that a call in a burst costs no sandbox exit.
+//!
+//! Without it, a call is: write the mailbox, `KVM_RUN` the sandbox vCPU on
+//! the caller's thread, the firmware's doorbell exit. The exit and the next
+//! entry are most of a call's cost (on this host's PVM KVM a CPL3 exit round
+//! trip is ~80 us against ~1 us of firmware work for a GetVariable). With
+//! it:
+//!
+//! - the **firmware thread** (one per sandbox) runs the vCPU. After a call
+//!   the firmware does not ring the doorbell: it writes the request number
+//!   to `POLL_DONE` and spins on `POLL_REQUEST` for the poll window (TSC
+//!   ticks, `POLL_WINDOW`), then parks with the doorbell; the thread then
+//!   sleeps on a condition variable;
+//! - the **caller** (a guest vCPU thread holding the runtime lock) writes
+//!   the mailbox and buffers, then the request number, fences and reads
+//!   `POLL_STATE`; if the firmware parked it wakes the thread. It then spins
+//!   on `POLL_DONE` (yielding after a while) until the reply is there, the
+//!   thread reports a failure for this request, or the deadline passes.
+//!
+//! The handshake (sandbox_abi's `POLL_*`): the firmware writes
+//! `POLL_PARKING`, fences, reads the request word; the caller writes the
+//! request word, fences, reads the state. One of the two always sees the
+//! other's write, so a request never waits for a parked firmware that
+//! nobody wakes. A spurious wake-up (the firmware saw the request itself)
+//! costs nothing: resumed with no new request, the firmware polls again.
+//!
+//! The deadline is the firmware thread's CPU time since the request (as
+//! the slow path's is the calling thread's): a host that stops efivmm
+//! (SIGSTOP, a freezer) fails no call. Past it the caller sets `abort` and
+//! sends the thread the kick signal until the thread has left `KVM_RUN`
+//! and reported the timeout; a fault is reported the same way. Either way
+//! the caller then restores the sandbox ([`super::Sandbox::restore`]); the
+//! thread puts the vCPU back to its entry state before it runs it again.
+//!
+//! Idle cost: a window of CPU time on one core after each call (default
+//! 200 us; `--firmware-poll-us`), nothing once parked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use sandbox_abi::{DOORBELL_PORT, EXCEPTION_PORT, POLL_DONE, POLL_PARKING, POLL_REQUEST, POLL_STATE, POLL_WINDOW};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{CallFailure, EntryState};
+
+/// How long the caller spins on the reply before it yields between looks.
+const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(50);
+/// How often an expired deadline's kick is repeated (a kick that lands just
+/// before `KVM_RUN` is lost).
+const KICK_EVERY: Duration = Duration::from_millis(5);
+
+/// What the caller asks of the firmware thread, under the lock.
+#[derive(Default)]
+struct Control {
+    /// Run the vCPU (a request is waiting).
+    run: bool,
+    /// Put the vCPU back to its entry state before running it.
+    reset: bool,
+    /// Leave `KVM_RUN` and report the current request as timed out.
+    abort: bool,
+    /// End the thread.
+    quit: bool,
+    /// A failure of request `.0`.
+    failure: Option<(u64, CallFailure)>,
+}
+
+struct Shared {
+    control: Mutex<Control>,
+    wake: Condvar,
+    mem: GuestMemoryMmap,
+    /// The request number the firmware thread last saw fail (0: none).
+    failed: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The firmware thread of one sandbox.
+pub(crate) struct Poller {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// The thread's CPU-time clock (the deadline's), if the kernel gave one.
+    cpu_clock: Option<libc::clockid_t>,
+    /// The last request number published.
+    seq: u64,
+    /// Requests that found the firmware parked (and woke its thread).
+    wakes: u64,
+}
+
+impl Poller {
+    /// Starts the thread for `vcpu` (shared with the sandbox, which uses it
+    /// only while the thread does not: before the first run and after a
+    /// failure), with a poll window of `window_ticks` TSC ticks.
+    pub fn start(
+        vcpu: Arc<Mutex<VcpuFd>>,
+        mem: GuestMemoryMmap,
+        entry: Arc<EntryState>,
+        window_ticks: u64,
+    ) -> std::io::Result<Poller> {
+        let store = |addr: u64, v: u64| mem.write_obj(v, GuestAddress(addr));
+        store(POLL_REQUEST, 0).and_then(|()| store(POLL_DONE, 0)).map_err(std::io::Error::other)?;
+        store(POLL_STATE, POLL_PARKING)
+            .and_then(|()| store(POLL_WINDOW, window_ticks))
+            .map_err(std::io::Error::other)?;
+        let shared = Arc::new(Shared {
+            control: Mutex::new(Control { reset: true, ..Control::default() }),
+            wake: Condvar::new(),
+            mem,
+            failed: AtomicU64::new(0),
+        });
+        let filter = if crate::confine::enabled() {
+            Some(
+                crate::confine::Filter::new(crate::confine::Role::Vcpu { rebuild_sandbox: false })
+                    .map_err(std::io::Error::other)?,
+            )
+        } else {
+            None
+        };
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("firmware".into())
+            .spawn(move || run(thread_shared, vcpu, entry, filter))?;
+        let cpu_clock = {
+            use std::os::unix::thread::JoinHandleExt;
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: the pthread_t is that of a thread this struct joins
+            // before it goes (Drop), so it is valid; `clock` is a local.
+            let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
+            (rc == 0).then_some(clock)
+        };
+        Ok(Poller { shared, thread: Some(thread), cpu_clock, seq: 0, wakes: 0 })
+    }
+
+    /// The firmware thread's CPU time so far (wall time if the kernel has
+    /// no per-thread clock for it).
+    fn cpu_time(&self, wall_start: Instant) -> Duration {
+        if let Some(clock) = self.cpu_clock {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: clock_gettime writes one timespec into `ts`.
+            if unsafe { libc::clock_gettime(clock, &mut ts) } == 0 {
+                return Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+            }
+        }
+        wall_start.elapsed()
+    }
+
+    /// Publishes the request whose mailbox and buffers are written, and
+    /// waits for its reply; `deadline` of the firmware thread's CPU time.
+    pub fn call(&mut self, deadline: Duration) -> Result<(), CallFailure> {
+        self.seq += 1;
+        let seq = self.seq;
+        let mem = &self.shared.mem;
+        let wall_start = Instant::now();
+        let cpu_start = self.cpu_time(wall_start);
+        // The request number after everything it names (x86 keeps stores in
+        // order; the atomic store keeps the compiler from reordering), then
+        // the fence of the handshake, then the state.
+        mem.store(seq, GuestAddress(POLL_REQUEST), Ordering::SeqCst).map_err(unexpected)?;
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let state: u64 = mem.load(GuestAddress(POLL_STATE), Ordering::SeqCst).map_err(unexpected)?;
+        if state == POLL_PARKING {
+            self.wakes += 1;
+            let mut c = self.shared.lock();
+            c.run = true;
+            self.shared.wake.notify_one();
+        }
+        let mut kicked: Option<Instant> = None;
+        let mut looks = 0u32;
+        loop {
+            let done: u64 = mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).map_err(unexpected)?;
+            if done == seq {
+                return Ok(());
+            }
+            if self.shared.failed.load(Ordering::Acquire) == seq {
+                let mut c = self.shared.lock();
+                if let Some((s, failure)) = c.failure.take() {
+                    if s == seq {
+                        c.abort = false;
+                        return Err(match failure {
+                            CallFailure::Timeout(_) => CallFailure::Timeout(deadline),
+                            other => other,
+                        });
+                    }
+                }
+            }
+            looks = looks.wrapping_add(1);
+            if looks.is_multiple_of(64) {
+                if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                    return Err(CallFailure::UnexpectedExit("the firmware thread has ended".into()));
+                }
+                if self.cpu_time(wall_start).saturating_sub(cpu_start) > deadline {
+                    // Ask the thread to leave KVM_RUN and report.
+                    if kicked.is_none_or(|t| t.elapsed() >= KICK_EVERY) {
+                        self.shared.lock().abort = true;
+                        self.kick();
+                        kicked = Some(Instant::now());
+                    }
+                }
+                if wall_start.elapsed() > SPIN_BEFORE_YIELD {
+                    std::thread::yield_now();
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Requests published so far, and those that found the firmware parked.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.seq, self.wakes)
+    }
+
+    /// The firmware thread's CPU time so far (None if the kernel gave no
+    /// clock for it).
+    pub fn thread_cpu_time(&self) -> Option<Duration> {
+        self.cpu_clock.map(|_| self.cpu_time(Instant::now()))
+    }
+
+    /// Interrupts the thread's `KVM_RUN` (the kick signal's handler does nothing).
+    fn kick(&self) {
+        use vmm_sys_util::signal::Killable;
+        if let Some(t) = &self.thread {
+            let _ = t.kill(super::kick_signal());
+        }
+    }
+
+    /// After a failed call, with the sandbox's memory restored: nothing is
+    /// pending, and the vCPU starts from its entry state next time.
+    pub fn after_restore(&mut self) {
+        let mem = &self.shared.mem;
+        let _ = mem.write_obj(self.seq, GuestAddress(POLL_DONE));
+        let _ = mem.write_obj(POLL_PARKING, GuestAddress(POLL_STATE));
+        let mut c = self.shared.lock();
+        c.reset = true;
+        c.abort = false;
+        c.failure = None;
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        tracing::debug!(
+            calls = self.seq,
+            wakes = self.wakes,
+            "sandbox fast path: calls that found the firmware polling, and parked"
+        );
+        self.shared.lock().quit = true;
+        self.shared.wake.notify_one();
+        // A polling firmware leaves KVM_RUN on the kick; repeat until the
+        // thread has gone (a kick just before KVM_RUN is lost).
+        if let Some(t) = self.thread.take() {
+            while !t.is_finished() {
+                self.kick();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.join();
+        }
+    }
+}
+
+fn unexpected(e: vm_memory::GuestMemoryError) -> CallFailure {
+    CallFailure::UnexpectedExit(format!("the poll words: {e}"))
+}
+
+/// The firmware thread: runs the vCPU whenever a request needs it, until
+/// the firmware parks, fails, or is aborted.
+fn run(shared: Arc<Shared>, vcpu: Arc<Mutex<VcpuFd>>, entry: Arc<EntryState>, filter: Option<crate::confine::Filter>) {
+    if let Some(filter) = filter {
+        if let Err(e) = filter.install() {
+            tracing::error!("the firmware thread cannot confine itself: {e}");
+            let mut c = shared.lock();
+            c.failure = Some((u64::MAX, CallFailure::UnexpectedExit(e.to_string())));
+            return;
+        }
+    }
+    loop {
+        let reset = {
+            let mut c = shared.lock();
+            while !c.run && !c.quit {
+                c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+            }
+            if c.quit {
+                return;
+            }
+            c.run = false;
+            std::mem::take(&mut c.reset)
+        };
+        let mut vcpu = vcpu.lock().unwrap_or_else(|p| p.into_inner());
+        if reset {
+            if let Err(failure) = entry.apply(&vcpu) {
+                report(&shared, failure);
+                continue;
+            }
+        }
+        let outcome = run_until_parked(&shared, &mut vcpu);
+        if let Err(failure) = outcome {
+            report(&shared, failure);
+            // The vCPU is wherever it stopped: the caller restores memory
+            // and asks for a reset (`after_restore`).
+        }
+        if shared.lock().quit {
+            return;
+        }
+    }
+}
+
+/// A failure of the request in progress.
+fn report(shared: &Shared, failure: CallFailure) {
+    let seq: u64 = shared.mem.load(GuestAddress(POLL_REQUEST), Ordering::Acquire).unwrap_or(0);
+    tracing::warn!(%failure, request = seq, "sandbox call failed on the firmware thread");
+    let mut c = shared.lock();
+    c.failure = Some((seq, failure));
+    shared.failed.store(seq, Ordering::Release);
+}
+
+fn run_until_parked(shared: &Shared, vcpu: &mut VcpuFd) -> Result<(), CallFailure> {
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(DOORBELL_PORT, _)) => {
+                // Parked. A request that came in meanwhile runs it again at
+                // once; otherwise the thread waits to be woken.
+                let request: u64 = shared.mem.load(GuestAddress(POLL_REQUEST), Ordering::Acquire).unwrap_or(0);
+                let done: u64 = shared.mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).unwrap_or(0);
+                if request == done || shared.lock().quit {
+                    return Ok(());
+                }
+            }
+            Ok(VcpuExit::IoOut(EXCEPTION_PORT, data)) => {
+                let vector = data.first().copied().unwrap_or(0xff);
+                return Err(super::fault_report(vcpu, &shared.mem, vector));
+            }
+            Ok(exit) => return Err(CallFailure::UnexpectedExit(format!("{exit:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                let c = shared.lock();
+                if c.quit {
+                    return Ok(());
+                }
+                if c.abort {
+                    return Err(CallFailure::Timeout(Duration::ZERO));
+                }
+            }
+            Err(e) => return Err(CallFailure::UnexpectedExit(format!("KVM_RUN: {e}"))),
+        }
+    }
+}
