@@ -317,6 +317,10 @@ pub struct BenchRun {
     pub get_iters: u64,
     /// Guest TSC ticks for them.
     pub get_tsc: u64,
+    /// GetNextVariableName calls of the walk over 100 variables.
+    pub next_iters: u64,
+    /// Guest TSC ticks for them.
+    pub next_tsc: u64,
     /// Guest TSC ticks per second, calibrated against the host's clock
     /// between the two `BENCH mark` lines (`None` if they are missing or
     /// too close together to be meaningful).
@@ -329,7 +333,8 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Parses a bench guest's lines: `BENCH bare_out iters=N tsc=T`, `BENCH
-/// get_variable iters=N tsc=T fails=0 ok`, the two `BENCH mark=I tsc=T`
+/// get_variable iters=N tsc=T fails=0 ok`, `BENCH next_name iters=N tsc=T
+/// fails=0 walk=W ok`, the two `BENCH mark=I tsc=T`
 /// lines and `BENCH-DONE`.
 pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
     let mut b = BenchRun::default();
@@ -344,6 +349,11 @@ pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
                 return Err(format!("GetVariable failed in the guest: `{l}`"));
             }
             (b.get_iters, b.get_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
+        } else if let Some(rest) = l.strip_prefix("BENCH next_name ") {
+            if !rest.ends_with(" ok") {
+                return Err(format!("the GetNextVariableName walk failed in the guest: `{l}`"));
+            }
+            (b.next_iters, b.next_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
         } else if let Some(rest) = l.strip_prefix("BENCH mark=") {
             marks.push((*at, num(l, "tsc")?, rest.to_string()));
         } else if l == "BENCH-DONE" {
@@ -393,7 +403,9 @@ pub fn bench_guest_with(iters: u64, which: &str, poll: Duration) -> Result<Bench
 /// `efivmm demo --mode bench`: both loops in one guest, per-call times and
 /// their ratio.
 fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
-    eprintln!("efivmm demo: {iters} bare exits and {iters} GetVariable calls timed in the guest");
+    eprintln!(
+        "efivmm demo: {iters} bare exits, {iters} GetVariable calls and {iters} GetNextVariableName calls timed in the guest"
+    );
     // Asked before the guest runs: once it has, this thread is confined and
     // may no longer create VMs.
     let kvm_hz = kvm_tsc_hz();
@@ -419,11 +431,14 @@ fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
     };
     if let Some(hz) = kvm_hz.or(b.tsc_hz_calibrated) {
         let per = |tsc: u64, n: u64| if n == 0 { f64::NAN } else { tsc as f64 / n as f64 / hz * 1e6 };
+        let bare = per(b.bare_tsc, b.bare_iters);
         println!(
-            "bare_out {:.2} us/iter, get_variable {:.2} us/iter, ratio get_variable/bare_out {:.2}",
-            per(b.bare_tsc, b.bare_iters),
+            "bare_out {bare:.2} us/iter, get_variable {:.2} us/iter, ratio get_variable/bare_out {:.2}, \
+             next_name (a walk over 100 variables) {:.2} us/iter, ratio next_name/bare_out {:.2}",
             per(b.get_tsc, b.get_iters),
-            per(b.get_tsc, b.get_iters) / per(b.bare_tsc, b.bare_iters)
+            per(b.get_tsc, b.get_iters) / bare,
+            per(b.next_tsc, b.next_iters),
+            per(b.next_tsc, b.next_iters) / bare,
         );
     }
     println!(
@@ -446,6 +461,7 @@ mod tests {
             (0, "BENCH mark=0 tsc=1000"),
             (1, "BENCH bare_out iters=10 tsc=500"),
             (2, "BENCH get_variable iters=10 tsc=5000 fails=0 ok"),
+            (3, "BENCH next_name iters=10 tsc=7000 fails=0 walk=10 ok"),
             (100, "BENCH mark=1 tsc=100001000"),
             (101, "BENCH-DONE"),
         ]
@@ -454,11 +470,15 @@ mod tests {
         .collect();
         let b = parse_bench(&lines).unwrap();
         assert_eq!((b.bare_iters, b.bare_tsc, b.get_iters, b.get_tsc), (10, 500, 10, 5000));
+        assert_eq!((b.next_iters, b.next_tsc), (10, 7000));
         assert!((b.tsc_hz_calibrated.unwrap() - 1e9).abs() < 1.0);
         let mut bad = lines.clone();
         bad[2].1 = "BENCH get_variable iters=10 tsc=5000 fails=3 BAD".into();
         assert!(parse_bench(&bad).is_err());
-        assert!(parse_bench(&lines[..4]).is_err(), "no BENCH-DONE");
+        assert!(parse_bench(&lines[..5]).is_err(), "no BENCH-DONE");
+        let mut bad = lines.clone();
+        bad[3].1 = "BENCH next_name iters=10 tsc=7000 fails=0 walk=3 BAD".into();
+        assert!(parse_bench(&bad).is_err(), "a walk that failed");
     }
 
     #[test]

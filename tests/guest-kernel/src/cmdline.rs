@@ -1,6 +1,6 @@
 //! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`,
 //! and the extra modes `efivmm.mode=normal|hostile|bench|counter` with
-//! `efivmm.iters=N efivmm.bench=all|bare_out|get_variable` for the bench
+//! `efivmm.iters=N efivmm.bench=all|bare_out|get_variable|next_name` for the bench
 //! (`efivmm.iters` is also the counter's number of writes).
 
 use crate::line::Line;
@@ -68,23 +68,30 @@ impl Mode {
 /// Which timed loops bench mode runs (`efivmm.bench=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchSel {
-    /// Both loops, same guest, same vCPU.
+    /// Every loop, same guest, same vCPU.
     All,
     /// Only the bare `out` loop.
     BareOut,
     /// Only the GetVariable loop.
     GetVariable,
+    /// Only the GetNextVariableName walk (over 100 variables).
+    NextName,
 }
 
 impl BenchSel {
     /// Whether the bare `out` loop runs.
     pub fn bare_out(self) -> bool {
-        self != BenchSel::GetVariable
+        matches!(self, BenchSel::All | BenchSel::BareOut)
     }
 
     /// Whether the GetVariable loop runs.
     pub fn get_variable(self) -> bool {
-        self != BenchSel::BareOut
+        matches!(self, BenchSel::All | BenchSel::GetVariable)
+    }
+
+    /// Whether the GetNextVariableName walk runs.
+    pub fn next_name(self) -> bool {
+        matches!(self, BenchSel::All | BenchSel::NextName)
     }
 }
 
@@ -149,6 +156,7 @@ pub fn parse(cmdline: &[u8]) -> Options {
                 b"all" => BenchSel::All,
                 b"bare_out" => BenchSel::BareOut,
                 b"get_variable" => BenchSel::GetVariable,
+                b"next_name" => BenchSel::NextName,
                 _ => o.bench,
             };
         }

@@ -327,11 +327,22 @@ impl Sandbox {
         self.poller.is_some()
     }
 
-    /// With the fast path on: the calls made so far, and those that found
-    /// the firmware parked (each such call ran the vCPU again: an entry and,
-    /// later, a parking exit).
-    pub fn fast_path_counts(&self) -> Option<(u64, u64)> {
+    /// With the fast path on: the calls made on it so far, those that
+    /// found the firmware parked (each such call ran the vCPU again: an
+    /// entry and, later, a parking exit), and the times the calls fell back
+    /// to the slow path because the firmware thread waited for a core.
+    pub fn fast_path_counts(&self) -> Option<(u64, u64, u64)> {
         self.poller.as_ref().map(|p| p.counts())
+    }
+
+    /// With the fast path on: sends the calls to the slow path for
+    /// `period`, as a starved firmware thread does (for tests of the
+    /// switch).
+    #[doc(hidden)]
+    pub fn fall_back_for(&mut self, period: Duration) {
+        if let Some(p) = &mut self.poller {
+            p.fall_back(period);
+        }
     }
 
     /// With the fast path on: the CPU time its firmware thread has used.
@@ -388,9 +399,12 @@ impl Sandbox {
         (self.name_len, self.data_in_len) = (name.len(), data_in.len());
         self.pristine_state = false;
 
-        let result = match &mut self.poller {
-            Some(p) => p.call(self.deadline),
-            None => self.run(),
+        let fast = self.poller.as_mut().is_some_and(|p| p.fast());
+        let result = match (fast, &mut self.poller) {
+            (true, Some(p)) => p.call(self.deadline),
+            // The slow path: this thread runs the vCPU (once the firmware
+            // thread has parked it, if it is polling).
+            _ => self.run(),
         };
         match result {
             Ok(()) => {

@@ -49,6 +49,15 @@ use super::{CallFailure, EntryState};
 
 /// How long the caller spins on the reply before it yields between looks.
 const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(50);
+/// Calls in a row that found the firmware parked, after which the calls
+/// take the slow path for a while: polling is not finding them.
+const PARKED_CALLS: u32 = 4;
+/// How long they take it the first time; it doubles with each fallback in
+/// a row, up to [`SLOW_PATH_MAX`], and is back to this after a burst the
+/// fast path served ([`SERVED_BURST`] calls found the firmware polling).
+const SLOW_PATH_FOR: Duration = Duration::from_millis(100);
+const SLOW_PATH_MAX: Duration = Duration::from_secs(2);
+const SERVED_BURST: u32 = 16;
 /// How often an expired deadline's kick is repeated (a kick that lands just
 /// before `KVM_RUN` is lost).
 const KICK_EVERY: Duration = Duration::from_millis(5);
@@ -92,6 +101,19 @@ pub(crate) struct Poller {
     seq: u64,
     /// Requests that found the firmware parked (and woke its thread).
     wakes: u64,
+    /// The poll window in TSC ticks.
+    window_ticks: u64,
+    /// While set, calls take the slow path (on the caller's thread), until
+    /// this instant: polling was not finding the calls.
+    slow_until: Option<Instant>,
+    /// The next fallback's length.
+    backoff: Duration,
+    /// Calls in a row that found the firmware parked, and that found it
+    /// polling.
+    parked_in_a_row: u32,
+    polled_in_a_row: u32,
+    /// Times the calls fell back to the slow path.
+    fallbacks: u64,
 }
 
 impl Poller {
@@ -135,7 +157,19 @@ impl Poller {
             let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
             (rc == 0).then_some(clock)
         };
-        Ok(Poller { shared, thread: Some(thread), cpu_clock, seq: 0, wakes: 0 })
+        Ok(Poller {
+            shared,
+            thread: Some(thread),
+            cpu_clock,
+            seq: 0,
+            wakes: 0,
+            window_ticks,
+            slow_until: None,
+            backoff: SLOW_PATH_FOR,
+            parked_in_a_row: 0,
+            polled_in_a_row: 0,
+            fallbacks: 0,
+        })
     }
 
     /// The firmware thread's CPU time so far (wall time if the kernel has
@@ -149,6 +183,68 @@ impl Poller {
             }
         }
         wall_start.elapsed()
+    }
+
+    /// Whether the next call takes the fast path ([`Poller::call`]) or the
+    /// slow one (the caller runs the vCPU itself, `Sandbox::run`).
+    ///
+    /// Polling pays when the next call comes within the window: a burst.
+    /// When [`PARKED_CALLS`] calls in a row found the firmware parked
+    /// anyway (calls too far apart, or a host whose cores are all busy, so
+    /// the polling firmware thread takes the core the guest needs to make
+    /// its next call), each of those paid a wake-up on top of the slow
+    /// path's cost. Then the calls take the slow path (the firmware rings
+    /// the doorbell after each, `POLL_WINDOW` 0) for a while, twice as
+    /// long after each fallback in a row, and the fast path is tried again.
+    pub fn fast(&mut self) -> bool {
+        match self.slow_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                // Back to the fast path: the vCPU is not polling (the
+                // caller ran it last), so the next request wakes it.
+                let mem = &self.shared.mem;
+                let _ = mem.write_obj(POLL_PARKING, GuestAddress(POLL_STATE));
+                let _ = mem.write_obj(self.window_ticks, GuestAddress(POLL_WINDOW));
+                self.slow_until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// After a call that found the firmware parked (`woke`) or polling.
+    fn note(&mut self, woke: bool) {
+        if woke {
+            self.parked_in_a_row += 1;
+            self.polled_in_a_row = 0;
+        } else {
+            self.parked_in_a_row = 0;
+            self.polled_in_a_row += 1;
+            if self.polled_in_a_row >= SERVED_BURST {
+                self.backoff = SLOW_PATH_FOR;
+            }
+        }
+        if self.parked_in_a_row >= PARKED_CALLS {
+            self.parked_in_a_row = 0;
+            let period = self.backoff;
+            self.backoff = (self.backoff * 2).min(SLOW_PATH_MAX);
+            self.fall_back(period);
+            tracing::trace!(
+                fallbacks = self.fallbacks,
+                ?period,
+                "sandbox fast path: calls keep finding the firmware parked; the slow path for a while"
+            );
+        }
+    }
+
+    /// Sends the calls to the slow path for `period`.
+    pub fn fall_back(&mut self, period: Duration) {
+        self.fallbacks += 1;
+        self.slow_until = Some(Instant::now() + period);
+        // The firmware reads the window at its entry: after this call it
+        // polls out its current window, parks, and rings the doorbell after
+        // each call from then on.
+        let _ = self.shared.mem.write_obj(0u64, GuestAddress(POLL_WINDOW));
     }
 
     /// Publishes the request whose mailbox and buffers are written, and
@@ -165,7 +261,8 @@ impl Poller {
         mem.store(seq, GuestAddress(POLL_REQUEST), Ordering::SeqCst).map_err(unexpected)?;
         std::sync::atomic::fence(Ordering::SeqCst);
         let state: u64 = mem.load(GuestAddress(POLL_STATE), Ordering::SeqCst).map_err(unexpected)?;
-        if state == POLL_PARKING {
+        let woke = state == POLL_PARKING;
+        if woke {
             self.wakes += 1;
             let mut c = self.shared.lock();
             c.run = true;
@@ -176,6 +273,7 @@ impl Poller {
         loop {
             let done: u64 = mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).map_err(unexpected)?;
             if done == seq {
+                self.note(woke);
                 return Ok(());
             }
             if self.shared.failed.load(Ordering::Acquire) == seq {
@@ -211,9 +309,10 @@ impl Poller {
         }
     }
 
-    /// Requests published so far, and those that found the firmware parked.
-    pub fn counts(&self) -> (u64, u64) {
-        (self.seq, self.wakes)
+    /// Requests published so far, those that found the firmware parked,
+    /// and the times the calls fell back to the slow path.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (self.seq, self.wakes, self.fallbacks)
     }
 
     /// The firmware thread's CPU time so far (None if the kernel gave no
@@ -248,7 +347,8 @@ impl Drop for Poller {
         tracing::debug!(
             calls = self.seq,
             wakes = self.wakes,
-            "sandbox fast path: calls that found the firmware polling, and parked"
+            fallbacks = self.fallbacks,
+            "sandbox fast path: calls made, those that found the firmware parked, fallbacks to the slow path"
         );
         self.shared.lock().quit = true;
         self.shared.wake.notify_one();

@@ -252,6 +252,9 @@ pub(crate) struct Shared {
     svam_calls: AtomicU64,
     call_ns: AtomicU64,
     refused_calls: AtomicU64,
+    /// KVM syncs the registers into each vCPU's run page at its exits
+    /// (KVM_CAP_SYNC_REGS): a runtime call reads and writes them there.
+    sync_regs: bool,
     /// The host's view and requests (the control API).
     control: control::Control,
 }
@@ -486,6 +489,7 @@ impl Vm {
             svam_calls: AtomicU64::new(0),
             call_ns: AtomicU64::new(0),
             refused_calls: AtomicU64::new(0),
+            sync_regs: kvm_fd.check_extension(kvm_ioctls::Cap::SyncRegs),
             control: control::Control::new(info, Some(power_button)).map_err(VmError::Event)?,
         };
         Ok(Vm {

@@ -141,11 +141,16 @@ pub(super) fn run(index: u8, mut vcpu: VcpuFd, shared: Arc<Shared>, filter: Opti
             return vcpu;
         }
     }
+    if shared.sync_regs {
+        // A runtime call reads the registers from the run page (runtime_exit).
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+    }
     while !shared.stop.requested() {
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) if port == guest_shim::CALL_PORT => {
                 let service = data.iter().take(4).enumerate().fold(0u64, |a, (i, b)| a | u64::from(*b) << (8 * i));
-                match shared.runtime_call(&vcpu, service) {
+                match shared.runtime_call(&mut vcpu, service) {
                     Ok(None) => None,
                     Ok(Some(exit)) => Some(exit),
                     Err(why) => Some(Exit::Crashed(why)),

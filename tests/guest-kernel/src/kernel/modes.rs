@@ -427,6 +427,58 @@ pub fn bench(map: &MemMap, rt_addr: u64, opts: &Options) {
     l.s("BENCH get_variable iters=").dec(u64::from(n)).s(" tsc=").dec(t1 - t0).s(" fails=").dec(u64::from(fails));
     l.s(if ok { " ok" } else { " BAD" });
     puts(l.as_bytes());
+
+    // A burst of GetNextVariableName calls walking a store of 100
+    // variables (EfivmmBench and 99 more), from the start again at its end,
+    // as efivarfs, efibootmgr and systemd list variables.
+    let n = if opts.bench.next_name() { opts.iters } else { 0 };
+    if n > 0 {
+        for i in 0..99u64 {
+            let mut extra = [0u8; 32];
+            let digits = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+            efi::put_name(&mut extra, "EfivmmN");
+            extra[14..18].copy_from_slice(&[digits[0], 0, digits[1], 0]);
+            let s = (r.set_var)(extra.as_ptr() as u64, guid, 7, 8, &value as *const u64 as u64);
+            if s != SUCCESS {
+                let mut l = Line::new();
+                l.s("BENCH FAIL reason=next_name_setup status=").hex(s);
+                puts(l.as_bytes());
+                return;
+            }
+        }
+    }
+    let mut walk_name = [0u8; 128];
+    let mut walk_guid = [0u8; 16];
+    let mut walk_size = 0u64;
+    let (np, gp, sp) =
+        (walk_name.as_mut_ptr() as u64, walk_guid.as_mut_ptr() as u64, &mut walk_size as *mut u64 as u64);
+    let (mut in_walk, mut longest, mut fails) = (0u64, 0u64, 0u32);
+    let t0 = rdtsc();
+    for _ in 0..n {
+        // SAFETY: `walk_size` is ours; efivmm writes it during the call.
+        unsafe { (sp as *mut u64).write_volatile(128) };
+        match (r.next_name)(sp, np, gp, 0) {
+            SUCCESS => in_walk += 1,
+            s => {
+                if s != NOT_FOUND {
+                    fails += 1;
+                }
+                longest = longest.max(in_walk);
+                in_walk = 0;
+                // SAFETY: the first name character, ours: an empty name
+                // starts the walk over.
+                unsafe { (np as *mut u16).write_volatile(0) };
+            }
+        }
+    }
+    let t1 = rdtsc();
+    let longest = longest.max(in_walk);
+    // A full walk sees the 100 variables (and the kernel's own).
+    let ok = fails == 0 && (n <= 200 || longest >= 100);
+    let mut l = Line::new();
+    l.s("BENCH next_name iters=").dec(u64::from(n)).s(" tsc=").dec(t1 - t0).s(" fails=").dec(u64::from(fails));
+    l.s(" walk=").dec(longest).s(if ok { " ok" } else { " BAD" });
+    puts(l.as_bytes());
     mark(1);
     puts(b"BENCH-DONE");
 }
