@@ -315,8 +315,9 @@ impl Sandbox {
         let khz =
             self.vcpu().get_tsc_khz().map_err(|source| SetupError::Kvm { what: "report the TSC frequency", source })?;
         let ticks = (window.as_nanos() as u64).saturating_mul(u64::from(khz)) / 1_000_000;
-        let poller = poller::Poller::start(self.vcpu.clone(), self.mem.clone(), self.entry.clone(), ticks.max(1))
-            .map_err(SetupError::Watchdog)?;
+        let poller =
+            poller::Poller::start(self.vcpu.clone(), self.mem.clone(), self.entry.clone(), window, ticks.max(1))
+                .map_err(SetupError::Watchdog)?;
         self.poller = Some(poller);
         tracing::debug!(?window, ticks, "sandbox fast path: the firmware polls its mailbox between calls");
         Ok(())
@@ -406,6 +407,9 @@ impl Sandbox {
             // thread has parked it, if it is polling).
             _ => self.run(),
         };
+        if let Some(p) = &mut self.poller {
+            p.call_ended();
+        }
         match result {
             Ok(()) => {
                 let mut bytes = [0u8; MAILBOX_LEN];

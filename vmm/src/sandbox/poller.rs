@@ -58,6 +58,10 @@ const PARKED_CALLS: u32 = 4;
 const SLOW_PATH_FOR: Duration = Duration::from_millis(100);
 const SLOW_PATH_MAX: Duration = Duration::from_secs(2);
 const SERVED_BURST: u32 = 16;
+/// Calls in a row on the slow path, each within the window of the last
+/// one's end, after which the calls go back to the fast path at once: a
+/// burst began.
+const BURST_CALLS: u32 = 8;
 /// How often an expired deadline's kick is repeated (a kick that lands just
 /// before `KVM_RUN` is lost).
 const KICK_EVERY: Duration = Duration::from_millis(5);
@@ -101,8 +105,20 @@ pub(crate) struct Poller {
     seq: u64,
     /// Requests that found the firmware parked (and woke its thread).
     wakes: u64,
-    /// The poll window in TSC ticks.
+    /// The poll window, and in TSC ticks.
+    window: Duration,
     window_ticks: u64,
+    /// When the last call ended (either path), and the slow-path calls in
+    /// a row that came within the window of the one before.
+    last_end: Option<Instant>,
+    quick_in_a_row: u32,
+    /// Of the calls in a row that found the firmware parked, those that
+    /// came within the window of the call before (a burst the firmware
+    /// should have caught: its thread did not get a core).
+    parked_quick: u32,
+    /// The last fallback was for want of a core: a burst on the slow path
+    /// does not bring the fast path back before the period ends.
+    starved: bool,
     /// While set, calls take the slow path (on the caller's thread), until
     /// this instant: polling was not finding the calls.
     slow_until: Option<Instant>,
@@ -124,6 +140,7 @@ impl Poller {
         vcpu: Arc<Mutex<VcpuFd>>,
         mem: GuestMemoryMmap,
         entry: Arc<EntryState>,
+        window: Duration,
         window_ticks: u64,
     ) -> std::io::Result<Poller> {
         let store = |addr: u64, v: u64| mem.write_obj(v, GuestAddress(addr));
@@ -163,7 +180,12 @@ impl Poller {
             cpu_clock,
             seq: 0,
             wakes: 0,
+            window,
             window_ticks,
+            last_end: None,
+            quick_in_a_row: 0,
+            parked_quick: 0,
+            starved: false,
             slow_until: None,
             backoff: SLOW_PATH_FOR,
             parked_in_a_row: 0,
@@ -197,8 +219,20 @@ impl Poller {
     /// the doorbell after each, `POLL_WINDOW` 0) for a while, twice as
     /// long after each fallback in a row, and the fast path is tried again.
     pub fn fast(&mut self) -> bool {
+        let now = Instant::now();
+        let quick = self.last_end.is_some_and(|end| now.duration_since(end) < self.window);
         match self.slow_until {
-            Some(until) if Instant::now() < until => false,
+            Some(until) if now < until => {
+                // A burst on the slow path: back to the fast path now,
+                // unless the fallback was for want of a core.
+                self.quick_in_a_row = if quick { self.quick_in_a_row + 1 } else { 0 };
+                if self.starved || self.quick_in_a_row < BURST_CALLS {
+                    return false;
+                }
+                self.quick_in_a_row = 0;
+                self.slow_until = Some(now);
+                self.fast()
+            }
             Some(_) => {
                 // Back to the fast path: the vCPU is not polling (the
                 // caller ran it last), so the next request wakes it.
@@ -212,20 +246,33 @@ impl Poller {
         }
     }
 
-    /// After a call that found the firmware parked (`woke`) or polling.
-    fn note(&mut self, woke: bool) {
+    /// A call ended (on either path).
+    pub fn call_ended(&mut self) {
+        self.last_end = Some(Instant::now());
+    }
+
+    /// After a call that found the firmware parked (`woke`) or polling;
+    /// `quick`: it came within the window of the call before.
+    fn note(&mut self, woke: bool, quick: bool) {
         if woke {
             self.parked_in_a_row += 1;
+            self.parked_quick += u32::from(quick);
             self.polled_in_a_row = 0;
         } else {
             self.parked_in_a_row = 0;
+            self.parked_quick = 0;
             self.polled_in_a_row += 1;
             if self.polled_in_a_row >= SERVED_BURST {
                 self.backoff = SLOW_PATH_FOR;
             }
         }
         if self.parked_in_a_row >= PARKED_CALLS {
+            // Parked although the calls came quickly: the firmware thread
+            // waited for a core (the first of them woke a parked firmware
+            // legitimately).
+            self.starved = self.parked_quick + 1 >= PARKED_CALLS;
             self.parked_in_a_row = 0;
+            self.parked_quick = 0;
             let period = self.backoff;
             self.backoff = (self.backoff * 2).min(SLOW_PATH_MAX);
             self.fall_back(period);
@@ -262,6 +309,7 @@ impl Poller {
         std::sync::atomic::fence(Ordering::SeqCst);
         let state: u64 = mem.load(GuestAddress(POLL_STATE), Ordering::SeqCst).map_err(unexpected)?;
         let woke = state == POLL_PARKING;
+        let quick = self.last_end.is_some_and(|end| wall_start.duration_since(end) < self.window);
         if woke {
             self.wakes += 1;
             let mut c = self.shared.lock();
@@ -273,7 +321,7 @@ impl Poller {
         loop {
             let done: u64 = mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).map_err(unexpected)?;
             if done == seq {
-                self.note(woke);
+                self.note(woke, quick);
                 return Ok(());
             }
             if self.shared.failed.load(Ordering::Acquire) == seq {
