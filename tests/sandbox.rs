@@ -255,7 +255,8 @@ fn calls_and_faults_work_across_the_switch_to_the_slow_path_and_back() {
     assert_eq!(cpl(&mut sb), 3);
     // A fault on the slow path right after the switch, then the fast path.
     sb.fall_back_for(Duration::from_millis(200));
-    assert!(matches!(sb.call(&diag(Service::DiagFault), &[], &[]), Err(CallFailure::Fault { vector: 14, .. })));
+    let r = sb.call(&diag(Service::DiagFault), &[], &[]);
+    assert!(matches!(r, Err(CallFailure::Fault { vector: 14, .. })), "{r:?}");
     std::thread::sleep(Duration::from_millis(250));
     assert_eq!(cpl(&mut sb), 3);
     assert_eq!(sb.fast_path_counts().unwrap().2, 2, "two fallbacks");

@@ -287,6 +287,7 @@ impl Poller {
     /// Sends the calls to the slow path for `period`.
     pub fn fall_back(&mut self, period: Duration) {
         self.fallbacks += 1;
+        self.quick_in_a_row = 0;
         self.slow_until = Some(Instant::now() + period);
         // The firmware reads the window at its entry: after this call it
         // polls out its current window, parks, and rings the doorbell after
@@ -427,10 +428,17 @@ fn run(shared: Arc<Shared>, vcpu: Arc<Mutex<VcpuFd>>, entry: Arc<EntryState>, fi
             return;
         }
     }
+    // After a failure the vCPU is wherever it stopped (in an exception
+    // stub, say): it runs again only from its entry state, once the caller
+    // has restored the sandbox and asked for the reset. A wake-up left over
+    // from the failed request (the caller saw the firmware parking as it
+    // caught the request itself) must not resume it.
+    let mut failed = false;
     loop {
         let reset = {
             let mut c = shared.lock();
-            while !c.run && !c.quit {
+            while !c.quit && !(c.run && (!failed || c.reset)) {
+                c.run = false;
                 c = shared.wake.wait(c).unwrap_or_else(|p| p.into_inner());
             }
             if c.quit {
@@ -439,15 +447,18 @@ fn run(shared: Arc<Shared>, vcpu: Arc<Mutex<VcpuFd>>, entry: Arc<EntryState>, fi
             c.run = false;
             std::mem::take(&mut c.reset)
         };
+        failed = false;
         let mut vcpu = vcpu.lock().unwrap_or_else(|p| p.into_inner());
         if reset {
             if let Err(failure) = entry.apply(&vcpu) {
+                failed = true;
                 report(&shared, failure);
                 continue;
             }
         }
         let outcome = run_until_parked(&shared, &mut vcpu);
         if let Err(failure) = outcome {
+            failed = true;
             report(&shared, failure);
             // The vCPU is wherever it stopped: the caller restores memory
             // and asks for a reset (`after_restore`).
