@@ -56,7 +56,7 @@ fn benches(c: &mut Criterion) {
         let name = name_to_utf16(&format!("Boot{i:04X}"));
         assert_eq!(fast.set_variable(&name, &guid, 7, &[i as u8; 64]), EFI_SUCCESS);
     }
-    assert!(fast.enable_fast_path(std::time::Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US)).unwrap());
+    assert!(fast.enable_fast_path(std::time::Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US), 1).unwrap());
     c.bench_function("fast/get_variable", |b| {
         b.iter(|| assert_eq!(fast.get_variable(&name, &guid, 4096).status, EFI_SUCCESS))
     });

@@ -16,7 +16,7 @@ fn firmware(dir: &tempfile::TempDir, fast: bool) -> Firmware {
     let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), varstore::Layout::Ovmf2M).unwrap();
     let mut fw = Firmware::start(&FirmwareSource::Builtin, vars).unwrap();
     if fast {
-        assert!(fw.enable_fast_path(Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US)).unwrap());
+        assert!(fw.enable_fast_path(Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US), 1).unwrap());
     }
     fw
 }

@@ -196,20 +196,18 @@ fn buffers_hold_no_stale_tails() {
 fn a_burst_finds_the_firmware_polling_and_an_idle_firmware_parks() {
     let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
     // A window far longer than a call: every call of the burst finds the
-    // firmware polling.
+    // firmware polling. (The fallback to the slow path is off: a loaded
+    // host would change the counts.)
     sb.start_polling(Duration::from_secs(1)).unwrap();
+    sb.set_fast_path_adaptive(false);
     for _ in 0..100 {
         assert_eq!(sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0], 3);
     }
-    let (calls, wakes, fallbacks) = sb.fast_path_counts().unwrap();
-    // (A host too busy to give the firmware thread a core sends calls to
-    // the slow path: then the burst proves nothing.)
-    if fallbacks == 0 {
-        assert_eq!((calls, wakes), (100, 1), "only the first call woke the firmware");
-    }
+    assert_eq!(sb.fast_path_counts(), Some((100, 1, 0)), "only the first call woke the firmware");
 
     let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
     sb.start_polling(Duration::from_millis(1)).unwrap();
+    sb.set_fast_path_adaptive(false);
     sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap();
     // Parked after its window: no CPU from here on.
     std::thread::sleep(Duration::from_millis(100));
@@ -230,6 +228,7 @@ fn a_burst_finds_the_firmware_polling_and_an_idle_firmware_parks() {
 fn calls_and_faults_work_across_the_switch_to_the_slow_path_and_back() {
     let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
     sb.start_polling(Duration::from_millis(300)).unwrap();
+    sb.set_fast_path_adaptive(false);
     let cpl = |sb: &mut Sandbox| sb.call(&diag(Service::DiagCpl), &[], &[]).unwrap().outs[0];
     for _ in 0..5 {
         assert_eq!(cpl(&mut sb), 3);
@@ -274,6 +273,8 @@ fn calls_that_keep_finding_the_firmware_parked_take_the_slow_path() {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Four calls on the fast path, each woke the firmware; the fifth took
-    // the slow path.
-    assert_eq!(sb.fast_path_counts(), Some((4, 4, 1)));
+    // the slow path. (On a loaded host the firmware thread may also have
+    // waited for a core during three of them, which falls back sooner.)
+    let (calls, wakes, fallbacks) = sb.fast_path_counts().unwrap();
+    assert!(fallbacks == 1 && calls < 5 && wakes == calls, "{calls} calls, {wakes} wakes, {fallbacks} fallbacks");
 }

@@ -160,7 +160,7 @@ pub fn poll_window(us: u64) -> Duration {
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
     let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
     let mut firmware = Firmware::start_on_with(&args.firmware, vars_path, &args.ovmf.options())?;
-    firmware.enable_fast_path(poll_window(args.firmware_poll_us))?;
+    firmware.enable_fast_path(poll_window(args.firmware_poll_us), 1)?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
         kernel: TEST_KERNEL.to_vec(),
@@ -262,7 +262,7 @@ pub fn run_test_kernel(extra: &str, timeout: Duration, echo: bool, poll: Duratio
     let result = (|| {
         let vars = VarsFile::open_or_create(&dir.path().join("vars.fd"), Layout::Ovmf2M)?;
         let mut firmware = Firmware::start(&FirmwareSource::Builtin, vars)?;
-        firmware.enable_fast_path(poll)?;
+        firmware.enable_fast_path(poll, 1)?;
         let log = LineLog { echo, ..Default::default() };
         let config = VmConfig {
             kernel: TEST_KERNEL.to_vec(),

@@ -154,7 +154,7 @@ pub fn run(args: LaunchArgs) -> Result<i32, ExitError> {
     };
     let source = args.firmware.unwrap_or(FirmwareSource::Builtin);
     let mut firmware = Firmware::start_on_with(&source, &vars_path, &args.ovmf.options())?;
-    firmware.enable_fast_path(Duration::from_micros(args.firmware_poll_us))?;
+    firmware.enable_fast_path(Duration::from_micros(args.firmware_poll_us), usize::from(cpus))?;
     let config = VmConfig {
         kernel,
         initrd,

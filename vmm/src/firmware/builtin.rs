@@ -71,9 +71,13 @@ impl Backend for Builtin {
         }
     }
 
-    fn enable_fast_path(&mut self, window: Duration) -> Result<bool, SetupError> {
-        self.sandbox.start_polling(window)?;
+    fn enable_fast_path(&mut self, window: Duration, vcpus: usize) -> Result<bool, SetupError> {
+        self.sandbox.start_polling_for(window, vcpus)?;
         Ok(true)
+    }
+
+    fn fast_path_cpu(&self) -> Option<usize> {
+        self.sandbox.firmware_cpu()
     }
 
     fn read_output(&self, buffer: Buffer, len: u64) -> Vec<u8> {

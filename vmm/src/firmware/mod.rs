@@ -119,8 +119,13 @@ pub trait Backend: Send {
     /// mailbox for `window` after each call. Returns whether this backend
     /// has one (the built-in firmware does; OVMF's calls take the slow
     /// path).
-    fn enable_fast_path(&mut self, _window: Duration) -> Result<bool, SetupError> {
+    fn enable_fast_path(&mut self, _window: Duration, _vcpus: usize) -> Result<bool, SetupError> {
         Ok(false)
+    }
+    /// The CPU the fast path's firmware thread runs on, if it has one of
+    /// its own (the guest's vCPU threads keep off it).
+    fn fast_path_cpu(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -301,13 +306,20 @@ impl Firmware {
         &self.source
     }
 
-    /// Starts the fast path with a poll window of `window` (zero: off);
-    /// whether the backend has one ([`Backend::enable_fast_path`]).
-    pub fn enable_fast_path(&mut self, window: Duration) -> Result<bool, SetupError> {
+    /// Starts the fast path with a poll window of `window` (zero: off) for
+    /// a guest of `vcpus` vCPUs; whether the backend has one
+    /// ([`Backend::enable_fast_path`]).
+    pub fn enable_fast_path(&mut self, window: Duration, vcpus: usize) -> Result<bool, SetupError> {
         if window.is_zero() {
             return Ok(false);
         }
-        self.backend.enable_fast_path(window)
+        self.backend.enable_fast_path(window, vcpus)
+    }
+
+    /// The CPU the fast path's firmware thread runs on, if it has one of
+    /// its own ([`Backend::fast_path_cpu`]).
+    pub fn fast_path_cpu(&self) -> Option<usize> {
+        self.backend.fast_path_cpu()
     }
 
     /// The backend's report line ([`Backend::report`]).

@@ -147,6 +147,8 @@ pub struct Sandbox {
     // their memory.
     /// The fast path's firmware thread, once started ([`Sandbox::start_polling`]).
     poller: Option<poller::Poller>,
+    /// The CPU the firmware thread is pinned to, if any.
+    firmware_cpu: Option<usize>,
     vcpu: Arc<Mutex<VcpuFd>>,
     _vm: VmFd,
     mem: GuestMemoryMmap,
@@ -282,6 +284,7 @@ impl Sandbox {
 
         let mut sandbox = Sandbox {
             poller: None,
+            firmware_cpu: None,
             vcpu: Arc::new(Mutex::new(vcpu)),
             _vm: vm,
             mem,
@@ -307,17 +310,32 @@ impl Sandbox {
     }
 
     /// Starts the fast path ([`poller`]): a firmware thread that runs the
-    /// vCPU, which polls its mailbox for `window` after each call.
+    /// vCPU, which polls its mailbox for `window` after each call. The
+    /// thread runs on a CPU of its own when efivmm may use more CPUs than
+    /// the guest has vCPUs ([`poller::firmware_cpu`]; the vCPU threads then
+    /// keep off it: [`Sandbox::firmware_cpu`]).
     pub fn start_polling(&mut self, window: Duration) -> Result<(), SetupError> {
+        self.start_polling_for(window, 1)
+    }
+
+    /// [`Sandbox::start_polling`] for a guest of `vcpus` vCPUs.
+    pub fn start_polling_for(&mut self, window: Duration, vcpus: usize) -> Result<(), SetupError> {
         if self.poller.is_some() || window.is_zero() {
             return Ok(());
         }
         let khz =
             self.vcpu().get_tsc_khz().map_err(|source| SetupError::Kvm { what: "report the TSC frequency", source })?;
         let ticks = (window.as_nanos() as u64).saturating_mul(u64::from(khz)) / 1_000_000;
-        let poller =
-            poller::Poller::start(self.vcpu.clone(), self.mem.clone(), self.entry.clone(), window, ticks.max(1))
-                .map_err(SetupError::Watchdog)?;
+        self.firmware_cpu = poller::firmware_cpu(vcpus);
+        let poller = poller::Poller::start(
+            self.vcpu.clone(),
+            self.mem.clone(),
+            self.entry.clone(),
+            window,
+            ticks.max(1),
+            self.firmware_cpu,
+        )
+        .map_err(SetupError::Watchdog)?;
         self.poller = Some(poller);
         tracing::debug!(?window, ticks, "sandbox fast path: the firmware polls its mailbox between calls");
         Ok(())
@@ -328,12 +346,29 @@ impl Sandbox {
         self.poller.is_some()
     }
 
+    /// The CPU the fast path's firmware thread runs on, if it has one of
+    /// its own: the guest's vCPU threads keep off it.
+    pub fn firmware_cpu(&self) -> Option<usize> {
+        self.firmware_cpu
+    }
+
     /// With the fast path on: the calls made on it so far, those that
     /// found the firmware parked (each such call ran the vCPU again: an
     /// entry and, later, a parking exit), and the times the calls fell back
     /// to the slow path because the firmware thread waited for a core.
     pub fn fast_path_counts(&self) -> Option<(u64, u64, u64)> {
         self.poller.as_ref().map(|p| p.counts())
+    }
+
+    /// With the fast path on: whether the calls fall back to the slow path
+    /// by themselves when polling does not pay (on by default; tests that
+    /// count the calls on each path turn it off, as a loaded host would
+    /// otherwise change the counts).
+    #[doc(hidden)]
+    pub fn set_fast_path_adaptive(&mut self, adaptive: bool) {
+        if let Some(p) = &mut self.poller {
+            p.adaptive = adaptive;
+        }
     }
 
     /// With the fast path on: sends the calls to the slow path for

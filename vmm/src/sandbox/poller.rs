@@ -52,6 +52,12 @@ const SPIN_BEFORE_YIELD: Duration = Duration::from_micros(50);
 /// Calls in a row that found the firmware parked, after which the calls
 /// take the slow path for a while: polling is not finding them.
 const PARKED_CALLS: u32 = 4;
+/// A call during which the firmware thread was off its CPU for longer than
+/// this (the call's wall time less the thread's CPU time) found the thread
+/// waiting for a core (other work on its CPU: a fair share of it is not
+/// enough); [`STARVED_CALLS`] in a row send the calls to the slow path too.
+const STARVED_AFTER: Duration = Duration::from_micros(25);
+const STARVED_CALLS: u32 = 3;
 /// How long they take it the first time; it doubles with each fallback in
 /// a row, up to [`SLOW_PATH_MAX`], and is back to this after a burst the
 /// fast path served ([`SERVED_BURST`] calls found the firmware polling).
@@ -119,6 +125,11 @@ pub(crate) struct Poller {
     /// The last fallback was for want of a core: a burst on the slow path
     /// does not bring the fast path back before the period ends.
     starved: bool,
+    /// Calls in a row during which the firmware thread waited for a core.
+    starved_in_a_row: u32,
+    /// Whether the calls fall back to the slow path by themselves (off
+    /// only for tests that count calls on each path).
+    pub adaptive: bool,
     /// While set, calls take the slow path (on the caller's thread), until
     /// this instant: polling was not finding the calls.
     slow_until: Option<Instant>,
@@ -142,6 +153,7 @@ impl Poller {
         entry: Arc<EntryState>,
         window: Duration,
         window_ticks: u64,
+        cpu: Option<usize>,
     ) -> std::io::Result<Poller> {
         let store = |addr: u64, v: u64| mem.write_obj(v, GuestAddress(addr));
         store(POLL_REQUEST, 0).and_then(|()| store(POLL_DONE, 0)).map_err(std::io::Error::other)?;
@@ -165,7 +177,7 @@ impl Poller {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("firmware".into())
-            .spawn(move || run(thread_shared, vcpu, entry, filter))?;
+            .spawn(move || run(thread_shared, vcpu, entry, filter, cpu))?;
         let cpu_clock = {
             use std::os::unix::thread::JoinHandleExt;
             let mut clock: libc::clockid_t = 0;
@@ -186,6 +198,8 @@ impl Poller {
             quick_in_a_row: 0,
             parked_quick: 0,
             starved: false,
+            starved_in_a_row: 0,
+            adaptive: true,
             slow_until: None,
             backoff: SLOW_PATH_FOR,
             parked_in_a_row: 0,
@@ -252,8 +266,19 @@ impl Poller {
     }
 
     /// After a call that found the firmware parked (`woke`) or polling;
-    /// `quick`: it came within the window of the call before.
-    fn note(&mut self, woke: bool, quick: bool) {
+    /// `quick`: it came within the window of the call before; `starved`:
+    /// the firmware thread waited for a core during it.
+    fn note(&mut self, woke: bool, quick: bool, starved: bool) {
+        if !self.adaptive {
+            return;
+        }
+        self.starved_in_a_row = if starved { self.starved_in_a_row + 1 } else { 0 };
+        if self.starved_in_a_row >= STARVED_CALLS {
+            self.starved_in_a_row = 0;
+            self.starved = true;
+            self.fall_back_longer();
+            return;
+        }
         if woke {
             self.parked_in_a_row += 1;
             self.parked_quick += u32::from(quick);
@@ -271,23 +296,30 @@ impl Poller {
             // waited for a core (the first of them woke a parked firmware
             // legitimately).
             self.starved = self.parked_quick + 1 >= PARKED_CALLS;
-            self.parked_in_a_row = 0;
-            self.parked_quick = 0;
-            let period = self.backoff;
-            self.backoff = (self.backoff * 2).min(SLOW_PATH_MAX);
-            self.fall_back(period);
-            tracing::trace!(
-                fallbacks = self.fallbacks,
-                ?period,
-                "sandbox fast path: calls keep finding the firmware parked; the slow path for a while"
-            );
+            self.fall_back_longer();
         }
+    }
+
+    /// Falls back for the current backoff, and doubles it.
+    fn fall_back_longer(&mut self) {
+        let period = self.backoff;
+        self.backoff = (self.backoff * 2).min(SLOW_PATH_MAX);
+        self.fall_back(period);
+        tracing::trace!(
+            fallbacks = self.fallbacks,
+            ?period,
+            starved = self.starved,
+            "sandbox fast path: polling is not paying; the slow path for a while"
+        );
     }
 
     /// Sends the calls to the slow path for `period`.
     pub fn fall_back(&mut self, period: Duration) {
         self.fallbacks += 1;
         self.quick_in_a_row = 0;
+        self.parked_in_a_row = 0;
+        self.parked_quick = 0;
+        self.starved_in_a_row = 0;
         self.slow_until = Some(Instant::now() + period);
         // The firmware reads the window at its entry: after this call it
         // polls out its current window, parks, and rings the doorbell after
@@ -322,7 +354,11 @@ impl Poller {
         loop {
             let done: u64 = mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).map_err(unexpected)?;
             if done == seq {
-                self.note(woke, quick);
+                let wall = wall_start.elapsed();
+                let starved = wall > STARVED_AFTER
+                    && self.cpu_clock.is_some()
+                    && wall.saturating_sub(self.cpu_time(wall_start).saturating_sub(cpu_start)) > STARVED_AFTER;
+                self.note(woke, quick, starved);
                 return Ok(());
             }
             if self.shared.failed.load(Ordering::Acquire) == seq {
@@ -419,7 +455,18 @@ fn unexpected(e: vm_memory::GuestMemoryError) -> CallFailure {
 
 /// The firmware thread: runs the vCPU whenever a request needs it, until
 /// the firmware parks, fails, or is aborted.
-fn run(shared: Arc<Shared>, vcpu: Arc<Mutex<VcpuFd>>, entry: Arc<EntryState>, filter: Option<crate::confine::Filter>) {
+fn run(
+    shared: Arc<Shared>,
+    vcpu: Arc<Mutex<VcpuFd>>,
+    entry: Arc<EntryState>,
+    filter: Option<crate::confine::Filter>,
+    cpu: Option<usize>,
+) {
+    if let Some(cpu) = cpu {
+        if set_cpus(&[cpu]) {
+            tracing::debug!(cpu, "the firmware thread runs on its own CPU");
+        }
+    }
     if let Some(filter) = filter {
         if let Err(e) = filter.install() {
             tracing::error!("the firmware thread cannot confine itself: {e}");
@@ -466,6 +513,54 @@ fn run(shared: Arc<Shared>, vcpu: Arc<Mutex<VcpuFd>>, entry: Arc<EntryState>, fi
         if shared.lock().quit {
             return;
         }
+    }
+}
+
+/// The CPUs this thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data (all zeroes is an empty set);
+    // sched_getaffinity writes one cpu_set_t of the given size, for this
+    // thread (pid 0); CPU_ISSET reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Runs this thread on `cpus` only.
+fn set_cpus(cpus: &[usize]) -> bool {
+    // SAFETY: as in `allowed_cpus`; CPU_SET writes within the set (each
+    // CPU is below CPU_SETSIZE, it came from `allowed_cpus`).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// The CPU the firmware thread of a guest with `vcpus` vCPUs runs on: the
+/// last one efivmm may use, when there are more than `vcpus` (the vCPU
+/// threads then keep off it, [`keep_off`]). A polling firmware thread that
+/// shares a core with the vCPU thread it serves takes the core the guest
+/// needs to make its next call: seen here, on a two-core host the scheduler
+/// put both on one core, the calls kept finding the firmware parked and the
+/// fast path fell back for good. With as many vCPUs as CPUs, nobody is
+/// pinned.
+pub fn firmware_cpu(vcpus: usize) -> Option<usize> {
+    let allowed = allowed_cpus();
+    (allowed.len() > vcpus).then(|| allowed.last().copied()).flatten()
+}
+
+/// Runs the calling (vCPU) thread on every allowed CPU but `cpu`.
+pub fn keep_off(cpu: usize) {
+    let others: Vec<usize> = allowed_cpus().into_iter().filter(|&c| c != cpu).collect();
+    if !others.is_empty() && !set_cpus(&others) {
+        tracing::debug!("cannot keep this vCPU thread off CPU {cpu}");
     }
 }
 

@@ -255,6 +255,9 @@ pub(crate) struct Shared {
     /// KVM syncs the registers into each vCPU's run page at its exits
     /// (KVM_CAP_SYNC_REGS): a runtime call reads and writes them there.
     sync_regs: bool,
+    /// The CPU of the fast path's firmware thread: the vCPU threads keep
+    /// off it (sandbox::poller::firmware_cpu).
+    firmware_cpu: Option<usize>,
     /// The host's view and requests (the control API).
     control: control::Control,
 }
@@ -469,6 +472,7 @@ impl Vm {
         } else {
             None
         };
+        let firmware_cpu_of_fast_path = firmware.fast_path_cpu();
         let info = control::VmInfo {
             cpus: config.cpus,
             memory: mem_size,
@@ -490,6 +494,7 @@ impl Vm {
             call_ns: AtomicU64::new(0),
             refused_calls: AtomicU64::new(0),
             sync_regs: kvm_fd.check_extension(kvm_ioctls::Cap::SyncRegs),
+            firmware_cpu: firmware_cpu_of_fast_path,
             control: control::Control::new(info, Some(power_button)).map_err(VmError::Event)?,
         };
         Ok(Vm {

@@ -283,6 +283,7 @@ mod tests {
             call_ns: AtomicU64::new(0),
             refused_calls: AtomicU64::new(0),
             sync_regs: false,
+            firmware_cpu: None,
             control: crate::vm::control::Control::new(
                 crate::vm::control::VmInfo {
                     cpus: 1,

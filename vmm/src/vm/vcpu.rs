@@ -135,6 +135,10 @@ impl Drop for StopGuard<'_> {
 /// itself first, before the guest or the firmware runs.
 pub(super) fn run(index: u8, mut vcpu: VcpuFd, shared: Arc<Shared>, filter: Option<Filter>) -> VcpuFd {
     let _guard = StopGuard(&shared, index);
+    if let Some(cpu) = shared.firmware_cpu {
+        // The fast path's firmware thread has this CPU to itself.
+        crate::sandbox::poller::keep_off(cpu);
+    }
     if let Some(filter) = filter {
         if let Err(e) = filter.install() {
             shared.stop.request(Exit::Crashed(format!("vCPU {index}: {e}")));
