@@ -7,7 +7,13 @@
 //!   a round trip through KVM and efivmm's run loop, nothing else);
 //! - `guest/get_variable`: N GetVariable calls of an 8-byte variable
 //!   through the shim's trampoline, the proxy's page walk and copies, and
-//!   the sandboxed firmware.
+//!   the sandboxed firmware, on the fast path (the firmware polling its
+//!   mailbox on a thread of its own, `sandbox::poller`; efivmm's default);
+//! - `guest/get_variable_slow_path`: the same with `--firmware-poll-us 0`
+//!   (each call enters and leaves the sandbox);
+//! - `guest/next_name`: N GetNextVariableName calls walking a store of 100
+//!   variables over and over (a burst, as efivarfs and efibootmgr list
+//!   variables), on the fast path.
 //!
 //! Criterion's `iter_custom` boots one guest per sample with `iters`
 //! iterations and gets back the guest-measured loop time only (boot,
@@ -29,7 +35,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use efivmm::demo::{bench_guest, kvm_tsc_hz, BenchRun};
+use efivmm::demo::{bench_guest, bench_guest_with, kvm_tsc_hz, BenchRun};
 
 /// Iterations of each loop in the ratio run.
 const RATIO_ITERS: u64 = 2000;
@@ -56,13 +62,21 @@ fn benches(c: &mut Criterion) {
             println!("warning: the two TSC frequencies differ by more than 2%");
         }
     }
-    let bare = per_call_us(both.bare_tsc, both.bare_iters, hz);
-    let get = per_call_us(both.get_tsc, both.get_iters, hz);
-    println!(
-        "same guest, {RATIO_ITERS} iterations each: bare_out {bare:.2} us, get_variable {get:.2} us, \
-         ratio get_variable/bare_out {:.2}",
-        get / bare
-    );
+    let report = |what: &str, r: &BenchRun| {
+        let bare = per_call_us(r.bare_tsc, r.bare_iters, hz);
+        let get = per_call_us(r.get_tsc, r.get_iters, hz);
+        let next = per_call_us(r.next_tsc, r.next_iters, hz);
+        println!(
+            "{what}, one guest, {RATIO_ITERS} iterations each: bare_out {bare:.2} us, get_variable {get:.2} us \
+             ({:.2}x bare_out), next_name over 100 variables {next:.2} us ({:.2}x bare_out, {:.2}x get_variable)",
+            get / bare,
+            next / bare,
+            next / get
+        );
+    };
+    report("fast path", &both);
+    let slow = bench_guest_with(RATIO_ITERS, "all", Duration::ZERO).expect("bench guest");
+    report("slow path (--firmware-poll-us 0)", &slow);
 
     let mut g = c.benchmark_group("guest");
     g.bench_function("bare_out", |b| {
@@ -77,6 +91,20 @@ fn benches(c: &mut Criterion) {
             let r = bench_guest(iters, "get_variable").expect("bench guest");
             assert_eq!(r.get_iters, iters);
             Duration::from_secs_f64(r.get_tsc as f64 / hz)
+        })
+    });
+    g.bench_function("get_variable_slow_path", |b| {
+        b.iter_custom(|iters| {
+            let r = bench_guest_with(iters, "get_variable", Duration::ZERO).expect("bench guest");
+            assert_eq!(r.get_iters, iters);
+            Duration::from_secs_f64(r.get_tsc as f64 / hz)
+        })
+    });
+    g.bench_function("next_name", |b| {
+        b.iter_custom(|iters| {
+            let r = bench_guest(iters, "next_name").expect("bench guest");
+            assert_eq!(r.next_iters, iters);
+            Duration::from_secs_f64(r.next_tsc as f64 / hz)
         })
     });
     g.finish();

@@ -62,6 +62,23 @@ fn benches(c: &mut Criterion) {
     });
     let nop_req = Request::new(Service::DiagNop, 0);
     c.bench_function("fast/firmware_nop_with_persistence_layer", |b| b.iter(|| fast.request(&nop_req)));
+    // The first call after an idle second (the firmware parked long ago),
+    // on each path: not a criterion bench (a second per sample); medians of
+    // five.
+    let first_after_idle = |fw: &mut Firmware| {
+        let mut times: Vec<std::time::Duration> = (0..5)
+            .map(|_| {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                let t = std::time::Instant::now();
+                assert_eq!(fw.get_variable(&name, &guid, 4096).status, EFI_SUCCESS);
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[2]
+    };
+    let (fast_idle, slow_idle) = (first_after_idle(&mut fast), first_after_idle(&mut fw));
+    println!("first GetVariable after an idle second (median of 5): fast path {fast_idle:?}, slow path {slow_idle:?}");
     c.bench_function("call/firmware_nop_with_persistence_layer", |b| b.iter(|| fw.request(&nop_req)));
     let mut n = 0u8;
     c.bench_function("call/set_variable_durable", |b| {
