@@ -72,6 +72,17 @@ impl Backend for Builtin {
     }
 
     fn enable_fast_path(&mut self, window: Duration, vcpus: usize) -> Result<bool, SetupError> {
+        // The polling firmware thread needs a core the guest's vCPUs do not:
+        // with no CPU to spare it would only take theirs.
+        let cpus = crate::sandbox::usable_cpus();
+        if cpus <= vcpus {
+            tracing::info!(
+                cpus,
+                vcpus,
+                "the fast path is off: efivmm may use no more CPUs than the guest has vCPUs (runtime calls enter and leave the sandbox)"
+            );
+            return Ok(false);
+        }
         self.sandbox.start_polling_for(window, vcpus)?;
         Ok(true)
     }

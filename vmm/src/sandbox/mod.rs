@@ -211,6 +211,11 @@ fn fault_report(vcpu: &VcpuFd, mem: &GuestMemoryMmap, vector: u8) -> CallFailure
     CallFailure::Fault { vector, error_code, rip, cr2 }
 }
 
+/// How many CPUs this thread may run on (its affinity mask).
+pub fn usable_cpus() -> usize {
+    poller::allowed_cpus().len()
+}
+
 /// Checks that a request's name and data fit the mailbox's buffers (the
 /// same for every backend: `sandbox_abi`'s sizes).
 pub(crate) fn check_request(name: &[u8], data_in: &[u8]) -> Result<(), CallFailure> {

@@ -517,7 +517,7 @@ fn run(
 }
 
 /// The CPUs this thread may run on.
-fn allowed_cpus() -> Vec<usize> {
+pub(crate) fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data (all zeroes is an empty set);
     // sched_getaffinity writes one cpu_set_t of the given size, for this
     // thread (pid 0); CPU_ISSET reads it.
