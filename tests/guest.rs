@@ -280,7 +280,9 @@ fn boot_test_kernel_polling(cpus: u32, cmdline: &str, poll_us: u64) -> (Option<i
 
 #[test]
 fn two_vcpus_calling_at_once_get_correct_serialized_results() {
-    // On the fast path (the default) and on the slow path.
+    // On the fast path (the default; with no CPU to spare, as on a
+    // two-CPU host, it stays off: tests/sandbox.rs runs the fast path from
+    // several threads) and on the slow path.
     for poll_us in [efivmm::sandbox::DEFAULT_POLL_US, 0] {
         two_vcpus_on(poll_us);
     }

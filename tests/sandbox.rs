@@ -278,3 +278,33 @@ fn calls_that_keep_finding_the_firmware_parked_take_the_slow_path() {
     let (calls, wakes, fallbacks) = sb.fast_path_counts().unwrap();
     assert!(fallbacks == 1 && calls < 5 && wakes == calls, "{calls} calls, {wakes} wakes, {fallbacks} fallbacks");
 }
+
+/// Calls from several threads in turn (as from several guest vCPUs, one at
+/// a time under the runtime lock) on the fast path: each gets its own
+/// reply.
+#[test]
+fn calls_from_several_threads_in_turn_on_the_fast_path() {
+    let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &empty_store()).unwrap();
+    sb.start_polling(Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US)).unwrap();
+    let sb = std::sync::Arc::new(std::sync::Mutex::new(sb));
+    let threads: Vec<_> = (0..3u64)
+        .map(|t| {
+            let sb = sb.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    // DiagBuffers reports the lengths of this call's inputs:
+                    // a reply to another thread's call would show its own.
+                    let (name, data) =
+                        (vec![1u8; (t * 1000 + i) as usize % 4096 + 2], vec![2u8; (i * 7 + t) as usize + 1]);
+                    let r = sb.lock().unwrap().call(&diag(Service::DiagBuffers), &name, &data).unwrap();
+                    assert_eq!(r.outs[..2], [name.len() as u64, data.len() as u64], "thread {t} call {i}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let (calls, _, _) = sb.lock().unwrap().fast_path_counts().unwrap();
+    assert!(calls > 0);
+}
