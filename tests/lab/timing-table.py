@@ -179,6 +179,18 @@ def main():
                 extra.append(f"reads: {gv['mode']}")
             if errors:
                 extra.append("errors: " + "; ".join(errors)[:200].replace("|", "/"))
+            if not figures and aborted_by_l0(log, start):
+                # Each try: when QEMU started in L1 and how long that L1 ran.
+                tries, cur = [], None
+                for l in log:
+                    if l.startswith(start + " "):
+                        cur = float(l.split()[-1])
+                    m = re.match(r"LAB-L1-DURATION (.*) (\d+)s \(qemu exit (\d+)\)$", l)
+                    if m and cur is not None and m.group(1).strip() == scen:
+                        tries.append(f"QEMU started at L1 uptime {cur:.1f}s, the L1 ran {m.group(2)}s (L0 exit {m.group(3)})")
+                        cur = None
+                if tries:
+                    extra.append("tries: " + "; ".join(tries))
             dbg = [l.split("debugcon: ", 1)[1] for l in run if "debugcon: " in l]
             if dbg and not figures:
                 extra.append("OVMF debug port (0x402): " + " / ".join(dbg[-6:])[:400])
