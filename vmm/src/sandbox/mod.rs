@@ -211,6 +211,14 @@ fn fault_report(vcpu: &VcpuFd, mem: &GuestMemoryMmap, vector: u8) -> CallFailure
     CallFailure::Fault { vector, error_code, rip, cr2 }
 }
 
+/// Keeps the calling thread off `cpu` (the fast path's firmware CPU, see
+/// [`Sandbox::firmware_cpu`]): what efivmm's vCPU threads do, for other
+/// callers (benchmarks, tests) that call the sandbox from threads of their
+/// own.
+pub fn keep_off_cpu(cpu: usize) {
+    poller::keep_off(cpu);
+}
+
 /// How many CPUs this thread may run on (its affinity mask).
 pub fn usable_cpus() -> usize {
     poller::allowed_cpus().len()
