@@ -243,8 +243,7 @@ fn handle(mut stream: UnixStream, shared: &Shared, budget: &mut routes::HostBudg
         Err(Some(response)) => response,
     };
     shared.count_api_request(response.code >= 400);
-    let _ = stream.set_write_timeout(Some(REQUEST_TIME));
-    if let Err(e) = write_response(&mut stream, &response) {
+    if let Err(e) = write_response(&mut stream, &response, Instant::now() + REQUEST_TIME) {
         tracing::debug!("control API: the response was not delivered: {e}");
     }
 }
@@ -267,6 +266,7 @@ fn read_request(stream: &mut UnixStream, started: Instant) -> Result<Request, Op
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 Err(timed_out())
             }
+            // Nothing read (a signal): the caller looks again.
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(usize::MAX),
             Err(_) => Err(None),
         }
@@ -344,7 +344,9 @@ fn read_request(stream: &mut UnixStream, started: Instant) -> Result<Request, Op
     Ok(Request { method, path, query, accepts_text, body })
 }
 
-fn write_response(stream: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+/// Writes the response by `deadline` (a client that reads slowly, or not
+/// at all, is cut off then, however large the response).
+fn write_response(stream: &mut UnixStream, r: &Response, deadline: Instant) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         r.code,
@@ -356,9 +358,23 @@ fn write_response(stream: &mut UnixStream, r: &Response) -> std::io::Result<()> 
         head.push_str(&format!("Allow: {allow}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&r.body)?;
-    stream.flush()
+    for part in [head.as_bytes(), &r.body] {
+        let mut rest = part;
+        while !rest.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            stream.set_write_timeout(Some(left))?;
+            match stream.write(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The reason phrase of the status codes the API uses.

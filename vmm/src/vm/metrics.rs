@@ -113,8 +113,8 @@ impl Metrics {
         counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
     }
 
-    /// The JSON form. `extra` (the VM's own counters: calls refused from
-    /// user mode, SetVirtualAddressMap calls) is merged in.
+    /// The JSON form, with the VM's own counters (SetVirtualAddressMap
+    /// calls absorbed, calls refused from user mode) merged in.
     pub fn to_json(&self, svam_absorbed: u64, refused_calls: u64) -> Value {
         let calls = Self::load(&self.calls);
         let errors = Self::load(&self.errors);
