@@ -68,6 +68,8 @@ const SERVED_BURST: u32 = 16;
 /// one's end, after which the calls go back to the fast path at once: a
 /// burst began.
 const BURST_CALLS: u32 = 8;
+/// How often a caller still waiting asks the firmware thread to run again.
+const RESEND: Duration = Duration::from_millis(10);
 /// How often an expired deadline's kick is repeated (a kick that lands just
 /// before `KVM_RUN` is lost).
 const KICK_EVERY: Duration = Duration::from_millis(5);
@@ -111,7 +113,7 @@ pub(crate) struct Poller {
     seq: u64,
     /// Requests that found the firmware parked (and woke its thread).
     wakes: u64,
-    /// The poll window, and in TSC ticks.
+    /// The poll window, as a duration and in TSC ticks.
     window: Duration,
     window_ticks: u64,
     /// When the last call ended (either path), and the slow-path calls in
@@ -350,6 +352,7 @@ impl Poller {
             self.shared.wake.notify_one();
         }
         let mut kicked: Option<Instant> = None;
+        let mut rewoken = Instant::now();
         let mut looks = 0u32;
         loop {
             let done: u64 = mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).map_err(unexpected)?;
@@ -388,6 +391,17 @@ impl Poller {
                 }
                 if wall_start.elapsed() > SPIN_BEFORE_YIELD {
                     std::thread::yield_now();
+                }
+                // The deadline counts the thread's CPU time, which stands
+                // still while it sleeps: a request must never wait on a
+                // sleeping thread. Every RESEND of wall time without the
+                // reply, ask it to run again (a no-op if it is running: a
+                // resumed firmware with nothing new polls and parks).
+                if rewoken.elapsed() >= RESEND {
+                    rewoken = Instant::now();
+                    let mut c = self.shared.lock();
+                    c.run = true;
+                    self.shared.wake.notify_one();
                 }
             }
             std::hint::spin_loop();
@@ -498,15 +512,13 @@ fn run(
         let mut vcpu = vcpu.lock().unwrap_or_else(|p| p.into_inner());
         if reset {
             if let Err(failure) = entry.apply(&vcpu) {
-                failed = true;
-                report(&shared, failure);
+                failed = report(&shared, failure);
                 continue;
             }
         }
         let outcome = run_until_parked(&shared, &mut vcpu);
         if let Err(failure) = outcome {
-            failed = true;
-            report(&shared, failure);
+            failed = report(&shared, failure);
             // The vCPU is wherever it stopped: the caller restores memory
             // and asks for a reset (`after_restore`).
         }
@@ -565,12 +577,22 @@ pub fn keep_off(cpu: usize) {
 }
 
 /// A failure of the request in progress.
-fn report(shared: &Shared, failure: CallFailure) {
+/// Returns whether a caller waits for this failure; if none does (no
+/// request was pending: nothing will restore the sandbox), the vCPU is
+/// reset before it runs again.
+fn report(shared: &Shared, failure: CallFailure) -> bool {
     let seq: u64 = shared.mem.load(GuestAddress(POLL_REQUEST), Ordering::Acquire).unwrap_or(0);
-    tracing::warn!(%failure, request = seq, "sandbox call failed on the firmware thread");
+    let done: u64 = shared.mem.load(GuestAddress(POLL_DONE), Ordering::Acquire).unwrap_or(0);
     let mut c = shared.lock();
+    if seq == done {
+        tracing::warn!(%failure, "the firmware failed with no call pending; its vCPU is reset");
+        c.reset = true;
+        return false;
+    }
+    tracing::warn!(%failure, request = seq, "sandbox call failed on the firmware thread");
     c.failure = Some((seq, failure));
     shared.failed.store(seq, Ordering::Release);
+    true
 }
 
 fn run_until_parked(shared: &Shared, vcpu: &mut VcpuFd) -> Result<(), CallFailure> {
