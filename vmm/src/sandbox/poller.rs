@@ -177,17 +177,19 @@ impl Poller {
             None
         };
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("firmware".into())
-            .spawn(move || run(thread_shared, vcpu, entry, filter, cpu))?;
-        let cpu_clock = {
-            use std::os::unix::thread::JoinHandleExt;
+        let (clock_tx, clock_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("firmware".into()).spawn(move || {
+            // The thread's CPU-time clock, for the deadline (asked here:
+            // `pthread_self` has the right type with every libc).
             let mut clock: libc::clockid_t = 0;
-            // SAFETY: the pthread_t is that of a thread this struct joins
-            // before it goes (Drop), so it is valid; `clock` is a local.
-            let rc = unsafe { libc::pthread_getcpuclockid(thread.as_pthread_t(), &mut clock) };
-            (rc == 0).then_some(clock)
-        };
+            // SAFETY: pthread_self() is this live thread; `clock` is a local.
+            let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+            let _ = clock_tx.send((rc == 0).then_some(clock));
+            run(thread_shared, vcpu, entry, filter, cpu)
+        })?;
+        // The clock stays valid while the thread lives: this struct joins it
+        // before it goes (Drop).
+        let cpu_clock = clock_rx.recv().ok().flatten();
         Ok(Poller {
             shared,
             thread: Some(thread),
