@@ -231,10 +231,12 @@ mod entry {
         park()
     }
 
-    /// Serves the next request from a fresh stack.
+    /// Starts over at `_start` on a fresh stack (the next request, or
+    /// polling for one).
     fn restart() -> ! {
         // SAFETY: a jump to the entry point with the stack reset to where
-        // efivmm starts it; nothing is live across the jump.
+        // efivmm starts it, exactly the state of a first call; nothing is
+        // live across the jump.
         unsafe {
             asm!(
                 "mov rsp, {stack}",
@@ -246,27 +248,21 @@ mod entry {
         }
     }
 
+    /// Rings efivmm's doorbell: an exit to efivmm, which resumes the vCPU
+    /// right after it for the next call.
+    fn ring_doorbell() {
+        // SAFETY: port I/O to efivmm's doorbell (the TSS I/O bitmap lets CPL3
+        // use this one port, and it only exits to efivmm). Not `nomem`: the
+        // replies written before it must be in memory when efivmm looks.
+        unsafe { asm!("out dx, al", in("dx") DOORBELL_PORT, in("al") 0u8, options(nostack, preserves_flags)) }
+    }
+
     /// Parks with the doorbell; efivmm resumes the vCPU for the next
     /// request, which then starts over at `_start` (polling again).
     fn park() -> ! {
-        // SAFETY: port I/O to efivmm's doorbell (open in the TSS I/O
-        // bitmap; it only exits to efivmm), then the state word (mapped
-        // writable) back to polling, then `restart`'s jump.
-        unsafe {
-            asm!(
-                "out dx, al",
-                "mov qword ptr [{state}], {polling}",
-                "mov rsp, {stack}",
-                "jmp {entry}",
-                in("dx") DOORBELL_PORT,
-                in("al") 0u8,
-                state = in(reg) POLL_STATE,
-                polling = const POLL_POLLING,
-                stack = const STACK_TOP - 8,
-                entry = sym _start,
-                options(noreturn),
-            )
-        }
+        ring_doorbell();
+        set_word(POLL_STATE, POLL_POLLING);
+        restart()
     }
 
     /// Tells efivmm the call is complete, then waits for the next call by
@@ -274,22 +270,8 @@ mod entry {
     /// after the doorbell for the next call, so no register set-up is needed
     /// per call, and nothing on the stack survives a call.
     fn doorbell() -> ! {
-        // SAFETY: port I/O to efivmm's doorbell (the TSS I/O bitmap lets CPL3
-        // use this one port, and it only exits to efivmm); then a jump to the
-        // entry point with the stack reset to where efivmm starts it, exactly
-        // the state of a first call. Nothing is live across the jump.
-        unsafe {
-            asm!(
-                "out dx, al",
-                "mov rsp, {stack}",
-                "jmp {entry}",
-                in("dx") DOORBELL_PORT,
-                in("al") 0u8,
-                stack = const STACK_TOP - 8,
-                entry = sym _start,
-                options(noreturn),
-            )
-        }
+        ring_doorbell();
+        restart()
     }
 
     #[panic_handler]

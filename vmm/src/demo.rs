@@ -144,23 +144,18 @@ pub fn parse_result(line: &str) -> Option<(u32, String, String, String, u32, Str
 /// Runs the demo; returns the exit code.
 pub fn run(args: DemoArgs) -> Result<i32, ExitError> {
     match args.mode.as_str() {
-        "hostile" => return run_hostile(args.verbose, poll_window(args.firmware_poll_us)),
-        "bench" => return run_bench(args.iters, poll_window(args.firmware_poll_us)),
+        "hostile" => return run_hostile(args.verbose, Duration::from_micros(args.firmware_poll_us)),
+        "bench" => return run_bench(args.iters, Duration::from_micros(args.firmware_poll_us)),
         _ => {}
     }
     let dir = crate::launch::private_tempdir("efivmm-demo-")?;
     run_in(&args, &dir.path().join("vars.fd"))
 }
 
-/// `--firmware-poll-us` as a duration.
-pub fn poll_window(us: u64) -> Duration {
-    Duration::from_micros(us)
-}
-
 fn run_in(args: &DemoArgs, vars_path: &std::path::Path) -> Result<i32, ExitError> {
     let api = args.api_socket.as_deref().map(crate::api::Listener::bind).transpose().map_err(ExitError::Usage)?;
     let mut firmware = Firmware::start_on_with(&args.firmware, vars_path, &args.ovmf.options())?;
-    firmware.enable_fast_path(poll_window(args.firmware_poll_us), 1)?;
+    firmware.enable_fast_path(Duration::from_micros(args.firmware_poll_us), 1)?;
     let log = LineLog { echo: args.verbose, ..Default::default() };
     let config = VmConfig {
         kernel: TEST_KERNEL.to_vec(),
@@ -386,7 +381,7 @@ pub fn kvm_tsc_hz() -> Option<f64> {
 /// Boots a bench guest: `iters` iterations of the loops `which` selects
 /// (`all`, `bare_out` or `get_variable`).
 pub fn bench_guest(iters: u64, which: &str) -> Result<BenchRun, String> {
-    bench_guest_with(iters, which, poll_window(crate::sandbox::DEFAULT_POLL_US))
+    bench_guest_with(iters, which, Duration::from_micros(crate::sandbox::DEFAULT_POLL_US))
 }
 
 /// [`bench_guest`] with the fast path's poll window `poll` (zero: off).

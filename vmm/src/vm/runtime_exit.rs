@@ -56,8 +56,8 @@ impl Shared {
         // registers in the run page at this exit: no ioctl to read them, and
         // RAX goes back the same way. (Three register ioctls cost ~17 us a
         // call on this host's PVM KVM, more than the firmware's work.)
-        let synced = vcpu.sync_regs();
-        let (mut regs, sregs) = if sync_regs_enabled(vcpu) {
+        let (mut regs, sregs) = if self.sync_regs {
+            let synced = vcpu.sync_regs();
             (synced.regs, synced.sregs)
         } else {
             (
@@ -70,11 +70,11 @@ impl Shared {
             Served::Refused(status) => (status, false),
             Served::Dropped => return Ok(None),
         };
-        regs.rax = status;
-        if sync_regs_enabled(vcpu) {
+        if self.sync_regs {
             vcpu.sync_regs_mut().regs.rax = status;
             vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
         } else {
+            regs.rax = status;
             vcpu.set_regs(&regs).map_err(|e| format!("set regs: {e}"))?;
         }
         Ok(counted.then_some(status))
@@ -143,13 +143,6 @@ impl Shared {
         };
         Served::Status(status)
     }
-}
-
-/// Whether KVM syncs the general and special registers into `vcpu`'s run
-/// page at each exit (set by `vcpu::run` where KVM has KVM_CAP_SYNC_REGS).
-pub(super) fn sync_regs_enabled(vcpu: &mut VcpuFd) -> bool {
-    const BOTH: u64 = kvm_bindings::KVM_SYNC_X86_REGS as u64 | kvm_bindings::KVM_SYNC_X86_SREGS as u64;
-    vcpu.get_kvm_run().kvm_valid_regs & BOTH == BOTH
 }
 
 /// What serving a call asks of the calling vCPU.
