@@ -1,36 +1,7 @@
-//! Authenticated variable writes: parsing of `EFI_VARIABLE_AUTHENTICATION_2`
-//! and the outcome of writes with the authentication attributes.
-//!
-//! **Signature verification is not implemented.** The firmware has no
-//! PKCS#7/X.509 code, so it cannot check that an authenticated write was
-//! signed by a trusted key. What that means:
-//!
-//! - A `SetVariable` with `EFI_VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS`
-//!   whose descriptor is malformed fails with `EFI_SECURITY_VIOLATION` (as in
-//!   OVMF); one that is well formed *also* fails with
-//!   `EFI_SECURITY_VIOLATION`, because it cannot be verified. No
-//!   authenticated variable (PK, KEK, db, dbx, dbt, or a private
-//!   time-based authenticated variable) can be created, changed, appended to
-//!   or deleted at runtime; reading them works.
-//! - **Deviations from OVMF** (with `SECURE_BOOT_ENABLE`, whose
-//!   `PlatformSecureLib` says a user is physically present): OVMF accepts,
-//!   without a signature, PK/KEK/db/dbx/dbt writes in setup mode or custom
-//!   mode (`ProcessVarWithPk`, `ProcessVarWithKek`) and deletions of private
-//!   authenticated variables with an empty payload (`ProcessVariable` with
-//!   `IsDeleteAuthVariable` and `UserPhysicalPresent`); it verifies the
-//!   PKCS#7 signature otherwise. efivmm refuses all of them with
-//!   `EFI_SECURITY_VIOLATION`: an OS cannot change the secure-boot
-//!   configuration through efivmm at runtime.
-//! - The deprecated count-based `EFI_VARIABLE_AUTHENTICATED_WRITE_ACCESS`
-//!   is `EFI_UNSUPPORTED` (edk2: `VariableServiceSetVariable` unless
-//!   `DataSize == AUTHINFO_SIZE`, then `ProcessVariable`'s "Reject Counter
-//!   Based Auth Variable"), and `EFI_VARIABLE_ENHANCED_AUTHENTICATED_ACCESS`
-//!   is a reserved bit to edk2's variable driver: `EFI_INVALID_PARAMETER`.
-//! - A write without the authentication attributes to an existing variable
-//!   that has them: `EFI_INVALID_PARAMETER` when the attributes differ (the
-//!   generic attribute rule comes first in `VariableServiceSetVariable`), and
-//!   `EFI_WRITE_PROTECTED` for a deletion with `Attributes == 0`
-//!   (`ProcessVariable`: "the variable is already write-protected").
+//! The `EFI_VARIABLE_AUTHENTICATION_2` descriptor of a time-based
+//! authenticated write (UEFI 2.10 §8.2.2): its parsing, the time stamp
+//! order, and the digest its signature covers. What is verified against
+//! which keys is [`crate::authvar`]; the PKCS#7 itself is [`crate::pkcs7`].
 //!
 //! The checks follow edk2's `VariableServiceSetVariable` (the descriptor's
 //! size sanity check) and `VerifyTimeBasedPayload` (time stamp and
@@ -113,8 +84,35 @@ pub fn parse_authentication_2(data: &[u8]) -> Option<Authentication2<'_>> {
     Some(Authentication2 { timestamp, cert_type, signature, payload })
 }
 
-/// Whether a well-formed descriptor's signature can be verified: never (see
-/// the module documentation). Kept as the single place a verifier would go.
-pub fn verify(_auth: &Authentication2<'_>) -> bool {
-    false
+impl Authentication2<'_> {
+    /// The SHA-256 digest the signature covers (UEFI 2.10 §8.2.2, edk2's
+    /// `VerifyTimeBasedPayload`): `VariableName` without its NUL,
+    /// `VendorGuid`, `Attributes` (as given, `APPEND_WRITE` included),
+    /// `TimeStamp`, then the new data.
+    pub fn digest(&self, name: &[u8], guid: &Guid, attributes: u32) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let name = name.strip_suffix(&[0, 0]).unwrap_or(name);
+        let mut h = Sha256::new();
+        h.update(name);
+        h.update(guid.0);
+        h.update(attributes.to_le_bytes());
+        h.update(self.timestamp);
+        h.update(self.payload);
+        h.finalize().into()
+    }
+
+    /// Whether the descriptor carries no signature (`dwLength` is the
+    /// certificate header alone): an unsigned write, accepted only where
+    /// nothing is verified (Setup Mode).
+    pub fn is_unsigned(&self) -> bool {
+        self.signature.is_empty()
+    }
+}
+
+/// Whether time stamp `a` is later than `b` (edk2's
+/// `AuthServiceInternalCompareTimeStamp`, negated: it compares Year, Month,
+/// Day, Hour, Minute, Second in that order; the other fields are zero).
+pub fn later(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let key = |t: &[u8; 16]| (u16::from_le_bytes([t[0], t[1]]), t[2], t[3], t[4], t[5], t[6]);
+    key(a) > key(b)
 }

@@ -16,21 +16,32 @@
 //!
 //! Module map: [`abi`] (the mailbox encoding), [`variables`] (GetVariable,
 //! GetNextVariableName, QueryVariableInfo), [`set_variable`], [`varcheck`]
-//! (VarCheckUefiLib's rules), [`auth`] (authenticated writes), [`nvstore`]
+//! (VarCheckUefiLib's rules), [`authvar`] (authenticated writes: the key
+//! hierarchy), [`auth`] (their descriptor), [`pkcs7`] (signature
+//! verification), [`siglist`] (signature lists), [`certdb`] (signers of
+//! private authenticated variables), [`secureboot`] (`SetupMode` and the
+//! other state variables), [`nvstore`]
 //! (writes with reclaim), [`time`] and [`calendar`], [`counter`], [`reset`],
 //! [`capsule`], [`wellknown`] (GUIDs and names).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+extern crate alloc;
+
 pub mod abi;
 pub mod auth;
+pub mod authvar;
 pub mod calendar;
 pub mod capsule;
+pub mod certdb;
 pub mod counter;
 pub mod nvstore;
+pub mod pkcs7;
 pub mod reset;
+pub mod secureboot;
 pub mod set_variable;
+pub mod siglist;
 pub mod time;
 pub mod varcheck;
 pub mod variables;

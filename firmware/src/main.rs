@@ -37,6 +37,15 @@ mod entry {
     #[used]
     static DIAG_TEXT_BYTE: u8 = 0x5a;
 
+    /// The heap of one call (`sandbox_abi::HEAP_ADDR`). The allocator's
+    /// state is in `.bss`, which efivmm resets before every call: each call
+    /// starts with an empty, uninitialised heap and [`_start`] gives it the
+    /// region again. Running out fails an allocation, which panics: the
+    /// call ends in EFI_DEVICE_ERROR (the firmware bounds its inputs so that
+    /// this cannot happen: `firmware::pkcs7`).
+    #[global_allocator]
+    static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
     /// A `.bss` counter for `DiagCounter`.
     static mut DIAG_COUNTER: u64 = 0;
 
@@ -159,6 +168,12 @@ mod entry {
                 unsafe { asm!("hlt", options(nomem, nostack)) };
             }
             _ => {
+                // SAFETY: HEAP_ADDR..+HEAP_SIZE is sandbox memory mapped
+                // writable for CPL3 that nothing else uses (sandbox_abi's
+                // regions are disjoint); the allocator is empty here, as
+                // .bss was reset before this call, so `init` runs once
+                // per heap, as it requires.
+                unsafe { HEAP.lock().init(HEAP_ADDR as *mut u8, HEAP_SIZE as usize) };
                 // SAFETY: these are disjoint regions of the sandbox's own
                 // memory map (sandbox_abi, checked by its tests), all mapped
                 // writable for CPL3; store_len was checked against STORE_MAX

@@ -22,7 +22,8 @@
 //! 6. An existing variable without RT: `EFI_WRITE_PROTECTED`; an existing
 //!    variable rewritten with other attributes (except `Attributes == 0` and
 //!    a differing `APPEND_WRITE`): `EFI_INVALID_PARAMETER`.
-//! 7. Authenticated variables: see [`crate::auth`].
+//! 7. Authenticated variables and PK/KEK/db/dbx/dbt/dbr: see
+//!    [`crate::authvar`], which also performs those writes.
 //! 8. `UpdateVariable`: deletion when `DataSize == 0` without
 //!    `APPEND_WRITE`, or no access attributes; deleting a missing variable is
 //!    `EFI_NOT_FOUND`; `APPEND_WRITE` appends the new bytes to the existing
@@ -33,12 +34,10 @@
 //!    at runtime, else `EFI_INVALID_PARAMETER`; no room even after reclaim:
 //!    `EFI_OUT_OF_RESOURCES` with the store unchanged.
 //!
-//! `APPEND_WRITE` concatenates bytes. OVMF removes duplicate
-//! `EFI_SIGNATURE_DATA` only for db/dbx/dbt/KEK (`FilterSignatureList` in
-//! `AuthServiceInternalUpdateVariableWithTimeStamp`), which are
-//! authenticated variables and cannot be written here at all, so no
-//! de-duplication is implemented. OVMF rewrites a variable on an
-//! `APPEND_WRITE` of 0 bytes; efivmm skips that write (same result).
+//! A plain `APPEND_WRITE` concatenates bytes (duplicate signatures are
+//! filtered for KEK/db/dbx/dbt, which are authenticated: [`crate::authvar`]).
+//! OVMF rewrites a variable on an `APPEND_WRITE` of 0 bytes; efivmm skips
+//! that write (same result).
 //!
 //! The merged data of an `APPEND_WRITE` is assembled in the DATA_OUT buffer,
 //! which SetVariable does not otherwise use (the firmware has no allocator).
@@ -48,10 +47,10 @@ use sandbox_abi::Mailbox;
 use varstore::NewVar;
 
 use crate::abi::{guid_from_halves, has_ptr, input_name, name_is_empty, u32_arg};
-use crate::auth;
 use crate::nvstore::{Limits, Nv, MAX_HARDWARE_ERROR_VARIABLE_SIZE};
 use crate::varcheck;
 use crate::wellknown::*;
+use crate::{auth, authvar};
 
 /// SetVariable: `args[0]` name length, `args[1..3]` GUID, `args[3]`
 /// attributes, `args[4]` DataSize, data at DATA_IN; pointers P0 name, P1
@@ -115,7 +114,10 @@ fn set(mb: &Mailbox, name_buf: &[u8], data_in: &[u8], scratch: &mut [u8], nv: &m
         None => (None, false),
     };
 
-    process_authenticated(name, &guid, attributes, data, existing_attributes)?;
+    let write = authvar::Write { name, guid, attributes, data };
+    if authvar::process(nv, &write)? == authvar::Outcome::Done {
+        return Ok(());
+    }
 
     // UpdateVariable, for a plain (unauthenticated) write.
     let append = attributes & VARIABLE_APPEND_WRITE != 0;
@@ -200,48 +202,6 @@ fn check_size(nv: &Nv<'_>, name_len: usize, payload_len: usize, attributes: u32)
         return Err(Status::INVALID_PARAMETER);
     }
     Ok(())
-}
-
-/// `AuthVariableLibProcessVariable` with what efivmm can do (see
-/// [`crate::auth`]): returns `Ok` only for a plain write that may proceed.
-fn process_authenticated(
-    name: &[u8],
-    guid: &varstore::Guid,
-    attributes: u32,
-    data: &[u8],
-    existing_attributes: Option<u32>,
-) -> Result<(), Status> {
-    let at = attributes & VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS != 0;
-    let pk_or_kek = *guid == GLOBAL_VARIABLE && (name_is(name, "PK") || name_is(name, "KEK"));
-    let signature_db =
-        *guid == IMAGE_SECURITY_DATABASE && (name_is(name, "db") || name_is(name, "dbx") || name_is(name, "dbt"));
-    if pk_or_kek || signature_db {
-        // ProcessVarWithPk / ProcessVarWithKek.
-        if attributes & VARIABLE_NON_VOLATILE == 0 || !at {
-            return Err(Status::INVALID_PARAMETER);
-        }
-        return Err(time_based_outcome(data));
-    }
-    // ProcessVariable.
-    if attributes & VARIABLE_AUTHENTICATED_WRITE_ACCESS != 0 {
-        return Err(Status::UNSUPPORTED);
-    }
-    if at {
-        return Err(time_based_outcome(data));
-    }
-    if existing_attributes.is_some_and(|a| a & ATTRIBUTE_AT_AW != 0) {
-        return Err(Status::WRITE_PROTECTED);
-    }
-    Ok(())
-}
-
-/// `VerifyTimeBasedPayloadAndUpdate` without a verifier: malformed or not,
-/// the write is a security violation.
-fn time_based_outcome(data: &[u8]) -> Status {
-    // Malformed (parse fails) and unverifiable (verify is never true) both
-    // end here; a verifier would let a verified write proceed instead.
-    let _verified = auth::parse_authentication_2(data).is_some_and(|d| auth::verify(&d));
-    Status::SECURITY_VIOLATION
 }
 
 /// Builds existing data + `payload` in `scratch`, with `UpdateVariable`'s

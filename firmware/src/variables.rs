@@ -32,6 +32,7 @@ use sandbox_abi::Mailbox;
 
 use crate::abi::{guid_from_halves, guid_to_halves, has_ptr, input_name, name_is_empty, nul_end, u32_arg};
 use crate::nvstore::{Limits, Nv, MAX_HARDWARE_ERROR_VARIABLE_SIZE};
+use crate::secureboot;
 use crate::wellknown::*;
 
 /// GetVariable: `args[0]` name length, `args[1..3]` GUID, `args[3]`
@@ -49,17 +50,25 @@ pub fn get_variable(mb: &mut Mailbox, name_buf: &[u8], data_out: &mut [u8], nv: 
         return Status::NOT_FOUND;
     }
     let guid = guid_from_halves(mb.args[1], mb.args[2]);
-    let var = match nv.find_runtime(name, &guid) {
-        Some(v) => v,
-        None => return Status::NOT_FOUND,
+    // The Secure Boot state variables are volatile: found first, as edk2
+    // looks in the volatile store before the non-volatile one.
+    let state;
+    let (attributes, data) = if let Some(i) = secureboot::index(name, &guid) {
+        state = secureboot::value(i, nv);
+        (secureboot::ATTRIBUTES, state.as_slice())
+    } else {
+        match nv.find_runtime(name, &guid) {
+            Some(v) => (v.attributes, v.data),
+            None => return Status::NOT_FOUND,
+        }
     };
-    let size = var.data.len();
+    let size = data.len();
     let status = if mb.args[3] >= size as u64 {
         if !has_ptr(mb, 4) {
             return Status::INVALID_PARAMETER;
         }
         match data_out.get_mut(..size) {
-            Some(out) => out.copy_from_slice(var.data),
+            Some(out) => out.copy_from_slice(data),
             None => return Status::DEVICE_ERROR,
         }
         Status::SUCCESS
@@ -68,7 +77,7 @@ pub fn get_variable(mb: &mut Mailbox, name_buf: &[u8], data_out: &mut [u8], nv: 
     };
     mb.outs[1] = size as u64;
     if has_ptr(mb, 2) {
-        mb.outs[0] = u64::from(var.attributes);
+        mb.outs[0] = u64::from(attributes);
     }
     status
 }
@@ -97,35 +106,49 @@ pub fn get_next_variable_name(mb: &mut Mailbox, name_buf: &mut [u8], nv: &Nv<'_>
     let prev_guid = guid_from_halves(mb.args[1], mb.args[2]);
     let from_start = name_is_empty(prev);
 
+    // The store's runtime variables, then the Secure Boot state variables.
+    let state_prev = secureboot::index(prev, &prev_guid);
     let mut seen_prev = from_start;
     let mut next = None;
-    for v in nv.store().iter() {
-        if v.attributes & VARIABLE_RUNTIME_ACCESS == 0 {
-            continue;
-        }
-        if seen_prev {
-            next = Some(v);
-            break;
-        }
-        if v.guid == prev_guid && v.name == prev {
-            seen_prev = true;
+    if state_prev.is_none() {
+        for v in nv.store().iter() {
+            if v.attributes & VARIABLE_RUNTIME_ACCESS == 0 {
+                continue;
+            }
+            if seen_prev {
+                next = Some((v.name, v.guid));
+                break;
+            }
+            if v.guid == prev_guid && v.name == prev {
+                seen_prev = true;
+            }
         }
     }
-    let var = match next {
-        Some(v) => v,
-        None if seen_prev => return Status::NOT_FOUND,
-        None => return Status::INVALID_PARAMETER,
+    let state_name;
+    let state_next = match (next, state_prev) {
+        (Some(_), _) => None,
+        (None, Some(i)) => Some(i + 1),
+        (None, None) if seen_prev => Some(0),
+        (None, None) => return Status::INVALID_PARAMETER,
     };
-    let needed = var.name.len();
+    if let Some(i) = state_next {
+        if i >= secureboot::NAMES.len() {
+            return Status::NOT_FOUND;
+        }
+        state_name = secureboot::name_utf16(i);
+        next = Some((state_name.as_slice(), GLOBAL_VARIABLE));
+    }
+    let Some((next_name, next_guid)) = next else { return Status::NOT_FOUND };
+    let needed = next_name.len();
     mb.outs[1] = needed as u64;
     if needed as u64 > name_size {
         return Status::BUFFER_TOO_SMALL;
     }
     match name_buf.get_mut(..needed) {
-        Some(out) => out.copy_from_slice(var.name),
+        Some(out) => out.copy_from_slice(next_name),
         None => return Status::DEVICE_ERROR,
     }
-    let (lo, hi) = guid_to_halves(&var.guid);
+    let (lo, hi) = guid_to_halves(&next_guid);
     mb.outs[2] = lo;
     mb.outs[3] = hi;
     Status::SUCCESS

@@ -106,6 +106,13 @@ pub const DATA_IN_ADDR: u64 = 0x36_0000;
 pub const DATA_OUT_ADDR: u64 = 0x46_0000;
 /// Size of each data buffer.
 pub const DATA_SIZE: u64 = 0x10_0000;
+/// The firmware's heap (PKCS#7 and X.509 parsing, RSA arithmetic for
+/// authenticated variables). The firmware's allocator lives in `.bss`, which
+/// is reset before every call, so the heap starts empty every call; its
+/// bytes are not cleared (nothing reads memory it did not write).
+pub const HEAP_ADDR: u64 = DATA_OUT_ADDR + DATA_SIZE;
+/// Size of the heap: the gap between DATA_OUT and the store.
+pub const HEAP_SIZE: u64 = STORE_ADDR - HEAP_ADDR;
 /// The vars file image (its full bytes, as on disk).
 pub const STORE_ADDR: u64 = 0x60_0000;
 /// Largest vars file image the sandbox holds.
@@ -413,8 +420,10 @@ mod tests {
             (NAME_ADDR, NAME_ADDR + NAME_SIZE),
             (DATA_IN_ADDR, DATA_IN_ADDR + DATA_SIZE),
             (DATA_OUT_ADDR, DATA_OUT_ADDR + DATA_SIZE),
+            (HEAP_ADDR, HEAP_ADDR + HEAP_SIZE),
             (STORE_ADDR, STORE_ADDR + STORE_MAX),
         ];
+        assert_eq!(HEAP_SIZE, 0xA_0000);
         for (i, a) in regions.iter().enumerate() {
             assert!(a.1 <= SANDBOX_MEM_SIZE);
             for b in &regions[i + 1..] {

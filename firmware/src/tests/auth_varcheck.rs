@@ -78,16 +78,19 @@ fn malformed_time_based_writes_are_security_violations() {
 }
 
 #[test]
-fn well_formed_time_based_writes_cannot_be_verified() {
+fn well_formed_writes_with_a_bad_signature_or_list_are_refused() {
     let mut m = Machine::new();
+    // A private authenticated variable whose "signature" is not PKCS#7.
     let r = m.set("AuthVar", TEST_GUID, NV_BS_RT | AT, &well_formed(b"value"));
     assert_eq!(r.status, Status::SECURITY_VIOLATION);
     assert_eq!(m.value("AuthVar", TEST_GUID), None);
-    // db, KEK, PK likewise (no setup-mode enrollment without verification).
+    // Setup Mode takes db unverified, but its data must be signature lists.
     let r = m.set("db", IMAGE_SECURITY_DATABASE, NV_BS_RT | AT, &well_formed(b"list"));
-    assert_eq!(r.status, Status::SECURITY_VIOLATION);
+    assert_eq!(r.status, Status::INVALID_PARAMETER);
+    // A signed PK in Setup Mode must verify against its own certificate.
     let r = m.set("PK", GLOBAL_VARIABLE, NV_BS_RT | AT, &well_formed(b"list"));
     assert_eq!(r.status, Status::SECURITY_VIOLATION);
+    assert!(!r.dirty);
 }
 
 #[test]

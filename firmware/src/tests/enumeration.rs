@@ -7,9 +7,12 @@ use super::*;
 use crate::wellknown::NV_BS;
 
 #[test]
-fn empty_store_enumerates_nothing() {
+fn empty_store_enumerates_only_the_secure_boot_state() {
     let mut m = Machine::new();
-    let (r, _, _) = m.next(&u16z(""), 2, Guid::default());
+    assert!(m.enumerate().is_empty());
+    assert_eq!(m.enumerate_all().len(), crate::secureboot::NAMES.len());
+    // After the last one: the end.
+    let (r, _, _) = m.next(&u16z("VendorKeys"), 1024, crate::wellknown::GLOBAL_VARIABLE);
     assert_eq!(r.status, Status::NOT_FOUND);
 }
 
@@ -69,9 +72,12 @@ fn input_name_without_nul_within_size_is_invalid_parameter() {
     // "Abc\0" with *VariableNameSize = 6: the NUL lies beyond.
     let (r, _, _) = m.next(&u16z("Abc"), 6, TEST_GUID);
     assert_eq!(r.status, Status::INVALID_PARAMETER);
-    // With size 8 it is found, and it is the last variable.
+    // With size 8 it is found, and it is the store's last variable: the
+    // Secure Boot state variables follow.
+    // (SetupMode, whose 20 bytes do not fit in 8).
     let (r, _, _) = m.next(&u16z("Abc"), 8, TEST_GUID);
-    assert_eq!(r.status, Status::NOT_FOUND);
+    assert_eq!(r.status, Status::BUFFER_TOO_SMALL);
+    assert_eq!(r.outs[1], 20);
 }
 
 #[test]
@@ -115,7 +121,7 @@ fn enumeration_with_exact_buffers_matches_large_buffers() {
     for i in 0..20 {
         m.put(&format!("Var{}", "x".repeat(i)), if i % 2 == 0 { TEST_GUID } else { OTHER_GUID }, b"v");
     }
-    let large = m.enumerate();
+    let large = m.enumerate_all();
     let mut exact = Vec::new();
     let mut prev = u16z("");
     let mut guid = Guid::default();
@@ -134,5 +140,5 @@ fn enumeration_with_exact_buffers_matches_large_buffers() {
         guid = g;
     }
     assert_eq!(exact, large);
-    assert_eq!(large.len(), 20);
+    assert_eq!(large.len(), 20 + crate::secureboot::NAMES.len());
 }

@@ -13,6 +13,7 @@ mod counter;
 mod enumeration;
 mod query;
 mod robustness;
+mod secure_boot;
 mod set_rules;
 mod time;
 mod variables;
@@ -211,7 +212,20 @@ impl Machine {
     }
 
     /// A full enumeration with a large buffer: every (name, GUID) in order.
+    /// GetNextVariableName from the start to the end: the store's runtime
+    /// variables (returned), then the six Secure Boot state variables
+    /// (checked to come last, in their order).
     pub fn enumerate(&mut self) -> Vec<(String, Guid)> {
+        let mut all = self.enumerate_all();
+        let state: Vec<(String, Guid)> =
+            crate::secureboot::NAMES.iter().map(|n| (n.to_string(), crate::wellknown::GLOBAL_VARIABLE)).collect();
+        assert!(all.len() >= state.len() && all[all.len() - state.len()..] == state[..], "{all:?}");
+        all.truncate(all.len() - state.len());
+        all
+    }
+
+    /// GetNextVariableName from the start to the end: every name.
+    pub fn enumerate_all(&mut self) -> Vec<(String, Guid)> {
         let mut out = Vec::new();
         let mut prev = u16z("");
         let mut guid = Guid::default();
