@@ -216,3 +216,46 @@ fn counter_based_authentication_stays_unsupported() {
     let aw = NV_BS_RT | VARIABLE_AUTHENTICATED_WRITE_ACCESS;
     assert_eq!(write(&mut m, "Counted", TEST_GUID, aw, &[0; 64]), Status::UNSUPPORTED);
 }
+
+#[test]
+fn hostile_chain_search_is_bounded_and_refused() {
+    // 16 RSA-4096 certificates of one name, each issued by the next: the
+    // search stops after pkcs7::MAX_LINK_CHECKS signature checks.
+    let mut m = enrolled();
+    let status = write(&mut m, "db", IMAGE_SECURITY_DATABASE, AT | APPEND, fixture!("db-append-hostile.auth"));
+    assert_eq!(status, Status::SECURITY_VIOLATION);
+    let desc = crate::auth::parse_authentication_2(fixture!("db-append-hostile.auth")).unwrap();
+    let signed = crate::pkcs7::Signed::parse(desc.signature).unwrap();
+    let digest = desc.digest(&u16z("db"), &IMAGE_SECURITY_DATABASE, AT | APPEND);
+    // The signature is good; no chain leads to the (empty) trust.
+    let kek = &fixture!("KEK.esl")[44..];
+    assert_eq!(signed.verify(&digest, &[kek]), Err(crate::pkcs7::Error::Untrusted));
+    let mut wrong = digest;
+    wrong[0] ^= 1;
+    assert_eq!(signed.verify(&wrong, &[kek]), Err(crate::pkcs7::Error::BadSignature));
+}
+
+#[test]
+fn oversized_and_garbage_signatures_are_security_violations() {
+    let mut m = enrolled();
+    let sdb = IMAGE_SECURITY_DATABASE;
+    let payload = fixture!("db1.esl");
+    let descriptor = |sig: &[u8]| {
+        let mut v = ymdhms(2030, 1, 1, 0, 0, 0).to_bytes().to_vec();
+        v.extend_from_slice(&(24 + sig.len() as u32).to_le_bytes());
+        v.extend_from_slice(&0x0200u16.to_le_bytes());
+        v.extend_from_slice(&0x0ef1u16.to_le_bytes());
+        v.extend_from_slice(&CERT_TYPE_PKCS7.0);
+        v.extend_from_slice(sig);
+        v.extend_from_slice(payload);
+        v
+    };
+    let big = vec![0x30; crate::pkcs7::MAX_SIGNATURE_SIZE + 1];
+    let mut deep = Vec::new();
+    for _ in 0..2000 {
+        deep.extend_from_slice(&[0x30, 0x80]);
+    }
+    for sig in [big.as_slice(), &deep, &[0x30, 0x82, 0xff, 0xff], &[0xff; 100]] {
+        assert_eq!(write(&mut m, "db", sdb, AT | APPEND, &descriptor(sig)), Status::SECURITY_VIOLATION);
+    }
+}
