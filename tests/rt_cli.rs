@@ -4,7 +4,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{rt, rt_ok, status, GLOBAL, TEST_GUID};
+use common::{rt, rt_ok, status, GLOBAL, SECURE_BOOT_STATE, TEST_GUID};
 
 #[test]
 fn a_missing_vars_file_is_created_empty() {
@@ -13,7 +13,9 @@ fn a_missing_vars_file_is_created_empty() {
     let v = rt_ok(&vars, &["list-variables"]);
     assert_eq!(status(&v), "EFI_SUCCESS");
     assert_eq!(v["status_code"], 0);
-    assert_eq!(v["variables"].as_array().unwrap().len(), 0);
+    // Only the Secure Boot state variables, which are not in the store.
+    let names: Vec<&str> = v["variables"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, SECURE_BOOT_STATE);
     assert_eq!(std::fs::metadata(&vars).unwrap().len(), 0x20000, "the 2 MiB build's 128 KiB layout");
 }
 
@@ -58,7 +60,10 @@ fn enumeration_walks_every_variable() {
     let mut names: Vec<&str> =
         list["variables"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["A", "B", "C"]);
+    let mut expected = vec!["A", "B", "C"];
+    expected.extend(SECURE_BOOT_STATE);
+    expected.sort();
+    assert_eq!(names, expected);
 }
 
 #[test]
@@ -186,6 +191,10 @@ fn the_debian_4m_ms_store_is_read_and_written() {
             (efivmm::efi::name_from_utf16(v.name), guid, v.data.len())
         })
         .collect();
+    // The Debian store is in User Mode (it has a PK).
+    for (name, size) in SECURE_BOOT_STATE.iter().zip([1, 1, 1, 1, 64, 1]) {
+        expected.push((name.to_string(), GLOBAL.to_string(), size));
+    }
     expected.sort();
     // ... is what the firmware in the sandbox lists.
     let list = rt_ok(&vars, &["list-variables"]);
@@ -206,6 +215,9 @@ fn the_debian_4m_ms_store_is_read_and_written() {
     for must in ["PK", "KEK", "db", "dbx"] {
         assert!(listed.iter().any(|(n, _, size)| n == must && *size > 0), "{must} missing");
     }
+    // User Mode, and SecureBoot 0 (efivmm's direct boot verifies no image).
+    assert_eq!(rt_ok(&vars, &["get-variable", "SetupMode", GLOBAL])["data_hex"], "00");
+    assert_eq!(rt_ok(&vars, &["get-variable", "SecureBoot", GLOBAL])["data_hex"], "00");
     // Writing keeps the 4 MiB layout.
     rt_ok(&vars, &["set-variable", "New", TEST_GUID, "--attrs", "7", "--data-hex", "aa"]);
     assert_eq!(std::fs::metadata(&vars).unwrap().len(), 540672);

@@ -8,6 +8,11 @@ use serde_json::Value;
 
 /// A GUID for test variables.
 pub const TEST_GUID: &str = "3f0b4c2e-5b2a-4d8e-9f61-6c1f0e7a9d11";
+/// The built-in firmware's Secure Boot state variables (volatile, under
+/// the global GUID), which GetNextVariableName lists after the store's.
+#[allow(dead_code)]
+pub const SECURE_BOOT_STATE: [&str; 6] =
+    ["SetupMode", "SecureBoot", "AuditMode", "DeployedMode", "SignatureSupport", "VendorKeys"];
 /// EFI_GLOBAL_VARIABLE.
 pub const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
