@@ -41,6 +41,8 @@ pub const CERT_TYPE_PKCS7: Guid =
 pub const EFIVMM_OWNER: Guid =
     Guid::from_fields(0xe608_9b3f, 0x7abd, 0x4a2b, [0xb7, 0xc7, 0xd9, 0xfb, 0x3b, 0xf9, 0x54, 0x00]);
 
+/// `EFI_SECURITY_VIOLATION`.
+const EFI_SECURITY_VIOLATION: u64 = efi::ERROR_BIT | 26;
 /// `EFI_OUT_OF_RESOURCES`.
 const EFI_OUT_OF_RESOURCES: u64 = efi::ERROR_BIT | 9;
 /// `EFI_VARIABLE_APPEND_WRITE`.
@@ -325,12 +327,19 @@ pub fn apply(path: &Path, args: &ApplyArgs) -> Result<(), ExitError> {
     let status = fw.set_variable(&efi::name_to_utf16(&args.name), &guid, attrs, &data);
     let what =
         format!("SetVariable({}, {guid}, {attrs:#x}) with {}", efi::escape_controls(&args.name), args.update.display());
+    if status == EFI_SECURITY_VIOLATION {
+        return Err(refused(
+            &fw,
+            &what,
+            status,
+            "the file is unchanged. The update is not signed by a key the store trusts for this variable (PK for PK \
+             and KEK; a KEK or PK for db, dbx, dbt, dbr), or was changed after signing, or its timestamp is not newer \
+             than the stored one (a replay: only an append may reuse one), or it was signed for an append \
+             (sign-efi-sig-list -a) and applied without --append, or the other way round",
+        ));
+    }
     if status != EFI_SUCCESS {
-        let hint = "the file is unchanged. EFI_SECURITY_VIOLATION means the update is not signed by a key the store \
-                    trusts for this variable (PK for PK and KEK; PK or KEK for db, dbx, dbt, dbr), was altered after \
-                    signing, has a timestamp not newer than the stored one (a replay; only --append may reuse one), \
-                    or was signed for the other of append/replace (sign-efi-sig-list -a goes with --append)";
-        return Err(refused(&fw, &what, status, hint));
+        return Err(refused(&fw, &what, status, "the file is unchanged"));
     }
     drop(fw);
     super::print_out(format!("{what}: EFI_SUCCESS; {} updated\n", path.display()).as_bytes())
