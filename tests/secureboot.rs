@@ -185,6 +185,8 @@ impl Lab {
         if append {
             args.push("-a");
         }
+        // The vendor GUID of a private variable (ignored for PK, KEK, db...).
+        args.extend(["-g", common::TEST_GUID]);
         args.extend(["-t", time, "-k", signer.key.to_str().unwrap(), "-c", signer.crt.to_str().unwrap(), var]);
         args.extend([esl.to_str().unwrap(), out.to_str().unwrap()]);
         tool("sign-efi-sig-list", &args);
@@ -388,10 +390,46 @@ fn a_pk_signed_kek_append_and_a_pk_signed_db_write_are_accepted() {
     let view = secure_boot(&file);
     assert_eq!(entries(&view, "db"), 1, "{view}");
     assert!(has_cert(&view, "db", "DB3") && !has_cert(&view, "db", "DB1"), "{view}");
-    // The new KEK signs db updates.
+    // The new KEK signs db updates, and dbr.
     let db4 = lab.key("DB4", 2048);
     apply_ok(&file, "db", true, &lab.sign("db", &lab.esl(&db4), &kek2, true));
     assert!(has_cert(&secure_boot(&file), "db", "DB4"));
+    apply_ok(&file, "dbr", false, &lab.sign("dbr", &lab.esl(&db4), &kek2, false));
+    assert!(has_cert(&secure_boot(&file), "dbr", "DB4"));
+}
+
+#[test]
+fn a_private_authenticated_variable_is_bound_to_its_signer() {
+    let lab = Lab::new();
+    let (pk, kek, db1) = keys(&lab);
+    let file = lab.virt("vm.fd", &pk, &[&kek], &[&db1]);
+    let (owner, other) = (lab.key("Owner", 2048), lab.key("Other", 3072));
+    let (v1, v2) = (lab.path("v1.bin"), lab.path("v2.bin"));
+    std::fs::write(&v1, b"first").unwrap();
+    std::fs::write(&v2, b"second").unwrap();
+    let apply_private = |auth: &Path| {
+        let args = ["apply", "--name", "MyAuthVar", "--guid", common::TEST_GUID, auth.to_str().unwrap()];
+        vars(&file, &args)
+    };
+    let get = || vars_ok(&file, &["get", "MyAuthVar", common::TEST_GUID, "--hex"]);
+    let first = lab.sign("MyAuthVar", &v1, &owner, false);
+    let r = apply_private(&first);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(get().trim(), "6669727374");
+    // Another signer, a newer timestamp: refused, the file unchanged.
+    let before = std::fs::read(&file).unwrap();
+    let r = apply_private(&lab.sign("MyAuthVar", &v2, &other, false));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("EFI_SECURITY_VIOLATION"), "{}", r.stderr);
+    assert!(std::fs::read(&file).unwrap() == before);
+    // The first update again: a replay.
+    let r = apply_private(&first);
+    assert!(r.stderr.contains("EFI_SECURITY_VIOLATION"), "{}", r.stderr);
+    assert!(std::fs::read(&file).unwrap() == before);
+    // Its signer, a newer timestamp: taken.
+    let r = apply_private(&lab.sign("MyAuthVar", &v2, &owner, false));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(get().trim(), "7365636f6e64");
 }
 
 #[test]
