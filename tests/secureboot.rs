@@ -21,6 +21,8 @@ const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// The SignatureOwner of the test's signature lists.
 const OWNER: &str = "5e2b1c0a-8d3f-4b6e-9a71-2c4d6e8f0a13";
+/// `EFI_IMAGE_SECURITY_DATABASE_GUID`.
+const IMAGE_SECURITY_DATABASE: &str = "d719b2cb-3d3a-4596-a3bc-dad00e67656f";
 /// `EFI_CERT_TYPE_PKCS7_GUID`.
 const PKCS7: &str = "4aafd29d-68df-49ee-8aa9-347d375665a7";
 
@@ -107,6 +109,15 @@ fn fw_print(file: &Path) -> String {
     tool("virt-fw-vars", &["-i", file.to_str().unwrap(), "--print", "--verbose"])
 }
 
+/// The vendor GUID of `var`: UEFI's for the key databases, else the test's.
+fn vendor(var: &str) -> &'static str {
+    match var {
+        "PK" | "KEK" => common::GLOBAL,
+        "db" | "dbx" | "dbt" | "dbr" => IMAGE_SECURITY_DATABASE,
+        _ => common::TEST_GUID,
+    }
+}
+
 /// A key pair made with `openssl req`.
 struct Key {
     key: PathBuf,
@@ -185,8 +196,9 @@ impl Lab {
         if append {
             args.push("-a");
         }
-        // The vendor GUID of a private variable (ignored for PK, KEK, db...).
-        args.extend(["-g", common::TEST_GUID]);
+        // The vendor GUID: sign-efi-sig-list knows it for PK, KEK, db and
+        // dbx only (it is signed, so it must be right).
+        args.extend(["-g", vendor(var)]);
         args.extend(["-t", time, "-k", signer.key.to_str().unwrap(), "-c", signer.crt.to_str().unwrap(), var]);
         args.extend([esl.to_str().unwrap(), out.to_str().unwrap()]);
         tool("sign-efi-sig-list", &args);
@@ -390,12 +402,12 @@ fn a_pk_signed_kek_append_and_a_pk_signed_db_write_are_accepted() {
     let view = secure_boot(&file);
     assert_eq!(entries(&view, "db"), 1, "{view}");
     assert!(has_cert(&view, "db", "DB3") && !has_cert(&view, "db", "DB1"), "{view}");
-    // The new KEK signs db updates, and dbr.
+    // The new KEK signs db updates, and dbt.
     let db4 = lab.key("DB4", 2048);
     apply_ok(&file, "db", true, &lab.sign("db", &lab.esl(&db4), &kek2, true));
     assert!(has_cert(&secure_boot(&file), "db", "DB4"));
-    apply_ok(&file, "dbr", false, &lab.sign("dbr", &lab.esl(&db4), &kek2, false));
-    assert!(has_cert(&secure_boot(&file), "dbr", "DB4"));
+    apply_ok(&file, "dbt", false, &lab.sign("dbt", &lab.esl(&db4), &kek2, false));
+    assert!(has_cert(&secure_boot(&file), "dbt", "DB4"));
 }
 
 #[test]
