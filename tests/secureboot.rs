@@ -218,7 +218,7 @@ impl Lab {
             args.extend(["--db", k.crt.to_str().unwrap()]);
         }
         let out = vars_ok(&file, &args);
-        assert!(out.contains("User Mode"), "{out}");
+        assert!(out.contains("User Mode (SetupMode 0)"), "{out}");
         file
     }
 
@@ -553,7 +553,9 @@ fn deleting_pk_returns_the_store_to_setup_mode() {
     assert_eq!(before["data_hex"], "00", "{before}");
     // A KEK cannot delete PK.
     apply_refused(&file, "PK", false, &lab.sign("PK", Path::new("/dev/null"), &kek, false));
-    apply_ok(&file, "PK", false, &lab.sign("PK", Path::new("/dev/null"), &pk, false));
+    let r = apply(&file, "PK", false, &lab.sign("PK", Path::new("/dev/null"), &pk, false));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("updated, Setup Mode (SetupMode 1)"), "{}", r.stdout);
     let view = secure_boot(&file);
     assert!(view.starts_with("mode: Setup Mode"), "{view}");
     assert!(view.contains("\nPK: not set\n"), "{view}");

@@ -289,13 +289,19 @@ pub fn enroll(path: &Path, args: &EnrollArgs) -> Result<(), ExitError> {
             out.push_str(&format!("{name}: enrolled {} ({})\n", efi::escape_controls(&c.subject), c.path.display()));
         }
     }
+    out.push_str(&format!("{}: {}\n", path.display(), mode(&mut fw)));
     drop(fw);
-    out.push_str(&format!(
-        "{}: {}\n",
-        path.display(),
-        if args.pk.is_some() { "User Mode (PK set)" } else { "still in Setup Mode (no PK given)" }
-    ));
     super::print_out(out.as_bytes())
+}
+
+/// The mode as the firmware reports it (its `SetupMode` variable).
+fn mode(fw: &mut Firmware) -> String {
+    let r = fw.get_variable(&efi::name_to_utf16("SetupMode"), &Guid::GLOBAL_VARIABLE, 1);
+    match (r.status, r.data.first()) {
+        (EFI_SUCCESS, Some(0)) => "User Mode (SetupMode 0)".into(),
+        (EFI_SUCCESS, Some(1)) => "Setup Mode (SetupMode 1)".into(),
+        (status, _) => format!("mode unknown (SetupMode: {})", efi::status_name(status)),
+    }
 }
 
 /// Runs `efivmm vars apply` on `path`.
@@ -341,8 +347,9 @@ pub fn apply(path: &Path, args: &ApplyArgs) -> Result<(), ExitError> {
     if status != EFI_SUCCESS {
         return Err(refused(&fw, &what, status, "the file is unchanged"));
     }
+    let mode = mode(&mut fw);
     drop(fw);
-    super::print_out(format!("{what}: EFI_SUCCESS; {} updated\n", path.display()).as_bytes())
+    super::print_out(format!("{what}: EFI_SUCCESS\n{}: updated, {mode}\n", path.display()).as_bytes())
 }
 
 /// Runs `efivmm vars secure-boot` on `path`: the mode, then each key
