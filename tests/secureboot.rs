@@ -668,3 +668,19 @@ fn an_update_for_the_debian_store_signed_by_another_key_is_refused() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("--guid"), "{}", r.stderr);
 }
+
+#[test]
+fn a_kek_signed_empty_update_deletes_db_and_a_missing_variable_is_not_found() {
+    let lab = Lab::new();
+    let (pk, kek, db1) = keys(&lab);
+    let file = lab.virt("vm.fd", &pk, &[&kek], &[&db1]);
+    let before = std::fs::read(&file).unwrap();
+    let r = apply(&file, "dbx", false, &lab.sign("dbx", Path::new("/dev/null"), &kek, false));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("EFI_NOT_FOUND"), "{}", r.stderr);
+    assert!(std::fs::read(&file).unwrap() == before);
+    apply_ok(&file, "db", false, &lab.sign("db", Path::new("/dev/null"), &kek, false));
+    let view = secure_boot(&file);
+    assert!(view.contains("\ndb: not set\n"), "{view}");
+    assert!(view.starts_with("mode: User Mode"), "{view}");
+}

@@ -216,20 +216,17 @@ fn start_firmware(path: &Path) -> Result<Firmware, ExitError> {
     Ok(fw)
 }
 
-/// The error for a SetVariable the firmware refused with `status`.
+/// The error for a SetVariable the firmware refused with `status`;
+/// `hint` says what was and was not written.
 fn refused(fw: &Firmware, what: &str, status: u64, hint: &str) -> ExitError {
     let name = efi::status_name(status);
     match status {
         EFI_DEVICE_ERROR => ExitError::Kvm(format!(
-            "{what}: EFI_DEVICE_ERROR: the call failed in the sandbox ({}); the file is unchanged",
+            "{what}: {name}: the call failed in the sandbox or its commit failed ({}); {hint}",
             fw.last_failure().unwrap_or("no reason given")
         )),
-        EFI_NOT_FOUND => {
-            ExitError::NotFound(format!("{what}: EFI_NOT_FOUND (no such variable to delete or append to)"))
-        }
-        EFI_OUT_OF_RESOURCES => {
-            ExitError::Store(format!("{what}: EFI_OUT_OF_RESOURCES: the store has no room for it; {hint}"))
-        }
+        EFI_NOT_FOUND => ExitError::NotFound(format!("{what}: {name}: there is no such variable to delete; {hint}")),
+        EFI_OUT_OF_RESOURCES => ExitError::Store(format!("{what}: {name}: the store has no room for it; {hint}")),
         _ => ExitError::Usage(format!("{what}: the firmware refused it with {name}; {hint}")),
     }
 }
