@@ -208,8 +208,13 @@ impl Lab {
     /// A store from `efivmm vars init`, with `pk`, `keks` and `dbs`
     /// enrolled by `efivmm vars enroll` (through the firmware).
     fn enrolled(&self, name: &str, pk: &Key, keks: &[&Key], dbs: &[&Key]) -> PathBuf {
+        self.enrolled_in("4m", name, pk, keks, dbs)
+    }
+
+    /// [`Lab::enrolled`] on a store of `layout` (`2m` or `4m`).
+    fn enrolled_in(&self, layout: &str, name: &str, pk: &Key, keks: &[&Key], dbs: &[&Key]) -> PathBuf {
         let file = self.path(name);
-        vars_ok(&file, &["init"]);
+        vars_ok(&file, &["init", "--layout", layout]);
         let mut args: Vec<&str> = vec!["enroll", "--owner", OWNER, "--pk", pk.crt.to_str().unwrap()];
         for k in keks {
             args.extend(["--kek", k.crt.to_str().unwrap()]);
@@ -267,6 +272,7 @@ fn enroll_writes_the_keys_through_the_firmware_and_virt_fw_vars_reads_them() {
     let db_der = lab.path("DB2.der");
     let db2 = lab.key("DB2", 2048);
     tool("openssl", &["x509", "-in", db2.crt.to_str().unwrap(), "-outform", "DER", "-out", db_der.to_str().unwrap()]);
+    let revoked = lab.key("Revoked", 2048);
     let file = lab.path("vm.fd");
     vars_ok(&file, &["init"]);
     assert!(secure_boot(&file).starts_with("mode: Setup Mode"));
@@ -282,14 +288,20 @@ fn enroll_writes_the_keys_through_the_firmware_and_virt_fw_vars_reads_them() {
             db.crt.to_str().unwrap(),
             "--db",
             db_der.to_str().unwrap(),
+            "--dbx",
+            revoked.crt.to_str().unwrap(),
         ],
     );
     assert!(out.contains("PK: enrolled CN=PK"), "{out}");
     let view = secure_boot(&file);
     assert!(view.starts_with("mode: User Mode"), "{view}");
     assert_eq!((entries(&view, "PK"), entries(&view, "KEK"), entries(&view, "db")), (1, 1, 2), "{view}");
-    assert_eq!(entries(&view, "dbx"), 0, "{view}");
+    assert_eq!(entries(&view, "dbx"), 1, "{view}");
     assert!(has_cert(&view, "db", "DB2") && has_cert(&view, "KEK", "KEK"), "{view}");
+    assert!(has_cert(&view, "dbx", "Revoked"), "{view}");
+    // One line per certificate, in the order written: dbx, db, KEK, PK.
+    let order: Vec<&str> = out.lines().map(|l| l.split(':').next().unwrap()).collect();
+    assert_eq!(order, ["dbx", "db", "db", "KEK", "PK", file.to_str().unwrap()], "{out}");
     // The fingerprint is the SHA-256 of the DER certificate, as openssl computes it.
     let fp = tool("openssl", &["x509", "-in", pk.crt.to_str().unwrap(), "-noout", "-fingerprint", "-sha256"]);
     let fp = fp.trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
@@ -588,7 +600,9 @@ fn rsa_2048_3072_and_4096_signers_are_each_accepted() {
     let pk = lab.key("PK", 4096);
     let keks: Vec<Key> = [2048, 3072, 4096].iter().map(|&b| lab.key(&format!("KEK{b}"), b)).collect();
     let db1 = lab.key("DB1", 2048);
-    let file = lab.enrolled("vm.fd", &pk, &keks.iter().collect::<Vec<_>>(), &[&db1]);
+    // The 2 MiB build's 128 KiB store this time.
+    let file = lab.enrolled_in("2m", "vm.fd", &pk, &keks.iter().collect::<Vec<_>>(), &[&db1]);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0x20000);
     for k in &keks {
         let cert = lab.key(&format!("By{}", k.cn), 2048);
         apply_ok(&file, "db", true, &lab.sign("db", &lab.esl(&cert), k, true));
