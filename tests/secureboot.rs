@@ -346,6 +346,12 @@ fn enroll_refuses_a_store_that_has_a_pk_and_leaves_it_unchanged() {
     let r = vars(&lab.path("missing.fd"), &["enroll", "--db", db.crt.to_str().unwrap()]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!lab.path("missing.fd").exists(), "enroll created a store");
+    // A combined OVMF.fd is not a vars file the firmware can run on.
+    let combined = lab.path("OVMF.fd");
+    std::fs::copy("/usr/share/ovmf/OVMF.fd", &combined).unwrap();
+    let r = vars(&combined, &["enroll", "--db", db.crt.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("not on a combined OVMF.fd"), "{}", r.stderr);
 }
 
 #[test]

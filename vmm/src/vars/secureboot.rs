@@ -194,23 +194,32 @@ pub fn efi_time_utc(unix_ns: i64) -> EfiTime {
     }
 }
 
-/// Refuses a path that does not exist: `Firmware::start_on` would create a
-/// fresh store there, and a mistyped `--file` must not do that.
-fn existing(path: &Path) -> Result<(), ExitError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ExitError::Usage(format!(
+/// Refuses a path that does not exist (`Firmware::start_on` would create a
+/// fresh store there, and a mistyped `--file` must not do that) and a
+/// combined flash image, which the firmware's vars file cannot be.
+fn check_target(path: &Path) -> Result<(), ExitError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        ExitError::Usage(format!(
             "{}: {e}; create a store first (`efivmm vars --file {} init`) or give an existing vars file",
             path.display(),
             path.display()
-        ))),
+        ))
+    })?;
+    if meta.is_file() && meta.len() > crate::varsfile::MAX_VARS_FILE {
+        return Err(ExitError::Usage(format!(
+            "{} is {:#x} bytes, not a vars file (128 or 528 KiB): `enroll` and `apply` run the firmware on a \
+             separate vars file (OVMF_VARS*.fd), not on a combined OVMF.fd",
+            path.display(),
+            meta.len()
+        )));
     }
+    Ok(())
 }
 
 /// Starts the built-in firmware on `path` and confines this thread as
 /// `efivmm rt` does once its firmware runs.
 fn start_firmware(path: &Path) -> Result<Firmware, ExitError> {
-    existing(path)?;
+    check_target(path)?;
     let fw = Firmware::start_on(&FirmwareSource::Builtin, path)?;
     crate::confine::install_if_enabled(crate::confine::Role::Vcpu { rebuild_sandbox: false })?;
     Ok(fw)
