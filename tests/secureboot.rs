@@ -669,7 +669,9 @@ fn the_debian_microsoft_store_is_in_user_mode_with_microsofts_keys() {
         assert!(db.contains(&format!("X509 CN={cn}, O=Microsoft Corporation")), "{cn}: {view}");
         assert!(printed.contains(&format!("subject CN={cn}")), "virt-fw-vars disagrees on {cn}");
     }
+    // Microsoft's published SHA-256 thumbprints of the two 2011 CAs.
     assert!(db.contains("sha256 48e99b991f57fc52f76149599bff0a58c47154229b9f8d603ac40d3500248507"), "{view}");
+    assert!(kek.contains("sha256 a1117f516a32cefcba3f2d1ace10a87972fd6bbe8fe0d0b996e09e65d802a503"), "{view}");
     assert!(database(&view, "dbx").starts_with("dbx: 1 entry (SHA256 1)"), "{view}");
     assert!(view.contains("\ndbt: not set\ndbr: not set\n"), "{view}");
 }
