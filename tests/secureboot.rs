@@ -76,12 +76,12 @@ fn apply_ok(file: &Path, name: &str, append: bool, auth: &Path) {
     assert!(r.stdout.contains("EFI_SUCCESS"), "{}", r.stdout);
 }
 
-/// Applies `auth`, expects EFI_SECURITY_VIOLATION, and checks that the
-/// file is byte for byte what it was.
+/// Applies `auth`, expects EFI_SECURITY_VIOLATION (exit 2), and checks
+/// that the file is byte for byte what it was.
 fn apply_refused(file: &Path, name: &str, append: bool, auth: &Path) {
     let before = std::fs::read(file).unwrap();
     let r = apply(file, name, append, auth);
-    assert_ne!(r.code, 0, "apply {name} {} was accepted: {}", auth.display(), r.stdout);
+    assert_eq!(r.code, 2, "apply {name} {}: {}{}", auth.display(), r.stdout, r.stderr);
     assert!(r.stderr.contains("EFI_SECURITY_VIOLATION"), "apply {name} {}: {}", auth.display(), r.stderr);
     assert!(std::fs::read(file).unwrap() == before, "a refused apply changed {}", file.display());
 }
