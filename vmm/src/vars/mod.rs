@@ -224,8 +224,9 @@ pub fn validate_var(v: &Var) -> Result<(), String> {
 /// Runs `efivmm vars`.
 pub fn run(args: VarsArgs) -> Result<(), ExitError> {
     // The file's content may be hostile: parse it under the offline filter.
-    // `enroll` and `apply` parse it in the sandbox's firmware instead, and
-    // confine themselves as `efivmm rt` does once it is started.
+    // `enroll` and `apply` start a sandbox first, which the offline filter
+    // forbids: like `efivmm rt`, they open and validate the file, start the
+    // firmware, and then confine their thread with `rt`'s filter.
     if !matches!(args.command, VarsCommand::Enroll(_) | VarsCommand::Apply(_)) {
         crate::confine::install_if_enabled(crate::confine::Role::Offline)?;
     }
