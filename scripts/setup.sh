@@ -36,6 +36,10 @@ PATH="$PATH:/usr/sbin:/sbin" command -v mkfs.ext4 >/dev/null && PATH="$PATH:/usr
 PATH="$PATH:/usr/sbin:/sbin" command -v losetup >/dev/null && command -v mount >/dev/null || want_debs+=(mount)
 command -v iasl >/dev/null || want_debs+=(acpica-tools)
 command -v curl >/dev/null || want_debs+=(curl)
+# tests/secureboot.rs: signature lists and signed updates (cert-to-efi-sig-list, sign-efi-sig-list, ...).
+command -v sign-efi-sig-list >/dev/null && command -v cert-to-efi-sig-list >/dev/null || want_debs+=(efitools)
+command -v mokutil >/dev/null || want_debs+=(mokutil)
+command -v openssl >/dev/null || want_debs+=(openssl)
 if [ ${#want_debs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing Debian packages: ${want_debs[*]}"

@@ -5,6 +5,8 @@
 //! - [`json`]: virt-firmware's JSON variable list.
 //! - [`decode`]: decoded views of well-known variables.
 //! - [`devpath`]: device paths to text.
+//! - [`secureboot`]: `enroll` and `apply` (through the built-in firmware in
+//!   a sandbox, so its authentication rules apply) and `secure-boot`.
 //!
 //! Policy: offline edits do not apply the runtime rules (authentication,
 //! read-only variables, `SetupMode`...): this is an administrator's tool,
@@ -20,6 +22,7 @@ pub mod decode;
 pub mod devpath;
 pub mod image;
 pub mod json;
+pub mod secureboot;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -144,6 +147,21 @@ pub enum VarsCommand {
         #[arg(long, value_name = "FILE")]
         json: PathBuf,
     },
+    /// Enrolls Secure Boot keys into a store in Setup Mode: dbx, db, KEK,
+    /// then PK, one X.509 signature list per certificate, written through
+    /// the built-in firmware in a sandbox (needs /dev/kvm), so its rules
+    /// apply. A store that already has a PK is refused. See docs/vars.md.
+    Enroll(secureboot::EnrollArgs),
+    /// Applies a signed update (a `sign-efi-sig-list` .auth file) to PK,
+    /// KEK, db, dbx, dbt, dbr or a private authenticated variable, through
+    /// the built-in firmware in a sandbox (needs /dev/kvm): the firmware
+    /// checks the signature and the timestamp; on any refusal the exit code
+    /// is non-zero, the EFI status is named and the file is unchanged.
+    Apply(secureboot::ApplyArgs),
+    /// Prints the Secure Boot state: Setup or User Mode, and for PK, KEK,
+    /// db, dbx, dbt and dbr the entries by type, with each certificate's
+    /// subject and SHA-256 fingerprint (offline, no KVM).
+    SecureBoot,
 }
 
 fn parse_hex_u32(s: &str) -> Result<u32, String> {
@@ -206,7 +224,12 @@ pub fn validate_var(v: &Var) -> Result<(), String> {
 /// Runs `efivmm vars`.
 pub fn run(args: VarsArgs) -> Result<(), ExitError> {
     // The file's content may be hostile: parse it under the offline filter.
-    crate::confine::install_if_enabled(crate::confine::Role::Offline)?;
+    // `enroll` and `apply` start a sandbox first, which the offline filter
+    // forbids: like `efivmm rt`, they open and validate the file, start the
+    // firmware, and then confine their thread with `rt`'s filter.
+    if !matches!(args.command, VarsCommand::Enroll(_) | VarsCommand::Apply(_)) {
+        crate::confine::install_if_enabled(crate::confine::Role::Offline)?;
+    }
     let path = args.file.ok_or_else(|| {
         ExitError::Usage("`efivmm vars` needs --file PATH (the vars file or OVMF.fd to work on)".into())
     })?;
@@ -285,6 +308,9 @@ pub fn run(args: VarsArgs) -> Result<(), ExitError> {
             }
             edit(&path, &vars)
         }
+        VarsCommand::Enroll(e) => secureboot::enroll(&path, &e),
+        VarsCommand::Apply(a) => secureboot::apply(&path, &a),
+        VarsCommand::SecureBoot => secureboot::view(&path),
     }
 }
 
