@@ -9,7 +9,7 @@
 # `LAB-RESULT <scenario> PASS|FAIL <evidence>` lines, which this script
 # collects.
 #
-# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 API T S6 S5 SMM EO;
+# Usage: tests/lab/run.sh [SCENARIO...]   (default: S1 S2 S3 S3L S4 API T SB S6 S5 SMM EO;
 # also S3H, S5:S1, S5:S2, S5:S3, S5:T for one QEMU+OVMF scenario of S5, and
 # EO:SNAP, EO:RT, EO:S1, EO:S2, EO:S3, EO:S3L, EO:S4, EO:T for one scenario
 # of EO: efivmm with the Debian OVMF.fd in its sandbox (at CPL3 after its
@@ -30,6 +30,15 @@
 # guest by --var-policy: efibootmgr in L2 must fail), changes it while L2
 # runs, then asks for a shutdown (PUT /vm/shutdown), which L2's busybox acpid
 # turns into `poweroff -f` (tests/lab/API.sh, l1-init's run_api).
+# SB: Secure Boot's authenticated variables (issue 13): this script makes
+# PK, KEK and db certificates with openssl and enrolls them with
+# virt-fw-vars into the vars file (the keys stay here); in L2, efitools'
+# efi-updatevar must refuse a db append signed by a key outside KEK and
+# accept one signed by the KEK, and `mokutil --sb-state` must say Secure
+# Boot is disabled and not in Setup Mode; a second efivmm run on the same
+# file finds the new db; then `efivmm rt` in L1 reads SecureBoot and
+# SetupMode, and the vars file comes back here for virt-fw-vars
+# (tests/lab/SB.sh, l1-init's run_sb; judged below).
 # Output: target/lab/ (l1.log: the whole console; report.md). The Debian
 # kernel package is cached in target/lab/cache/.
 # Environment: LAB_TIMEOUT (seconds for all L1 boots together, default 1800),
@@ -46,7 +55,7 @@ t_start=$(date +%s)
 scenarios=("$@")
 # S6 last among the efivmm ones: if its guest cannot reboot, the L1 run
 # ends there.
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4 API T S6 S5 SMM EO)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(S1 S2 S3 S3L S4 API T SB S6 S5 SMM EO)
 # EO = every scenario of efivmm with OVMF.fd in the sandbox; SMM = the
 # scenarios run under QEMU with the SMM build of OVMF (T only).
 expanded=()
@@ -62,7 +71,7 @@ scenarios=("${expanded[@]}")
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
-pkgs=(qemu-system-x86 ovmf busybox-static kexec-tools cpio efibootmgr gcc libc6-dev file curl)
+pkgs=(qemu-system-x86 ovmf busybox-static kexec-tools cpio efibootmgr gcc libc6-dev file curl openssl efitools mokutil e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -117,6 +126,49 @@ copy_with_libs() { # tree program...
 }
 mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
 
+# 3b. SB's keys and store, made here (the private keys never leave L0):
+# PK, KEK and a first db certificate (RSA-2048, self-signed, SHA-256)
+# enrolled with virt-fw-vars into Debian's empty vars template of the
+# 2 MiB OVMF build (OVMF_VARS.fd, 128 KiB: the layout efivmm gives a new
+# store), so the store is in User Mode; newdb.auth, an append to db signed
+# by the KEK (efitools: cert-to-efi-sig-list, sign-efi-sig-list -a), and
+# bad.auth, the same kind of append signed by a key that is neither KEK nor
+# PK. L2 gets the two signed updates and the certificates (DER); L1 the
+# store.
+sb=$out/sb
+sb_owner=4c61622d-6566-6976-6d6d-000000000001 # the lab's GUID (lib.sh), as the certificates' owner
+if [[ " ${scenarios[*]} " == *" SB "* ]]; then
+  say "making SB's keys and vars file"
+  if ! command -v virt-fw-vars >/dev/null; then
+    python3 -m pip install -q virt-firmware >/dev/null 2>&1 || true
+    command -v virt-fw-vars >/dev/null || { say "SB needs virt-fw-vars (PyPI: virt-firmware)"; exit 1; }
+  fi
+  rm -rf "$sb" && mkdir -p "$sb/keys" "$sb/l2"
+  sb_cert() { # NAME CN: keys/NAME.key, keys/NAME.crt (PEM), l2/NAME.der
+    openssl req -new -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -subj "/CN=$2/" \
+      -keyout "$sb/keys/$1.key" -out "$sb/keys/$1.crt" 2>/dev/null
+    openssl x509 -in "$sb/keys/$1.crt" -outform DER -out "$sb/l2/$1.der"
+  }
+  sb_cert PK "efivmm lab SB PK"
+  sb_cert KEK "efivmm lab SB KEK"
+  sb_cert db "efivmm lab SB db"
+  sb_cert newdb "efivmm lab SB newdb"
+  sb_cert rogue "efivmm lab SB rogue"
+  sb_cert notkek "efivmm lab SB not-a-KEK"
+  virt-fw-vars -i /usr/share/OVMF/OVMF_VARS.fd -o "$sb/vars.fd" --set-pk $sb_owner "$sb/keys/PK.crt" \
+    --add-kek $sb_owner "$sb/keys/KEK.crt" --add-db $sb_owner "$sb/keys/db.crt" > "$sb/virt-fw-vars.log" 2>&1 \
+    || { cat "$sb/virt-fw-vars.log"; say "SB: virt-fw-vars could not make the store"; exit 1; }
+  virt-fw-vars -i "$sb/vars.fd" --print --verbose > "$sb/vars-before.txt" 2>&1
+  (cd "$sb/keys" &&
+    cert-to-efi-sig-list -g $sb_owner newdb.crt newdb.esl &&
+    sign-efi-sig-list -a -k KEK.key -c KEK.crt db newdb.esl newdb.auth &&
+    cert-to-efi-sig-list -g $sb_owner rogue.crt rogue.esl &&
+    sign-efi-sig-list -a -k notkek.key -c notkek.crt db rogue.esl bad.auth) > "$sb/efitools.log" 2>&1 \
+    || { cat "$sb/efitools.log"; say "SB: efitools could not sign the db updates"; exit 1; }
+  cp "$sb/keys/newdb.auth" "$sb/keys/bad.auth" "$sb/l2/"
+  rm "$sb/l2/PK.der" "$sb/l2/KEK.der" "$sb/l2/notkek.der" # L2 needs only db, newdb and rogue
+fi
+
 # 4. The L2 initramfs: busybox, kexec, efibootmgr, efivarfs.ko (and evdev.ko,
 # button.ko for API's power button), the scenarios.
 say "building the L2 initramfs"
@@ -124,6 +176,15 @@ l2=$out/l2-root
 rm -rf "$l2" && mkdir -p "$l2"/{bin,sbin,proc,sys,dev,tmp,lab,lib/modules}
 cp "$(command -v busybox)" "$l2/bin/busybox"
 copy_with_libs "$l2" "$(command -v kexec)" "$(command -v efibootmgr)"
+# SB: efitools and mokutil (libcrypto, and libefivar for mokutil: 2 MB
+# compressed, so only when SB runs) with the signed updates and
+# certificates; e2fsprogs' chattr and lsattr (busybox-static has neither):
+# Linux makes db's efivarfs file immutable.
+if [ -d "$sb/l2" ] && [[ " ${scenarios[*]} " == *" SB "* ]]; then
+  copy_with_libs "$l2" "$(command -v efi-updatevar)" "$(command -v efi-readvar)" "$(command -v mokutil)" \
+    "$(command -v chattr)" "$(command -v lsattr)"
+  cp -r "$sb/l2" "$l2/lab/sb"
+fi
 for m in fs/efivarfs/efivarfs.ko drivers/block/loop.ko drivers/input/evdev.ko drivers/acpi/button.ko; do
   [ -e "$mods/$m" ] && cp "$mods/$m" "$l2/lib/modules/"
 done
@@ -153,6 +214,8 @@ if [[ " ${scenarios[*]} " == *" API "* ]]; then
   copy_with_libs "$l1" "$(command -v curl)"
   cp "$here/api-policy.json" "$l1/lab/"
 fi
+# SB: the store with PK, KEK and db enrolled.
+if [[ " ${scenarios[*]} " == *" SB "* ]]; then cp "$sb/vars.fd" "$l1/lab/sb-vars.fd"; fi
 # The QEMU+OVMF scenarios (S5 = all four), and QEMU with OVMF's SMM build.
 ovmf_runs=()
 smm_runs=()
@@ -347,11 +410,68 @@ if [ ${#timing_req[@]} -gt 0 ]; then
   mapfile -t timing_lines < <(python3 "$here/timing-table.py" "$log" "${timing_req[@]}" 2>&1)
   printf '%s\n' "${timing_lines[@]}"
 fi
+# SB: what the guest's two runs leave to check here (one line each, "ok: "
+# or "FAIL: "): the first run's verdict (the row shows the second's), the
+# SecureBoot and SetupMode efivmm reports on the store afterwards (`efivmm
+# rt` in L1: both 0, as the guest's efivarfs and mokutil saw them), and the
+# store itself, out of the console, read by virt-fw-vars: db holds the
+# enrolled certificate and the KEK-signed one, not the rogue one; PK and KEK
+# are the enrolled ones.
+sb_lines=()
+sb_host_checks() {
+  local r rt v db
+  r=$(result_of SBa)
+  if [ "${r%% *}" = PASS ]; then echo "ok: first run (SBa): ${r#* }"
+  else echo "FAIL: first run (SBa): ${r:-no result (timeout or crash)}" | cut -c1-1000; fi
+  for v in SecureBoot SetupMode; do
+    rt=$(grep -a "^LAB-NOTE SB efivmm rt get-variable $v: " "$log" | tail -1 | sed 's/^LAB-NOTE SB efivmm rt get-variable [A-Za-z]*: //')
+    if [[ $rt == "rc=0 "* ]] && grep -qE '"status": *"EFI_SUCCESS"' <<< "$rt" && grep -qE '"data_hex": *"00"' <<< "$rt"; then
+      echo "ok: efivmm rt $v: 0 on the store after both runs"
+    else
+      echo "FAIL: efivmm rt $v: get-variable on the store after both runs: ${rt:-no answer} (want EFI_SUCCESS, 00)"
+    fi
+  done
+  rm -f "$sb/vars-after.fd" "$sb/vars-after.txt"
+  awk '/^LAB-BLOB-BEGIN sb-vars$/ { b = ""; on = 1; next }
+    /^LAB-BLOB-END sb-vars$/ { on = 0; last = b; next }
+    on { b = b $0 "\n" } END { printf "%s", last }' "$log" | base64 -d 2>/dev/null | gunzip > "$sb/vars-after.fd" 2>/dev/null || true
+  if [ ! -s "$sb/vars-after.fd" ]; then
+    echo "FAIL: the store: it did not come out of L1 (no LAB-BLOB sb-vars)"
+    return
+  fi
+  if ! virt-fw-vars -i "$sb/vars-after.fd" --print --verbose > "$sb/vars-after.txt" 2>&1; then
+    echo "FAIL: the store: virt-fw-vars cannot read it after both runs: $(tail -1 "$sb/vars-after.txt")"
+    return
+  fi
+  # (Each variable is a paragraph: "name=db guid=... size=..." to a blank line.)
+  db=$(awk '/^name=/ { on = ($0 ~ /^name=db /) } on' "$sb/vars-after.txt")
+  if grep -q 'subject CN=efivmm lab SB db$' <<< "$db" && grep -q 'subject CN=efivmm lab SB newdb$' <<< "$db" &&
+    ! grep -q 'rogue' <<< "$db"; then
+    echo "ok: virt-fw-vars db: after both runs $(grep -c 'siglist' <<< "$db") signature lists, CN=efivmm lab SB db and CN=efivmm lab SB newdb, no rogue certificate ($(grep -o 'size=[0-9]*' <<< "$db" | head -1))"
+  else
+    echo "FAIL: virt-fw-vars db: after both runs, not the enrolled and the appended certificate only: $(grep -E 'name=|subject' <<< "$db" | paste -sd '|' | cut -c1-300)"
+  fi
+  for v in PK KEK; do
+    if awk -v n="name=$v " 'index($0, n) == 1 { on = 1; next } /^name=/ { on = 0 } on' "$sb/vars-after.txt" | grep -q "subject CN=efivmm lab SB $v\$"; then
+      echo "ok: virt-fw-vars $v: still CN=efivmm lab SB $v"
+    else
+      echo "FAIL: virt-fw-vars $v: not CN=efivmm lab SB $v any more"
+    fi
+  done
+}
+if [[ " ${scenarios[*]} " == *" SB "* ]]; then
+  mapfile -t sb_lines < <(sb_host_checks)
+  printf 'SB %s\n' "${sb_lines[@]}"
+fi
 for s in "${rows_of[@]}"; do
   r=$(result_of "$s")
   [ "$s" != API ] || r=$(api_result)
   if [[ " ${scenarios[*]} " != *" $s "* ]]; then r="- not run under efivmm"; fi
-  case $s in S4) t=$(secs "S4a efivmm-start" "S4b efivmm-end") ;; *) t=$(secs "$s efivmm-start" "$s efivmm-end") ;; esac
+  case $s in
+    S4) t=$(secs "S4a efivmm-start" "S4b efivmm-end") ;;
+    SB) t=$(secs "SBa efivmm-start" "SBb efivmm-end") ;;
+    *) t=$(secs "$s efivmm-start" "$s efivmm-end") ;;
+  esac
   verdict=${r%% *}
   evidence=${r#* }
   if [ -z "$r" ]; then verdict=FAIL evidence="no result (timeout or crash)"; fi
@@ -367,6 +487,15 @@ for s in "${rows_of[@]}"; do
     if [ -n "$api_failed" ]; then
       if [ "$verdict" = PASS ]; then evidence="the guest passed, but the host's checks failed: $api_failed; guest: $evidence"
       else evidence="$evidence; the host's checks failed too: $api_failed"; fi
+      verdict=FAIL
+    fi
+  fi
+  if [ "$s" = SB ] && [ "$verdict" != - ]; then
+    # (The row names the failed checks; the lines under the table say how.)
+    sb_failed=$(printf '%s\n' "${sb_lines[@]}" | sed -n 's/^FAIL: \([^:]*\):.*/\1/p' | paste -sd '|' | sed 's/|/, /g')
+    if [ -n "$sb_failed" ]; then
+      if [ "$verdict" = PASS ]; then evidence="the guest passed, but these checks below the table failed: $sb_failed; guest: $evidence"
+      else evidence="$evidence; the checks below the table that failed: $sb_failed"; fi
       verdict=FAIL
     fi
   fi
@@ -446,6 +575,12 @@ api_shutdown=$(awk '/^LAB-TIME API efivmm-start /{ s = ""; e = "" } /^LAB-TIME A
     echo "OVMF snapshot (EO:SNAP):"
     echo
     printf -- '- %s\n' "${snap_lines[@]}"
+  fi
+  if [ ${#sb_lines[@]} -gt 0 ]; then
+    echo
+    echo "Secure Boot (SB), checked here after the guest's runs (the store: target/lab/sb/vars-after.fd, virt-fw-vars' view: vars-after.txt):"
+    echo
+    printf -- '- %s\n' "${sb_lines[@]}"
   fi
   if [ ${#rt_lines[@]} -gt 0 ]; then
     echo
