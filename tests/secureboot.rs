@@ -426,6 +426,9 @@ fn a_pk_signed_kek_append_and_a_pk_signed_db_write_are_accepted() {
     assert!(has_cert(&secure_boot(&file), "db", "DB4"));
     apply_ok(&file, "dbt", false, &lab.sign("dbt", &lab.esl(&db4), &kek2, false));
     assert!(has_cert(&secure_boot(&file), "dbt", "DB4"));
+    // And dbr (UEFI's recovery database, which OVMF does not define).
+    apply_ok(&file, "dbr", false, &lab.sign("dbr", &lab.esl(&db4), &kek2, false));
+    assert!(has_cert(&secure_boot(&file), "dbr", "DB4"));
 }
 
 #[test]

@@ -24,7 +24,8 @@
 //!   (edk2).
 //! - An `APPEND_WRITE` to KEK, db, dbx or dbt adds only the signatures the
 //!   variable does not hold yet ([`siglist::filter_new`]); to other
-//!   variables it appends the bytes.
+//!   variables it appends the bytes. An append that would give PK a second
+//!   certificate is `EFI_INVALID_PARAMETER` (PK holds one).
 //! - An empty payload without `APPEND_WRITE` deletes the variable. Deleting
 //!   the PK returns the platform to Setup Mode: [`crate::secureboot`]
 //!   derives the mode from the PK's presence.
@@ -158,7 +159,7 @@ pub fn process(nv: &mut Nv<'_>, w: &Write<'_>) -> Result<Outcome, Status> {
         return Err(Status::INVALID_PARAMETER);
     }
     let filtered = matches!(kind, Kind::Kek | Kind::Db { filtered: true });
-    update(nv, w, &desc, verified, filtered)?;
+    update(nv, w, &desc, Rules { verified, filtered, single: kind == Kind::Pk })?;
     if !setup || kind == Kind::Pk {
         vendor_keys_modified(nv)?;
     }
@@ -189,16 +190,22 @@ fn kek_certs<'n>(nv: &'n Nv<'_>) -> Vec<&'n [u8]> {
     nv.find(&kek, &GLOBAL_VARIABLE).map(|v| siglist::x509_certs(v.data)).unwrap_or_default()
 }
 
-/// `AuthServiceInternalUpdateVariableWithTimeStamp` after the checks: the
-/// time stamp rule (if `verified`), deletion, append (filtered or not) or
-/// replacement.
-fn update(
-    nv: &mut Nv<'_>,
-    w: &Write<'_>,
-    desc: &Authentication2<'_>,
+/// How [`update`] treats a write.
+#[derive(Clone, Copy)]
+struct Rules {
+    /// The signature was verified: a replacement must be newer.
     verified: bool,
+    /// An append adds only signatures the variable does not hold.
     filtered: bool,
-) -> Result<(), Status> {
+    /// The result must be a single certificate (PK: an append that would
+    /// give it a second one is `EFI_INVALID_PARAMETER`).
+    single: bool,
+}
+
+/// `AuthServiceInternalUpdateVariableWithTimeStamp` after the checks: the
+/// time stamp rule, deletion, append (filtered or not) or replacement.
+fn update(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>, rules: Rules) -> Result<(), Status> {
+    let Rules { verified, filtered, single } = rules;
     let append = w.attributes & VARIABLE_APPEND_WRITE != 0;
     let stored_attributes = w.attributes & !VARIABLE_APPEND_WRITE;
     let existing = nv.find(w.name, &w.guid).map(|v| (v.timestamp, v.data.to_vec()));
@@ -226,6 +233,9 @@ fn update(
         (None, true) if desc.payload.is_empty() => return Ok(()),
         _ => (desc.payload.to_vec(), desc.timestamp),
     };
+    if single && !siglist::check_format(&data, true, false) {
+        return Err(Status::INVALID_PARAMETER);
+    }
     if existing.is_none() && stored_attributes & VARIABLE_RUNTIME_ACCESS == 0 {
         return Err(Status::INVALID_PARAMETER);
     }
@@ -275,7 +285,7 @@ fn private(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>) -> Result
         // The binding first: a variable never exists without it.
         certdb::insert(nv, w.name, &w.guid, &binding)?;
     }
-    update(nv, w, desc, true, false)?;
+    update(nv, w, desc, Rules { verified: true, filtered: false, single: false })?;
     if deleting {
         certdb::remove(nv, w.name, &w.guid)?;
     }

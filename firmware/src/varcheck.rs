@@ -26,7 +26,9 @@
 //! checks its size) and `AuditMode`/`DeployedMode` (read-only after
 //! ExitBootServices per UEFI; unknown to this edk2's VarCheckUefiLib, which
 //! would reject them as undefined names), and every variable of efivmm's
-//! private GUID. Not modelled: the `Lang`/`PlatformLang` synchronisation of
+//! private GUID. Also an addition: `dbr` (UEFI's recovery signature
+//! database), which this edk2 refuses as an undefined name, is defined like
+//! `dbt`. Not modelled: the `Lang`/`PlatformLang` synchronisation of
 //! `AutoUpdateLangVariable` (it needs the volatile `PlatformLangCodes`), and
 //! VariablePolicy entries registered by other drivers.
 
@@ -144,6 +146,10 @@ static PROPERTIES: &[Property] = &[
     p("db", IMAGE_SECURITY_DATABASE, false, NV_BS_RT_AT, 1, MAX, Check::None),
     p("dbx", IMAGE_SECURITY_DATABASE, false, NV_BS_RT_AT, 1, MAX, Check::None),
     p("dbt", IMAGE_SECURITY_DATABASE, false, NV_BS_RT_AT, 1, MAX, Check::None),
+    // UEFI 2.10's recovery database; unknown to this edk2's
+    // VarCheckUefiLib (which refuses it as an undefined name): efivmm
+    // takes it as db (`authvar`).
+    p("dbr", IMAGE_SECURITY_DATABASE, false, NV_BS_RT_AT, 1, MAX, Check::None),
     // VarCheckUefiLib mHwErrRecVariable.
     Property {
         name: "HwErrRec",

@@ -393,6 +393,10 @@ fn vars_commit(r: &mut Rules) {
     // unlink, which std's remove_file uses with both libcs (the OVMF
     // backend replaces its snapshot files).
     allow(r, &[SYS_open, SYS_stat, SYS_fstat, SYS_unlink]);
+    // musl's symlink_metadata is lstat (glibc: newfstatat): `efivmm vars`
+    // checks what its path is before opening it (the lab's SB scenario
+    // found `vars init` killed by this filter in the static build).
+    allow(r, &[SYS_lstat]);
     // The vars-file hardening (audit F1, F2, F3, F16; another branch):
     // random temp names (getrandom, common) created O_EXCL relative to
     // the directory, renamed with RENAME_NOREPLACE (or linked) when

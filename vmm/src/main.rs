@@ -54,14 +54,19 @@ enum Command {
     /// Inspect or edit a VM's NVRAM by running the firmware itself. Data is
     /// printed as hex, attributes as numbers, sizes in bytes.
     Rt(RtArgs),
-    /// Inspect or edit a VM's vars file offline (no KVM): list (with decoded
-    /// boot options, device paths, secure-boot keys), get, set, delete, init,
-    /// and JSON export/import compatible with virt-firmware's virt-fw-vars.
+    /// Inspect or edit a VM's vars file: list (with decoded boot options,
+    /// device paths, secure-boot keys), get, set, delete, init, JSON
+    /// export/import compatible with virt-firmware's virt-fw-vars, and the
+    /// Secure Boot state (`secure-boot`) offline, without KVM; `enroll` and
+    /// `apply` (Secure Boot keys and signed updates) run the built-in
+    /// firmware in the sandbox and need /dev/kvm.
     ///
     /// Works on an OVMF vars file (2 MiB or 4 MiB build's layout) or a
-    /// combined OVMF.fd; every write is atomic, and a file in use by a
-    /// running efivmm is refused. Exit codes: 1 variable not found, 2 bad
-    /// arguments, 4 vars file unusable, locked, or full. See docs/vars.md.
+    /// combined OVMF.fd (not for enroll/apply); every write is atomic, and a
+    /// file in use by a running efivmm is refused. Exit codes: 1 variable not
+    /// found, 2 bad arguments or an update the firmware refused, 3 the
+    /// sandbox failed, 4 vars file unusable, locked, or full. See
+    /// docs/vars.md and docs/secureboot.md.
     Vars(VarsArgs),
     /// Boot the built-in test guest kernel through many kexec generations
     /// (shapes A, B, C) with the built-in firmware (or `--firmware PATH`) and

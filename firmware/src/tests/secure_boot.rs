@@ -259,3 +259,17 @@ fn oversized_and_garbage_signatures_are_security_violations() {
         assert_eq!(write(&mut m, "db", sdb, AT | APPEND, &descriptor(sig)), Status::SECURITY_VIOLATION);
     }
 }
+
+#[test]
+fn dbr_is_a_signature_database_and_pk_holds_one_certificate() {
+    let mut m = Machine::new();
+    let status = write(&mut m, "dbr", IMAGE_SECURITY_DATABASE, AT, &unsigned(2024, fixture!("db1.esl")));
+    assert_eq!(status, Status::SUCCESS);
+    assert_eq!(m.value("dbr", IMAGE_SECURITY_DATABASE).unwrap(), fixture!("db1.esl"));
+    assert_eq!(write(&mut m, "PK", GLOBAL_VARIABLE, AT, &unsigned(2024, fixture!("PK.esl"))), Status::SUCCESS);
+    // An append signed by the PK that would give PK a second certificate.
+    let mut m = enrolled();
+    let two = write(&mut m, "PK", GLOBAL_VARIABLE, AT | APPEND, fixture!("PK2-append-by-PK.auth"));
+    assert_eq!(two, Status::INVALID_PARAMETER);
+    assert_eq!(m.value("PK", GLOBAL_VARIABLE).unwrap(), fixture!("PK.esl"));
+}
