@@ -3,9 +3,9 @@
 # one after the other, each for a bounded time, from the committed seeds in
 # fuzz/corpus/<target>/. Installs cargo-fuzz from crates.io if it is missing.
 #
-#   scripts/fuzz.sh [--seconds N] [TARGET...]    # default: 60 s each, all five targets
+#   scripts/fuzz.sh [--seconds N] [TARGET...]    # default: 60 s each, all six targets
 #
-# Targets: store_parser json_import proxy_translation sandbox_replies snapshot_decode.
+# Targets: store_parser json_import proxy_translation sandbox_replies snapshot_decode signed_update.
 # Exits non-zero if a target crashes (a panic, a failed invariant, a
 # timeout of one input, out of memory), after printing the input that did it
 # (target/fuzz/artifacts/<target>/) and how to replay it. The corpus each run
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(store_parser json_import proxy_translation sandbox_replies snapshot_decode)
+[ ${#targets[@]} -gt 0 ] || targets=(store_parser json_import proxy_translation sandbox_replies snapshot_decode signed_update)
 
 # The firmware's targets for the build script (as scripts/setup.sh does).
 for t in x86_64-unknown-none x86_64-unknown-uefi; do

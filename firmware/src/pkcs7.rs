@@ -26,7 +26,9 @@
 //!   (nor does edk2).
 //!
 //! Bounded cost (a hostile caller controls all of the input): at most
-//! [`MAX_SIGNATURE_SIZE`] bytes of signature, [`MAX_CERTIFICATES`]
+//! [`MAX_SIGNATURE_SIZE`] bytes of signature, whose shape is checked before
+//! it is decoded ([`MAX_TLVS`] values, at most [`MAX_CHILDREN`] in any one,
+//! nested at most [`MAX_DEPTH`] deep), [`MAX_CERTIFICATES`]
 //! certificates, chains of at most [`MAX_CHAIN`] links, and RSA public
 //! exponents below 2^33 (`rsa`'s limit), and at most [`MAX_LINK_CHECKS`]
 //! certificate signature checks, so one verification costs at most
@@ -52,6 +54,15 @@ pub const MAX_SIGNATURE_SIZE: usize = 64 * 1024;
 pub const MAX_CERTIFICATES: usize = 16;
 /// Most links of a chain from the signer to a trusted certificate.
 pub const MAX_CHAIN: usize = 8;
+/// Most TLVs (nested values) in a `SignedData`: a bound on everything
+/// decoding does, before any of it runs.
+pub const MAX_TLVS: usize = 4096;
+/// Most values inside one constructed value. `der` sorts every `SET OF`
+/// it decodes with an insertion sort (quadratic): a hostile `SET OF` of
+/// ten thousand distinct values in reverse order would take seconds.
+pub const MAX_CHILDREN: usize = 256;
+/// Deepest nesting of constructed values.
+pub const MAX_DEPTH: usize = 32;
 /// Most RSA signature checks of certificates in one verification: a
 /// hostile `SignedData` whose certificates all carry the same name would
 /// otherwise cost `MAX_CHAIN * MAX_CERTIFICATES` of them.
@@ -164,6 +175,37 @@ fn tbs_bytes(der: &[u8]) -> Option<&[u8]> {
     inner.tlv_bytes().ok()
 }
 
+/// Whether `der` is DER within the shape limits ([`MAX_TLVS`],
+/// [`MAX_CHILDREN`], [`MAX_DEPTH`]), checked with `der`'s header decoding
+/// alone, before anything is decoded.
+pub fn shape_within_limits(der: &[u8]) -> bool {
+    let mut tlvs = 0;
+    shape_ok(der, 0, &mut tlvs)
+}
+
+/// Whether `der` is a sequence of definite-length TLVs within the shape
+/// limits, counting them into `tlvs`.
+fn shape_ok(der: &[u8], depth: usize, tlvs: &mut usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    let Ok(mut reader) = SliceReader::new(der) else { return false };
+    let mut children = 0;
+    while !reader.is_finished() {
+        let Ok(header) = der::Header::decode(&mut reader) else { return false };
+        let Ok(content) = reader.read_slice(header.length) else { return false };
+        children += 1;
+        *tlvs += 1;
+        if children > MAX_CHILDREN || *tlvs > MAX_TLVS {
+            return false;
+        }
+        if header.tag.is_constructed() && !shape_ok(content, depth + 1, tlvs) {
+            return false;
+        }
+    }
+    true
+}
+
 /// A parsed `SignedData` and its certificates.
 pub struct Signed<'a> {
     signed_data: SignedData,
@@ -175,6 +217,9 @@ impl<'a> Signed<'a> {
     /// Parses a `SignedData`, bare or in a `ContentInfo`.
     pub fn parse(input: &'a [u8]) -> Result<Self, Error> {
         if input.len() > MAX_SIGNATURE_SIZE {
+            return Err(Error::Malformed);
+        }
+        if !shape_within_limits(input) {
             return Err(Error::Malformed);
         }
         let signed_data = match ContentInfo::from_der(input) {
