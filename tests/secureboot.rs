@@ -709,3 +709,70 @@ fn a_kek_signed_empty_update_deletes_db_and_a_missing_variable_is_not_found() {
     assert!(view.contains("\ndb: not set\n"), "{view}");
     assert!(view.starts_with("mode: User Mode"), "{view}");
 }
+
+/// Real vendors' certificates through the firmware's own X.509 parser:
+/// the signature lists of virt-fw-vars' `--enroll-redhat --secure-boot` and
+/// `--enroll-microsoft` stores and of Debian's `OVMF_VARS_4M.ms.fd`
+/// (Microsoft's KEK and db CAs, Red Hat's PK/KEK, Debian's PK) are written,
+/// unsigned in Setup Mode, into a fresh store through the sandbox, where
+/// the firmware checks each list's format and parses every certificate
+/// (PK and KEK: with an RSA key). Each source store itself is read as User
+/// Mode by the firmware, with `SecureBoot` 0.
+#[test]
+fn vendor_certificates_parse_in_the_firmware_and_vendor_stores_are_in_user_mode() {
+    let lab = Lab::new();
+    let redhat = lab.path("redhat.fd");
+    tool("virt-fw-vars", &["-i", OVMF_VARS_4M, "-o", redhat.to_str().unwrap(), "--enroll-redhat", "--secure-boot"]);
+    let microsoft = lab.path("microsoft.fd");
+    tool("virt-fw-vars", &["-i", OVMF_VARS_4M, "-o", microsoft.to_str().unwrap(), "--enroll-microsoft"]);
+    let debian = lab.path("debian-ms.fd");
+    std::fs::copy(OVMF_VARS_4M_MS, &debian).unwrap();
+    for (i, source) in [&redhat, &microsoft, &debian].into_iter().enumerate() {
+        for v in ["SetupMode", "SecureBoot"] {
+            let r = common::rt_ok(source, &["get-variable", v, "global"]);
+            assert_eq!(r["data_hex"], "00", "{v} of {}: {r}", source.display());
+        }
+        let fresh = lab.path(&format!("fresh{i}.fd"));
+        vars_ok(&fresh, &["init", "--layout", "4m"]);
+        let mut written = 0;
+        let sdb = IMAGE_SECURITY_DATABASE;
+        for (name, guid) in [("dbx", sdb), ("db", sdb), ("KEK", common::GLOBAL), ("PK", common::GLOBAL)] {
+            let Some(list) = raw(source, name, guid) else {
+                continue; // not in this store (dbx in virt-fw-vars' own)
+            };
+            let time = efivmm::efi::EfiTime { year: 2030, month: 1, day: 1, ..Default::default() };
+            let data = lab.path(&format!("{name}{i}.bin"));
+            std::fs::write(&data, efivmm::vars::secureboot::unsigned_update(&time, &list)).unwrap();
+            let set = common::rt_ok(
+                &fresh,
+                &["set-variable", name, guid, "--attrs", "27", "--data-file", data.to_str().unwrap()],
+            );
+            assert_eq!(common::status(&set), "EFI_SUCCESS", "{name} of {}: {set}", source.display());
+            assert_eq!(raw(&fresh, name, guid), Some(list), "{name} of {}", source.display());
+            written += 1;
+        }
+        assert!(written >= 3, "{}: PK, KEK and db expected", source.display());
+        let mode = common::rt_ok(&fresh, &["get-variable", "SetupMode", "global"]);
+        assert_eq!(mode["data_hex"], "00", "{mode}");
+    }
+    // The Red Hat store's PK is Red Hat's, and SecureBootEnable is set.
+    let view = secure_boot(&redhat);
+    assert!(view.starts_with("mode: User Mode"), "{view}");
+    assert!(database(&view, "PK").contains("Red Hat"), "{view}");
+}
+
+/// A variable's bytes as `efivmm vars get --raw` writes them; `None` if
+/// the store has no such variable (exit 1).
+fn raw(file: &Path, name: &str, guid: &str) -> Option<Vec<u8>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_efivmm"))
+        .args(["vars", "--file"])
+        .arg(file)
+        .args(["get", name, guid, "--raw"])
+        .output()
+        .unwrap();
+    match out.status.code() {
+        Some(0) => Some(out.stdout),
+        Some(1) => None,
+        _ => panic!("vars get {name}: {}", String::from_utf8_lossy(&out.stderr)),
+    }
+}
