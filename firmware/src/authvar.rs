@@ -161,7 +161,7 @@ pub fn process(nv: &mut Nv<'_>, w: &Write<'_>) -> Result<Outcome, Status> {
     let filtered = matches!(kind, Kind::Kek | Kind::Db { filtered: true });
     update(nv, w, &desc, Rules { verified, filtered, single: kind == Kind::Pk })?;
     if !setup || kind == Kind::Pk {
-        vendor_keys_modified(nv)?;
+        vendor_keys_modified(nv);
     }
     Ok(Outcome::Done)
 }
@@ -249,9 +249,13 @@ fn update(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>, rules: Rul
 }
 
 /// edk2's `VendorKeyIsModified`: `VendorKeysNv` becomes 0 (modified).
-fn vendor_keys_modified(nv: &mut Nv<'_>) -> Result<(), Status> {
+/// Best effort: the write it follows is done and will be committed, so its
+/// status is the call's; a store too full for this one byte leaves
+/// `VendorKeys` reading 1 until a later change.
+fn vendor_keys_modified(nv: &mut Nv<'_>) {
     let name: [u8; 26] = utf16z("VendorKeysNv");
-    nv.put_private(&name, &VENDOR_KEYS_NV, NV_BS_RT | VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS, &[0])
+    let attributes = NV_BS_RT | VARIABLE_TIME_BASED_AUTHENTICATED_WRITE_ACCESS;
+    let _ = nv.put_private(&name, &VENDOR_KEYS_NV, attributes, &[0]);
 }
 
 /// A private authenticated variable (edk2's `AuthVarTypePriv`).
@@ -278,16 +282,22 @@ fn private(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>) -> Result
         if deleting {
             return Err(Status::NOT_FOUND);
         }
-        if w.attributes & VARIABLE_NON_VOLATILE == 0 {
-            // No volatile variables are created at runtime.
+        let nv_rt = VARIABLE_NON_VOLATILE | VARIABLE_RUNTIME_ACCESS;
+        if w.attributes & nv_rt != nv_rt {
+            // Only NV|RT variables are created at runtime (checked before
+            // the binding is written, so this refusal changes nothing).
             return Err(Status::INVALID_PARAMETER);
         }
-        // The binding first: a variable never exists without it.
+        // The binding first: a variable never exists without it. (If the
+        // variable then does not fit, the entry stays; a later creation
+        // replaces it.)
         certdb::insert(nv, w.name, &w.guid, &binding)?;
     }
     update(nv, w, desc, Rules { verified: true, filtered: false, single: false })?;
     if deleting {
-        certdb::remove(nv, w.name, &w.guid)?;
+        // Best effort, as the deletion is done: a stale entry is replaced
+        // when the name is created again.
+        let _ = certdb::remove(nv, w.name, &w.guid);
     }
     Ok(())
 }

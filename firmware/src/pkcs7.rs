@@ -206,16 +206,15 @@ fn shape_ok(der: &[u8], depth: usize, tlvs: &mut usize) -> bool {
     true
 }
 
-/// A parsed `SignedData` and its certificates.
-pub struct Signed<'a> {
+/// A parsed `SignedData` and its certificates (DER, re-encoded).
+pub struct Signed {
     signed_data: SignedData,
     certs: Vec<Vec<u8>>,
-    _input: core::marker::PhantomData<&'a [u8]>,
 }
 
-impl<'a> Signed<'a> {
+impl Signed {
     /// Parses a `SignedData`, bare or in a `ContentInfo`.
-    pub fn parse(input: &'a [u8]) -> Result<Self, Error> {
+    pub fn parse(input: &[u8]) -> Result<Self, Error> {
         if input.len() > MAX_SIGNATURE_SIZE {
             return Err(Error::Malformed);
         }
@@ -239,7 +238,7 @@ impl<'a> Signed<'a> {
                 }
             }
         }
-        Ok(Signed { signed_data, certs, _input: core::marker::PhantomData })
+        Ok(Signed { signed_data, certs })
     }
 
     /// The one `SignerInfo` (`Unsupported` if there are several).

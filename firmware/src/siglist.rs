@@ -82,7 +82,7 @@ impl<'a> List<'a> {
 /// Splits `data` into signature lists; `None` if any list's sizes are
 /// inconsistent (a list header cut short, a size beyond the data, signatures
 /// that do not fill the list exactly, a `SignatureSize` of at most the
-/// owner GUID).
+/// owner GUID). A list may hold no signatures.
 pub fn parse(mut data: &[u8]) -> Option<Vec<List<'_>>> {
     let mut lists = Vec::new();
     while !data.is_empty() {
@@ -96,7 +96,9 @@ pub fn parse(mut data: &[u8]) -> Option<Vec<List<'_>>> {
         let body = data.get(LIST_HEADER_SIZE..list_size)?;
         let header = body.get(..header_size)?;
         let signatures = body.get(header_size..)?;
-        if signatures.is_empty() || signatures.len() % signature_size != 0 {
+        // A list with no signatures is well-formed (edk2 checks only that
+        // the signatures fill the list).
+        if signatures.len() % signature_size != 0 {
             return None;
         }
         lists.push(List { kind, signature_size, header, signatures, raw: data.get(..list_size)? });

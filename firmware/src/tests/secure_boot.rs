@@ -289,3 +289,19 @@ fn a_huge_set_is_refused_before_it_is_decoded() {
     let mut m = enrolled();
     assert_eq!(write(&mut m, "db", IMAGE_SECURITY_DATABASE, AT | APPEND, data), Status::SECURITY_VIOLATION);
 }
+
+#[test]
+fn an_empty_signature_list_is_well_formed_and_keeps_the_others_trusted() {
+    // A KEK whose first list holds no signatures: its certificate in the
+    // second list still signs db (edk2 accepts empty lists).
+    let mut empty = crate::siglist::CERT_X509.0.to_vec();
+    empty.extend_from_slice(&28u32.to_le_bytes());
+    empty.extend_from_slice(&0u32.to_le_bytes());
+    empty.extend_from_slice(&100u32.to_le_bytes());
+    let mut m = Machine::new();
+    let kek = [empty.as_slice(), fixture!("KEK.esl")].concat();
+    assert_eq!(write(&mut m, "KEK", GLOBAL_VARIABLE, AT, &unsigned(2024, &kek)), Status::SUCCESS);
+    assert_eq!(write(&mut m, "PK", GLOBAL_VARIABLE, AT, fixture!("PK.auth")), Status::SUCCESS);
+    let status = write(&mut m, "db", IMAGE_SECURITY_DATABASE, AT | APPEND, fixture!("db-append-by-kek.auth"));
+    assert_eq!(status, Status::SUCCESS);
+}
