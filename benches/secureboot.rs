@@ -24,18 +24,14 @@
 //!   on this host): refused by the shape check before decoding.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use efivmm::efi::{name_to_utf16, Guid};
+use efivmm::firmware::calls::Request;
 use efivmm::sandbox::{Sandbox, BUILTIN_FIRMWARE};
-use sandbox_abi::{Mailbox, Service, FLAGS_ARG};
+use sandbox_abi::{Mailbox, Service};
 use varstore::{Layout, Store};
 
 const EFI_SUCCESS: u64 = 0;
 const EFI_SECURITY_VIOLATION: u64 = 0x8000_0000_0000_001a;
-const GLOBAL: [u8; 16] =
-    [0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c];
-const SECURITY_DB: [u8; 16] =
-    [0xcb, 0xb2, 0x19, 0xd7, 0x3a, 0x3d, 0x96, 0x45, 0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f];
-const TEST_GUID: [u8; 16] =
-    [0x2e, 0x4c, 0x0b, 0x3f, 0x2a, 0x5b, 0x8e, 0x4d, 0x9f, 0x61, 0x6c, 0x1f, 0x0e, 0x7a, 0x9d, 0x11];
 const AT: u32 = 0x27;
 const APPEND: u32 = 0x40;
 
@@ -45,55 +41,50 @@ macro_rules! fixture {
     };
 }
 
-fn utf16z(s: &str) -> Vec<u8> {
-    s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect()
-}
-
 /// SetVariable(name, guid, attributes, data) on the sandbox; the status.
-fn set(sb: &mut Sandbox, name: &str, guid: [u8; 16], attributes: u32, data: &[u8]) -> u64 {
-    let name = utf16z(name);
-    let mut mb = Mailbox { service: Service::SetVariable as u64, ..Default::default() };
-    mb.args[0] = name.len() as u64;
-    mb.args[1] = u64::from_le_bytes(guid[..8].try_into().unwrap());
-    mb.args[2] = u64::from_le_bytes(guid[8..].try_into().unwrap());
-    mb.args[3] = u64::from(attributes);
-    mb.args[4] = data.len() as u64;
-    mb.args[FLAGS_ARG] = 0b111;
-    sb.call(&mb, &name, data).expect("the sandbox call").status
+fn set(sb: &mut Sandbox, name: &str, guid: Guid, attributes: u32, data: &[u8]) -> u64 {
+    let req = Request::set_variable(&name_to_utf16(name), &guid, attributes, data);
+    sb.call(&req.mailbox, &req.name, &req.data).expect("the sandbox call").status
 }
 
 fn benches(c: &mut Criterion) {
     let mut image = vec![0u8; Layout::Ovmf2M.file_size()];
     Store::format(&mut image, Layout::Ovmf2M);
     let mut sb = Sandbox::new(BUILTIN_FIRMWARE, &image).unwrap();
-    assert_eq!(set(&mut sb, "PK", GLOBAL, AT, fixture!("PK.auth")), EFI_SUCCESS);
-    assert_eq!(set(&mut sb, "KEK", GLOBAL, AT, fixture!("KEK.auth")), EFI_SUCCESS);
+    assert_eq!(set(&mut sb, "PK", Guid::GLOBAL_VARIABLE, AT, fixture!("PK.auth")), EFI_SUCCESS);
+    assert_eq!(set(&mut sb, "KEK", Guid::GLOBAL_VARIABLE, AT, fixture!("KEK.auth")), EFI_SUCCESS);
 
     let nop = Mailbox { service: Service::DiagNop as u64, ..Default::default() };
     c.bench_function("floor/bare_exit", |b| b.iter(|| sb.call(&nop, &[], &[]).unwrap()));
 
+    let test_guid = Guid::parse("3f0b4c2e-5b2a-4d8e-9f61-6c1f0e7a9d11").unwrap();
     let values = [vec![0x5a; 1351], vec![0xa5; 1351]];
     let mut i = 0;
     c.bench_function("secureboot/plain_set_variable", |b| {
         b.iter(|| {
             i ^= 1;
-            assert_eq!(set(&mut sb, "Plain", TEST_GUID, 7, &values[i]), EFI_SUCCESS);
+            assert_eq!(set(&mut sb, "Plain", test_guid, 7, &values[i]), EFI_SUCCESS);
         })
     });
     c.bench_function("secureboot/signed_db_append", |b| {
         b.iter(|| {
-            assert_eq!(set(&mut sb, "db", SECURITY_DB, AT | APPEND, fixture!("db-append-by-kek.auth")), EFI_SUCCESS)
+            assert_eq!(
+                set(&mut sb, "db", Guid::IMAGE_SECURITY_DATABASE, AT | APPEND, fixture!("db-append-by-kek.auth")),
+                EFI_SUCCESS
+            )
         })
     });
     c.bench_function("secureboot/hostile_worst_case", |b| {
         b.iter(|| {
-            let status = set(&mut sb, "db", SECURITY_DB, AT | APPEND, fixture!("db-append-hostile.auth"));
+            let status =
+                set(&mut sb, "db", Guid::IMAGE_SECURITY_DATABASE, AT | APPEND, fixture!("db-append-hostile.auth"));
             assert_eq!(status, EFI_SECURITY_VIOLATION);
         })
     });
     c.bench_function("secureboot/hostile_big_set", |b| {
         b.iter(|| {
-            let status = set(&mut sb, "db", SECURITY_DB, AT | APPEND, fixture!("db-append-big-set.auth"));
+            let status =
+                set(&mut sb, "db", Guid::IMAGE_SECURITY_DATABASE, AT | APPEND, fixture!("db-append-big-set.auth"));
             assert_eq!(status, EFI_SECURITY_VIOLATION);
         })
     });

@@ -17,6 +17,8 @@ use std::process::Command;
 
 mod common;
 
+use common::{run, Run};
+
 const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// The SignatureOwner of the test's signature lists.
@@ -25,22 +27,6 @@ const OWNER: &str = "5e2b1c0a-8d3f-4b6e-9a71-2c4d6e8f0a13";
 const IMAGE_SECURITY_DATABASE: &str = "d719b2cb-3d3a-4596-a3bc-dad00e67656f";
 /// `EFI_CERT_TYPE_PKCS7_GUID`.
 const PKCS7: &str = "4aafd29d-68df-49ee-8aa9-347d375665a7";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Run {
-    let what = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what} ({e}): run scripts/setup.sh"));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// Runs a tool that must succeed (openssl, efitools, virt-fw-vars).
 fn tool(program: &str, args: &[&str]) -> String {

@@ -3,33 +3,20 @@
 //! Debian's OVMF images.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 mod common;
 
+use common::{run, Run};
+
 const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const OVMF_COMBINED: &str = "/usr/share/ovmf/OVMF.fd";
 const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 const TEST_GUID: &str = "3f0b4c2e-5b2a-4d8e-9f61-6c1f0e7a9d11";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(cmd: &mut Command) -> Run {
-    let out: Output = cmd.output().expect("run a command");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// `efivmm vars --file FILE ARGS...`.
 fn vars(file: &Path, args: &[&str]) -> Run {

@@ -16,6 +16,30 @@ pub const SECURE_BOOT_STATE: [&str; 6] =
 /// EFI_GLOBAL_VARIABLE.
 pub const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
+/// The result of running a command.
+#[allow(dead_code)]
+pub struct Run {
+    /// Exit code (-1 if killed by a signal).
+    pub code: i32,
+    /// Standard output, as text.
+    pub stdout: String,
+    /// Standard error, as text.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to its end; panics, naming setup.sh, if it cannot be run
+/// (a tool the test command installs).
+#[allow(dead_code)]
+pub fn run(cmd: &mut Command) -> Run {
+    let what = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what} ({e}): run scripts/setup.sh"));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The result of one `efivmm rt` run.
 pub struct RtRun {
     /// Exit code.

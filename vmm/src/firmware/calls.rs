@@ -33,6 +33,16 @@ impl Request {
         Request { mailbox, name: Vec::new(), data: Vec::new() }
     }
 
+    /// SetVariable(name, guid, attributes, data.len(), data) with every
+    /// pointer present; `name` is UTF-16LE with its NUL.
+    pub fn set_variable(name: &[u8], guid: &Guid, attributes: u32, data: &[u8]) -> Self {
+        let mut req = with_name_and_guid(Request::new(Service::SetVariable, 3), name, guid);
+        req.mailbox.args[3] = u64::from(attributes);
+        req.mailbox.args[4] = data.len() as u64;
+        req.data = data.to_vec();
+        req
+    }
+
     /// Marks pointer argument `n` NULL.
     pub fn null(mut self, n: u32) -> Self {
         self.mailbox.args[FLAGS_ARG] &= !(1u64 << n);
@@ -161,11 +171,7 @@ impl Firmware {
 
     /// SetVariable(name, guid, attributes, data.len(), data).
     pub fn set_variable(&mut self, name: &[u8], guid: &Guid, attributes: u32, data: &[u8]) -> u64 {
-        let mut req = with_name_and_guid(Request::new(Service::SetVariable, 3), name, guid);
-        req.mailbox.args[3] = u64::from(attributes);
-        req.mailbox.args[4] = data.len() as u64;
-        req.data = data.to_vec();
-        self.request(&req).reply.status
+        self.request(&Request::set_variable(name, guid, attributes, data)).reply.status
     }
 
     /// GetNextVariableName with a caller buffer holding `buffer` and
