@@ -17,10 +17,8 @@ use std::process::Command;
 
 mod common;
 
-use common::{run, Run};
+use common::{run, vars, vars_ok, Run, OVMF_VARS_4M, OVMF_VARS_4M_MS};
 
-const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 /// The SignatureOwner of the test's signature lists.
 const OWNER: &str = "5e2b1c0a-8d3f-4b6e-9a71-2c4d6e8f0a13";
 /// `EFI_IMAGE_SECURITY_DATABASE_GUID`.
@@ -32,17 +30,6 @@ const PKCS7: &str = "4aafd29d-68df-49ee-8aa9-347d375665a7";
 fn tool(program: &str, args: &[&str]) -> String {
     let r = run(Command::new(program).args(args));
     assert_eq!(r.code, 0, "{program} {args:?} failed: {}{}", r.stdout, r.stderr);
-    r.stdout
-}
-
-/// `efivmm vars --file FILE ARGS...`.
-fn vars(file: &Path, args: &[&str]) -> Run {
-    run(Command::new(env!("CARGO_BIN_EXE_efivmm")).arg("vars").arg("--file").arg(file).args(args))
-}
-
-fn vars_ok(file: &Path, args: &[&str]) -> String {
-    let r = vars(file, args);
-    assert_eq!(r.code, 0, "efivmm vars {args:?} failed: {}", r.stderr);
     r.stdout
 }
 

@@ -10,24 +10,11 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{run, Run};
+use common::{run, vars, vars_ok, Run, OVMF_VARS_4M, OVMF_VARS_4M_MS};
 
-const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 const OVMF_COMBINED: &str = "/usr/share/ovmf/OVMF.fd";
 const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 const TEST_GUID: &str = "3f0b4c2e-5b2a-4d8e-9f61-6c1f0e7a9d11";
-
-/// `efivmm vars --file FILE ARGS...`.
-fn vars(file: &Path, args: &[&str]) -> Run {
-    run(Command::new(env!("CARGO_BIN_EXE_efivmm")).arg("vars").arg("--file").arg(file).args(args))
-}
-
-fn vars_ok(file: &Path, args: &[&str]) -> String {
-    let r = vars(file, args);
-    assert_eq!(r.code, 0, "efivmm vars {args:?} failed: {}", r.stderr);
-    r.stdout
-}
 
 /// `virt-fw-vars ARGS...`; fails the test if it is not installed.
 fn fw_vars(args: &[&str]) -> Run {

@@ -40,6 +40,27 @@ pub fn run(cmd: &mut Command) -> Run {
     }
 }
 
+/// Debian's empty vars file of the 4 MiB OVMF build (package `ovmf`).
+#[allow(dead_code)]
+pub const OVMF_VARS_4M: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// Debian's vars file with Microsoft's keys enrolled.
+#[allow(dead_code)]
+pub const OVMF_VARS_4M_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+
+/// `efivmm vars --file FILE ARGS...`.
+#[allow(dead_code)]
+pub fn vars(file: &Path, args: &[&str]) -> Run {
+    run(Command::new(env!("CARGO_BIN_EXE_efivmm")).arg("vars").arg("--file").arg(file).args(args))
+}
+
+/// `efivmm vars --file FILE ARGS...`, which must succeed; its stdout.
+#[allow(dead_code)]
+pub fn vars_ok(file: &Path, args: &[&str]) -> String {
+    let r = vars(file, args);
+    assert_eq!(r.code, 0, "efivmm vars {args:?} failed: {}", r.stderr);
+    r.stdout
+}
+
 /// The result of one `efivmm rt` run.
 pub struct RtRun {
     /// Exit code.
