@@ -128,9 +128,9 @@ mkcpio() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) > "$2"; }
 
 # 3b. SB's keys and store, made here (the private keys never leave L0):
 # PK, KEK and a first db certificate (RSA-2048, self-signed, SHA-256)
-# enrolled with virt-fw-vars into Debian's empty vars template of the
-# 2 MiB OVMF build (OVMF_VARS.fd, 128 KiB: the layout efivmm gives a new
-# store), so the store is in User Mode; newdb.auth, an append to db signed
+# enrolled with virt-fw-vars into an empty store of the 2 MiB OVMF
+# build's layout (128 KiB: what efivmm gives a new store), made by the
+# static efivmm's `vars init`, so the store is in User Mode; newdb.auth, an append to db signed
 # by the KEK (efitools: cert-to-efi-sig-list, sign-efi-sig-list -a), and
 # bad.auth, the same kind of append signed by a key that is neither KEK nor
 # PK. L2 gets the two signed updates and the certificates (DER); L1 the
@@ -155,7 +155,12 @@ if [[ " ${scenarios[*]} " == *" SB "* ]]; then
   sb_cert newdb "efivmm lab SB newdb"
   sb_cert rogue "efivmm lab SB rogue"
   sb_cert notkek "efivmm lab SB not-a-KEK"
-  virt-fw-vars -i /usr/share/OVMF/OVMF_VARS.fd -o "$sb/vars.fd" --set-pk $sb_owner "$sb/keys/PK.crt" \
+  # The empty store comes from the static efivmm's own `vars init` (musl:
+  # its offline seccomp filter once lacked musl's lstat and killed this).
+  rm -f "$sb/empty.fd"
+  "$efivmm" vars --file "$sb/empty.fd" init --layout 2m > "$sb/init.log" 2>&1 \
+    || { cat "$sb/init.log"; say "SB: the static efivmm's \`vars init\` failed"; exit 1; }
+  virt-fw-vars -i "$sb/empty.fd" -o "$sb/vars.fd" --set-pk $sb_owner "$sb/keys/PK.crt" \
     --add-kek $sb_owner "$sb/keys/KEK.crt" --add-db $sb_owner "$sb/keys/db.crt" > "$sb/virt-fw-vars.log" 2>&1 \
     || { cat "$sb/virt-fw-vars.log"; say "SB: virt-fw-vars could not make the store"; exit 1; }
   virt-fw-vars -i "$sb/vars.fd" --print --verbose > "$sb/vars-before.txt" 2>&1
