@@ -228,14 +228,16 @@ fn update(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>, rules: Rul
             }
             let mut data = old.clone();
             data.extend_from_slice(&added);
+            // The payload alone was checked; the merged list must still be
+            // one certificate for PK.
+            if single && !siglist::check_format(&data, true, false) {
+                return Err(Status::INVALID_PARAMETER);
+            }
             (data, ts)
         }
         (None, true) if desc.payload.is_empty() => return Ok(()),
         _ => (desc.payload.to_vec(), desc.timestamp),
     };
-    if single && !siglist::check_format(&data, true, false) {
-        return Err(Status::INVALID_PARAMETER);
-    }
     if existing.is_none() && stored_attributes & VARIABLE_RUNTIME_ACCESS == 0 {
         return Err(Status::INVALID_PARAMETER);
     }
@@ -265,8 +267,10 @@ fn private(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>) -> Result
     }
     let signed = Signed::parse(desc.signature).map_err(|_| Status::SECURITY_VIOLATION)?;
     let digest = desc.digest(w.name, &w.guid, w.attributes);
-    let (signer, top) = signed.signer_and_top(&digest).map_err(|_| Status::SECURITY_VIOLATION)?;
-    let binding = certdb::binding(&signer, &top).ok_or(Status::SECURITY_VIOLATION)?;
+    // The signature and the signer's chain up to its top certificate
+    // (edk2 verifies against that top certificate).
+    let chain = signed.signer_and_top(&digest).map_err(|_| Status::SECURITY_VIOLATION)?;
+    let binding = certdb::binding(&chain);
     let exists = nv.find(w.name, &w.guid).is_some();
     let bound = certdb::lookup(nv, w.name, &w.guid);
     match (exists, &bound) {
@@ -275,8 +279,6 @@ fn private(nv: &mut Nv<'_>, w: &Write<'_>, desc: &Authentication2<'_>) -> Result
         (true, _) => return Err(Status::SECURITY_VIOLATION),
         (false, _) => {}
     }
-    // edk2 verifies against the top certificate of the signer's chain.
-    signed.verify(&digest, &[&top]).map_err(|_| Status::SECURITY_VIOLATION)?;
     let deleting = desc.payload.is_empty() && w.attributes & VARIABLE_APPEND_WRITE == 0;
     if !exists {
         if deleting {

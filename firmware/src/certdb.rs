@@ -25,7 +25,7 @@ use varstore::{Guid, NewVar};
 
 use crate::abi::{guid_at, le_u32};
 use crate::nvstore::Nv;
-use crate::pkcs7::Cert;
+use crate::pkcs7::SignerChain;
 use crate::wellknown::*;
 
 /// `sizeof (AUTH_CERT_DB_DATA)` before the name.
@@ -38,14 +38,12 @@ fn certdb_name() -> [u8; 14] {
 }
 
 /// The binding of a signer: SHA-256 of its common name, SHA-256 of the
-/// chain's top `TBSCertificate`. `None` if a certificate does not parse.
-pub fn binding(signer: &[u8], top: &[u8]) -> Option<[u8; BINDING_SIZE]> {
-    let signer = Cert::parse(signer).ok()?;
-    let top = Cert::parse(top).ok()?;
+/// chain's top `TBSCertificate`.
+pub fn binding(chain: &SignerChain) -> [u8; BINDING_SIZE] {
     let mut out = [0u8; BINDING_SIZE];
-    out[..32].copy_from_slice(&Sha256::digest(signer.common_name()));
-    out[32..].copy_from_slice(&Sha256::digest(top.tbs));
-    Some(out)
+    out[..32].copy_from_slice(&Sha256::digest(&chain.common_name));
+    out[32..].copy_from_slice(&Sha256::digest(&chain.top_tbs));
+    out
 }
 
 /// One entry: (name without NUL, GUID, cert data, entry's byte range).

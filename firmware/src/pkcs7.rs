@@ -312,12 +312,14 @@ impl Signed {
         Err(Error::Untrusted)
     }
 
-    /// Verifies the signature over `content_digest` and returns the
-    /// signer's certificate and the top of its chain within the
-    /// `SignedData` (edk2's `Pkcs7GetSigners`: the last certificate of the
-    /// chain), for a private authenticated variable, whose trust is the
-    /// binding recorded when it was created.
-    pub fn signer_and_top(&self, content_digest: &[u8; 32]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+    /// Verifies the signature over `content_digest` and the chain from the
+    /// signer up to the top of its chain within the `SignedData` (edk2's
+    /// `Pkcs7GetSigners`: the last certificate of the chain; each link's
+    /// signature is checked on the way up, so this is also edk2's
+    /// `Pkcs7Verify` against that top certificate), and returns what a
+    /// private authenticated variable's binding is made of: trust there is
+    /// the binding recorded at creation, not a key in the store.
+    pub fn signer_and_top(&self, content_digest: &[u8; 32]) -> Result<SignerChain, Error> {
         let certs = self.parsed_certs()?;
         let signer = self.check_signature(&certs, content_digest)?;
         let mut budget = MAX_LINK_CHECKS;
@@ -329,10 +331,19 @@ impl Signed {
                 None => break,
             }
         }
-        let signer_der = certs.get(signer).ok_or(Error::Untrusted)?.der.to_vec();
-        let top_der = certs.get(current).ok_or(Error::Untrusted)?.der.to_vec();
-        Ok((signer_der, top_der))
+        let common_name = certs.get(signer).ok_or(Error::Untrusted)?.common_name();
+        let top_tbs = certs.get(current).ok_or(Error::Untrusted)?.tbs.to_vec();
+        Ok(SignerChain { common_name, top_tbs })
     }
+}
+
+/// The signer of a verified `SignedData` as a private authenticated
+/// variable's binding needs it ([`Signed::signer_and_top`]).
+pub struct SignerChain {
+    /// The signer's first common name ([`Cert::common_name`]).
+    pub common_name: Vec<u8>,
+    /// The `TBSCertificate` of the top certificate of the signer's chain.
+    pub top_tbs: Vec<u8>,
 }
 
 /// Whether `sid` names `cert` (issuer and serial number, or subject key

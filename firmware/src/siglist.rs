@@ -24,7 +24,7 @@ pub const LIST_HEADER_SIZE: usize = 28;
 pub const OWNER_SIZE: usize = 16;
 
 /// `EFI_CERT_X509_GUID`.
-pub const CERT_X509: Guid = guid(0xa5c059a1, 0x94e4, 0x4aa7, [0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72]);
+pub const CERT_X509: Guid = Guid::CERT_X509;
 /// `EFI_CERT_SHA256_GUID`.
 pub const CERT_SHA256: Guid = guid(0xc1c41626, 0x504c, 0x4092, [0xac, 0xa9, 0x41, 0xf9, 0x36, 0x93, 0x43, 0x28]);
 /// `EFI_CERT_RSA2048_GUID`.

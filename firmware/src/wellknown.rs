@@ -73,7 +73,7 @@ pub const CUSTOM_MODE_ENABLE: Guid = guid(0xc076ec0c, 0x7028, 0x4399, [0xa0, 0x7
 /// monotonic counter's "MTC" variable).
 pub const MTC_VENDOR: Guid = guid(0xeb704011, 0x1402, 0x11d3, [0x8e, 0x77, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b]);
 /// `EFI_CERT_TYPE_PKCS7_GUID` 4aafd29d-68df-49ee-8aa9-347d375665a7.
-pub const CERT_TYPE_PKCS7: Guid = guid(0x4aafd29d, 0x68df, 0x49ee, [0x8a, 0xa9, 0x34, 0x7d, 0x37, 0x56, 0x65, 0xa7]);
+pub const CERT_TYPE_PKCS7: Guid = Guid::CERT_TYPE_PKCS7;
 /// `EFI_FIRMWARE_MANAGEMENT_CAPSULE_ID_GUID` (edk2 `gEfiFmpCapsuleGuid`)
 /// 6dcbd5ed-e82d-4c44-bda1-7194199ad92a.
 pub const FMP_CAPSULE: Guid = guid(0x6dcbd5ed, 0xe82d, 0x4c44, [0xbd, 0xa1, 0x71, 0x94, 0x19, 0x9a, 0xd9, 0x2a]);
@@ -83,7 +83,7 @@ pub const FMP_CAPSULE: Guid = guid(0x6dcbd5ed, 0xe82d, 0x4c44, [0xbd, 0xa1, 0x71
 /// wake-up alarm) in `NV|BS` variables of this GUID, which are invisible at
 /// runtime; the OS cannot write any variable of this GUID
 /// (`EFI_WRITE_PROTECTED`).
-pub const EFIVMM_PRIVATE: Guid = guid(0xe6089b3f, 0x7abd, 0x4a2b, [0xb7, 0xc7, 0xd9, 0xfb, 0x3b, 0xf9, 0x54, 0x00]);
+pub const EFIVMM_PRIVATE: Guid = Guid::EFIVMM_PRIVATE;
 
 /// An ASCII string as a UTF-16LE name with its NUL; `N` must be
 /// `2 * (s.len() + 1)` (checked at compile time for constants).

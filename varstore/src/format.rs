@@ -147,6 +147,19 @@ impl Guid {
     /// `EFI_IMAGE_SECURITY_DATABASE_GUID` (`db`, `dbx`, `dbt`).
     pub const IMAGE_SECURITY_DATABASE: Guid =
         Guid::from_fields(0xd719b2cb, 0x3d3a, 0x4596, [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f]);
+    /// `EFI_CERT_X509_GUID`, the signature type of an X.509 certificate in
+    /// an `EFI_SIGNATURE_LIST`.
+    pub const CERT_X509: Guid =
+        Guid::from_fields(0xa5c059a1, 0x94e4, 0x4aa7, [0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72]);
+    /// `EFI_CERT_TYPE_PKCS7_GUID`, the `CertType` of an
+    /// `EFI_VARIABLE_AUTHENTICATION_2`.
+    pub const CERT_TYPE_PKCS7: Guid =
+        Guid::from_fields(0x4aafd29d, 0x68df, 0x49ee, [0x8a, 0xa9, 0x34, 0x7d, 0x37, 0x56, 0x65, 0xa7]);
+    /// efivmm's private vendor GUID (a fixed random GUID): its firmware's
+    /// own state variables, and the default `SignatureOwner` of
+    /// `efivmm vars enroll`.
+    pub const EFIVMM_PRIVATE: Guid =
+        Guid::from_fields(0xe6089b3f, 0x7abd, 0x4a2b, [0xb7, 0xc7, 0xd9, 0xfb, 0x3b, 0xf9, 0x54, 0x00]);
 }
 
 impl Layout {

@@ -29,17 +29,9 @@ use crate::efi::{self, EfiTime, EFI_BUFFER_TOO_SMALL, EFI_DEVICE_ERROR, EFI_NOT_
 use crate::firmware::{Firmware, FirmwareSource};
 use crate::ExitError;
 
-/// `EFI_CERT_X509_GUID`.
-pub const CERT_X509: Guid =
-    Guid::from_fields(0xa5c0_59a1, 0x94e4, 0x4aa7, [0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72]);
-/// `EFI_CERT_TYPE_PKCS7_GUID`: the `CertType` of an
-/// `EFI_VARIABLE_AUTHENTICATION_2`.
-pub const CERT_TYPE_PKCS7: Guid =
-    Guid::from_fields(0x4aaf_d29d, 0x68df, 0x49ee, [0x8a, 0xa9, 0x34, 0x7d, 0x37, 0x56, 0x65, 0xa7]);
 /// The `SignatureOwner` `enroll` writes unless given `--owner`: efivmm's
 /// own GUID (the one of its `Time` variable).
-pub const EFIVMM_OWNER: Guid =
-    Guid::from_fields(0xe608_9b3f, 0x7abd, 0x4a2b, [0xb7, 0xc7, 0xd9, 0xfb, 0x3b, 0xf9, 0x54, 0x00]);
+pub const EFIVMM_OWNER: Guid = Guid::EFIVMM_PRIVATE;
 
 /// `EFI_SECURITY_VIOLATION`.
 const EFI_SECURITY_VIOLATION: u64 = efi::ERROR_BIT | 26;
@@ -155,7 +147,7 @@ fn read_cert(path: &Path) -> Result<Cert, ExitError> {
 pub fn x509_sig_list(owner: &Guid, der: &[u8]) -> Vec<u8> {
     let sig_size = 16 + der.len();
     let mut list = Vec::with_capacity(28 + sig_size);
-    list.extend_from_slice(&CERT_X509.0);
+    list.extend_from_slice(&Guid::CERT_X509.0);
     list.extend_from_slice(&((28 + sig_size) as u32).to_le_bytes());
     list.extend_from_slice(&0u32.to_le_bytes());
     list.extend_from_slice(&(sig_size as u32).to_le_bytes());
@@ -173,7 +165,7 @@ pub fn unsigned_update(time: &EfiTime, payload: &[u8]) -> Vec<u8> {
     data.extend_from_slice(&24u32.to_le_bytes()); // dwLength
     data.extend_from_slice(&0x0200u16.to_le_bytes()); // wRevision
     data.extend_from_slice(&0x0ef1u16.to_le_bytes()); // wCertificateType: WIN_CERT_TYPE_EFI_GUID
-    data.extend_from_slice(&CERT_TYPE_PKCS7.0);
+    data.extend_from_slice(&Guid::CERT_TYPE_PKCS7.0);
     data.extend_from_slice(payload);
     data
 }
@@ -423,7 +415,7 @@ fn database_lines(name: &str, v: &Var, lists: &[SigList]) -> String {
     for l in lists {
         let kind = decode::sig_type_name(&l.sig_type).map_or_else(|| l.sig_type.to_string(), str::to_string);
         for e in &l.entries {
-            if l.sig_type == CERT_X509 {
+            if l.sig_type == Guid::CERT_X509 {
                 // The store's content chose the subject: escaped for a terminal.
                 let subject = decode::cert_names(&e.data).map_or_else(|m| format!("({m})"), |(s, _)| s);
                 let subject = efi::escape_controls(&subject);
@@ -465,10 +457,10 @@ mod tests {
         let d = unsigned_update(&t, &list);
         assert_eq!(&d[0..2], &1970u16.to_le_bytes());
         assert_eq!(&d[16..24], &[24, 0, 0, 0, 0x00, 0x02, 0xf1, 0x0e]);
-        assert_eq!(d[24..40], CERT_TYPE_PKCS7.0);
+        assert_eq!(d[24..40], Guid::CERT_TYPE_PKCS7.0);
         assert_eq!(&d[40..], &list[..]);
-        assert_eq!(CERT_X509.to_string(), "a5c059a1-94e4-4aa7-87b5-ab155c2bf072");
-        assert_eq!(CERT_TYPE_PKCS7.to_string(), "4aafd29d-68df-49ee-8aa9-347d375665a7");
+        assert_eq!(Guid::CERT_X509.to_string(), "a5c059a1-94e4-4aa7-87b5-ab155c2bf072");
+        assert_eq!(Guid::CERT_TYPE_PKCS7.to_string(), "4aafd29d-68df-49ee-8aa9-347d375665a7");
         assert_eq!(EFIVMM_OWNER.to_string(), "e6089b3f-7abd-4a2b-b7c7-d9fb3bf95400");
     }
 
