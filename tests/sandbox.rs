@@ -308,3 +308,78 @@ fn calls_from_several_threads_in_turn_on_the_fast_path() {
     let (calls, _, _) = sb.lock().unwrap().fast_path_counts().unwrap();
     assert!(calls > 0);
 }
+
+/// Every variable as the firmware lists it (GetNextVariableName from the
+/// start to EFI_NOT_FOUND), each with what GetVariable returns for it.
+fn listing(sb: &mut Sandbox) -> Vec<(Vec<u8>, [u64; 2], u64, u64, Vec<u8>)> {
+    use efivmm::firmware::calls::Request;
+    use sandbox_abi::{DATA_OUT_ADDR, NAME_ADDR};
+    let (mut name, mut guid, mut out) = (vec![0u8, 0], varstore::Guid::default(), Vec::new());
+    loop {
+        let req = Request::get_next_variable_name(&name, &guid, 1024);
+        let reply = sb.call(&req.mailbox, &req.name, &req.data).unwrap();
+        if reply.status == 0x8000_0000_0000_000E {
+            return out;
+        }
+        assert_eq!(reply.status, 0, "GetNextVariableName after {} names", out.len());
+        name = sb.read_output(NAME_ADDR, reply.outs[1]);
+        guid = varstore::Guid::from_halves(reply.outs[2], reply.outs[3]);
+        let req = Request::get_variable(&name, &guid, 4096);
+        let got = sb.call(&req.mailbox, &req.name, &req.data).unwrap();
+        let data = sb.read_output(DATA_OUT_ADDR, got.outs[1]);
+        out.push((name.clone(), guid.halves(), got.status, got.outs[0], data));
+    }
+}
+
+/// efivmm vouches to the firmware for the stores it validated
+/// (`Sandbox::vouch_for_store`), and the firmware then opens its store with
+/// a walk over the record headers instead of a full validation. What the
+/// guest sees must not change: the same listing and values with and without
+/// the vouch, on a store with an interrupted update (a copy in transition)
+/// and a dirty free area; and a write leaves the same bytes either way (the
+/// vouch's dirty bit makes the firmware erase the free area first).
+#[test]
+fn the_firmware_answers_the_same_with_and_without_efivmms_vouch() {
+    use efivmm::firmware::calls::Request;
+    use varstore::{attr, Guid, Layout, NewVar, Store};
+    let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect() };
+    let rt = attr::NON_VOLATILE | attr::BOOTSERVICE_ACCESS | attr::RUNTIME_ACCESS;
+    let mut image = vec![0u8; Layout::Ovmf4M.file_size()];
+    Store::format(&mut image, Layout::Ovmf4M);
+    let mut store = Store::open(&mut image).unwrap();
+    for i in 0..100 {
+        store.append(&NewVar::new(rt, Guid::GLOBAL_VARIABLE, &utf16(&format!("Var{i:03}")), &[i as u8; 8])).unwrap();
+    }
+    let old = store.append(&NewVar::new(rt, Guid::GLOBAL_VARIABLE, &utf16("Timeout"), &[5, 0])).unwrap();
+    let new = store.append(&NewVar::new(rt, Guid::GLOBAL_VARIABLE, &utf16("Timeout"), &[9, 0])).unwrap();
+    let free = store.vouch().free;
+    // The update was interrupted: the old copy in transition, the new one
+    // only half written. The free area holds a stray byte.
+    image[old + 2] = varstore::VAR_ADDED & varstore::VAR_IN_DELETED_TRANSITION;
+    image[new + 2] = varstore::VAR_HEADER_VALID_ONLY;
+    image[free + 0x800] = 0;
+    let vouch = varstore::vouch(&image).unwrap();
+    assert!(vouch.free_area_dirty);
+
+    let mut vouched = Sandbox::new(BUILTIN_FIRMWARE, &image).unwrap();
+    let mut checked = Sandbox::new(BUILTIN_FIRMWARE, &image).unwrap();
+    checked.vouch_for_store(None);
+    let listed = listing(&mut vouched);
+    assert_eq!(listed.len(), 101 + 6, "100 variables, Timeout once, the 6 Secure Boot state variables");
+    let timeout = listed.iter().find(|v| v.0 == utf16("Timeout")).unwrap();
+    assert_eq!(timeout.4, [5, 0], "the old copy: the update did not complete");
+    assert_eq!(listed, listing(&mut checked));
+
+    let vendor = Guid::parse("0b6e6b7c-0a4f-4e0e-9b1a-2d5a8a3c7e11").unwrap();
+    let write = Request::set_variable(&utf16("Written"), &vendor, rt, b"new");
+    for sb in [&mut vouched, &mut checked] {
+        let reply = sb.call(&write.mailbox, &write.name, &write.data).unwrap();
+        assert_eq!((reply.status, reply.store_dirty), (0, 1));
+    }
+    let (a, b) = (vouched.store(), checked.store());
+    assert!(a == b, "the same write leaves different bytes with and without the vouch");
+    assert!(!varstore::vouch(&a).unwrap().free_area_dirty, "the write erased the free area first");
+    // After the write the sandbox withdrew its vouch: the next call validates
+    // in full, and sees the write.
+    assert_eq!(listing(&mut vouched).len(), 108);
+}

@@ -74,7 +74,9 @@ pub struct Call<'a> {
 ///
 /// Services that need the store open it with `varstore::Store::open`; a
 /// store that does not validate gives `EFI_DEVICE_ERROR` (efivmm validates
-/// the file before, so this is defense in depth). Services outside the
+/// the file before, so this is defense in depth). With efivmm's vouch for
+/// the store (`mailbox.store_vouch`) the open is a walk over the record
+/// headers instead (`Store::open_vouched`). Services outside the
 /// runtime table, `SetVirtualAddressMap`/`ConvertPointer` (handled by
 /// efivmm) and the diagnostics (handled by the entry point) give
 /// `EFI_UNSUPPORTED`.
@@ -105,7 +107,8 @@ fn dispatch(call: &mut Call<'_>) -> Status {
         | Service::QueryVariableInfo => {}
         _ => return Status::UNSUPPORTED,
     }
-    let mut nv = match nvstore::Nv::open(&mut *call.store) {
+    let vouch = varstore::Vouch::from_word(call.mailbox.store_vouch);
+    let mut nv = match nvstore::Nv::open(&mut *call.store, vouch) {
         Ok(nv) => nv,
         Err(status) => return status,
     };

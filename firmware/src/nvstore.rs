@@ -12,7 +12,7 @@
 //! checked before anything is modified).
 
 use r_efi::efi::Status;
-use varstore::{Guid, Layout, NewVar, Store, StoreFull, VarRef};
+use varstore::{Guid, Layout, NewVar, Store, StoreFull, VarRef, Vouch};
 
 use crate::wellknown::VARIABLE_RUNTIME_ACCESS;
 
@@ -25,9 +25,16 @@ pub struct Nv<'a> {
 
 impl<'a> Nv<'a> {
     /// Opens the call's store image; `EFI_DEVICE_ERROR` if it does not
-    /// validate.
-    pub fn open(image: &'a mut [u8]) -> Result<Self, Status> {
-        match Store::open(image) {
+    /// validate. With efivmm's `vouch` (the mailbox's `store_vouch`) for
+    /// these bytes, a walk over the record headers stands in for the full
+    /// validation (`Store::open_vouched`); a vouch that does not fit them
+    /// is ignored.
+    pub fn open(image: &'a mut [u8], vouch: Option<Vouch>) -> Result<Self, Status> {
+        let opened = match vouch {
+            Some(v) => Store::open_vouched(image, v).or_else(Store::open),
+            None => Store::open(image),
+        };
+        match opened {
             Ok(store) => Ok(Nv { store, dirty: false }),
             Err(_) => Err(Status::DEVICE_ERROR),
         }

@@ -236,6 +236,12 @@ pub struct Mailbox {
     pub outs: [u64; 8],
     /// Non-zero if the firmware changed the store (efivmm then persists it).
     pub store_dirty: u64,
+    /// Input: efivmm's word for the store at [`STORE_ADDR`], which it
+    /// validated (`varstore::Vouch::to_word`: where the free area starts,
+    /// bit 63 if it holds anything but 0xFF), or 0 for none. With a vouch
+    /// the built-in firmware opens the store with a walk over the record
+    /// headers instead of a full validation on every call.
+    pub store_vouch: u64,
 }
 
 /// Size in bytes of [`Mailbox`].
@@ -262,6 +268,7 @@ impl Mailbox {
             store_len: w(11),
             status: w(12),
             store_dirty: w(21),
+            store_vouch: w(22),
             ..Default::default()
         };
         for i in 0..8 {
@@ -281,6 +288,7 @@ impl Mailbox {
         w[12] = self.status;
         w[13..21].copy_from_slice(&self.outs);
         w[21] = self.store_dirty;
+        w[22] = self.store_vouch;
         w
     }
 
@@ -394,19 +402,19 @@ mod tests {
 
     #[test]
     fn mailbox_round_trips_through_bytes() {
-        let mut m = Mailbox {
+        let m = Mailbox {
             magic: MAILBOX_MAGIC,
             service: 6,
             host_time_unix_ns: -5,
             store_len: 0x20000,
             status: 0x8000_0000_0000_0005,
             store_dirty: 1,
-            ..Default::default()
+            store_vouch: 0x8000_0000_0000_0064,
+            args: [1, 2, 3, 4, 5, 6, 7, 8],
+            outs: [9, 10, 11, 12, 13, 14, 15, 16],
         };
-        m.args = [1, 2, 3, 4, 5, 6, 7, 8];
-        m.outs = [9, 10, 11, 12, 13, 14, 15, 16];
         assert_eq!(Mailbox::from_bytes(&m.to_bytes()), m);
-        assert_eq!(MAILBOX_LEN, 22 * 8);
+        assert_eq!(MAILBOX_LEN, 23 * 8);
         // The fast path's words follow the header in its page.
         assert!(MAILBOX_ADDR + MAILBOX_LEN as u64 <= POLL_REQUEST && POLL_WINDOW + 8 <= NAME_ADDR);
     }

@@ -586,7 +586,9 @@ fn check_fv_header(b: &[u8]) -> Result<u64, Problem> {
     Ok(fv_len)
 }
 
-pub(crate) fn parse(b: &[u8]) -> Result<Parsed, Problem> {
+/// The part of [`parse`] before the records: the FV and store headers.
+/// Returns the layout and the store's end (`GetEndPointer`). O(1).
+fn parse_header(b: &[u8]) -> Result<(Layout, usize), Problem> {
     let have = b.len();
     if have < FIRST_RECORD {
         return Err(Problem::Truncated { needed: FIRST_RECORD, have });
@@ -620,7 +622,11 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, Problem> {
     }
     // `GetEndPointer`; the region size is 4-aligned, so this stays inside it.
     let end = align(FV_HEADER_LEN + size as usize);
+    Ok((layout, end))
+}
 
+pub(crate) fn parse(b: &[u8]) -> Result<Parsed, Problem> {
+    let (layout, end) = parse_header(b)?;
     let mut off = FIRST_RECORD;
     loop {
         match step(b, off, end) {
@@ -648,6 +654,24 @@ pub(crate) fn parse(b: &[u8]) -> Result<Parsed, Problem> {
     })?;
     let dirty = b.get(off..end).is_some_and(not_erased);
     Ok(Parsed { layout, end, free: off, dirty })
+}
+
+/// The part of [`parse`] that a [`crate::Vouch`] cannot stand in for: the
+/// headers, and a walk over the records' headers (each inside the store, a
+/// protocol state) that must end where the vouch says the free area starts.
+/// Not repeated: the names, the duplicate check (O(n log n)) and the free
+/// area's scan (the whole tail of the store). O(n) for n records.
+pub(crate) fn parse_vouched(b: &[u8], free: usize) -> Option<(Layout, usize)> {
+    let (layout, end) = parse_header(b).ok()?;
+    let mut off = FIRST_RECORD;
+    loop {
+        match step(b, off, end) {
+            Step::End => break,
+            Step::Rec(r) => off = r.next,
+            Step::Bad(_) => return None,
+        }
+    }
+    (off == free).then_some((layout, end))
 }
 
 /// Whether `bytes` holds anything but erased flash (0xFF). Eight bytes at a

@@ -89,8 +89,14 @@ pub(crate) fn for_each_variable<E>(
 /// `VAR_ADDED` copy, and of those the last (edk2's `FindVariableEx` returns
 /// it; `VariableServiceGetNextVariableInternal` skips an in-transition copy
 /// whose variable has a `VAR_ADDED` one).
+///
+/// A store with no in-transition record (every store but one whose update
+/// was interrupted) has none: one walk finds that, without the sort.
 pub(crate) fn live_in_transition(buf: &[u8], end: usize) -> RecordSet {
     let mut live = RecordSet::new();
+    if !any_in_transition(buf, end) {
+        return live;
+    }
     let state = |o: u32| buf.get(o as usize + 2).copied();
     let _ = for_each_variable::<()>(buf, end, |copies| {
         if !copies.iter().any(|&o| state(o) == Some(VAR_ADDED)) {
@@ -101,6 +107,18 @@ pub(crate) fn live_in_transition(buf: &[u8], end: usize) -> RecordSet {
         Ok(())
     });
     live
+}
+
+/// Whether any record up to `end` is in transition. O(n), no comparison.
+fn any_in_transition(buf: &[u8], end: usize) -> bool {
+    let mut off = FIRST_RECORD;
+    while let Step::Rec(r) = step(buf, off, end) {
+        if r.state == IN_TRANSITION {
+            return true;
+        }
+        off = r.next;
+    }
+    false
 }
 
 /// A test-only count of record comparisons (by name and GUID), to assert

@@ -56,6 +56,50 @@ pub use format::{
     VAR_ADDED, VAR_DELETED, VAR_HEADER_LEN, VAR_HEADER_VALID_ONLY, VAR_IN_DELETED_TRANSITION,
 };
 
+/// What validating a store (with [`Store::open`] or [`vouch`]) found that a
+/// later open of the same bytes may take on trust: where the free area
+/// starts and whether it holds anything but 0xFF.
+///
+/// efivmm validates every store before the built-in firmware sees it, and
+/// again after the firmware changed it, so it hands the firmware a vouch
+/// with each call (`sandbox_abi::Mailbox::store_vouch`, as
+/// [`Vouch::to_word`]) and the firmware opens with [`Store::open_vouched`]:
+/// a walk over the record headers instead of the full check, whose name
+/// checks, duplicate check (O(n log n)) and scan of the free area (most of
+/// the store) would otherwise run on every runtime call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Vouch {
+    /// Offset of the free area (the end of the last record) in the image.
+    pub free: usize,
+    /// Whether the free area holds bytes other than 0xFF
+    /// ([`Store::free_area_dirty`]).
+    pub free_area_dirty: bool,
+}
+
+impl Vouch {
+    const DIRTY: u64 = 1 << 63;
+
+    /// One word: the free offset, bit 63 for a dirty free area. Never 0 (the
+    /// free area starts after the headers).
+    pub fn to_word(self) -> u64 {
+        self.free as u64 | if self.free_area_dirty { Self::DIRTY } else { 0 }
+    }
+
+    /// The vouch of [`Vouch::to_word`]; `None` for 0 (no vouch) or an offset
+    /// that no store has.
+    pub fn from_word(word: u64) -> Option<Vouch> {
+        let free = usize::try_from(word & !Self::DIRTY).ok().filter(|&f| f >= format::FIRST_RECORD)?;
+        Some(Vouch { free, free_area_dirty: word & Self::DIRTY != 0 })
+    }
+}
+
+/// Validates `image` as [`Store::open`] does, without needing it mutable,
+/// and returns what a later [`Store::open_vouched`] may take on trust.
+pub fn vouch(image: &[u8]) -> Result<Vouch, FormatError> {
+    let p = format::parse(image).map_err(|p| p.error())?;
+    Ok(Vouch { free: p.free, free_area_dirty: p.dirty })
+}
+
 /// A GUID as its 16 bytes in the on-disk (little-endian `EFI_GUID`) order;
 /// its [`Display`](core::fmt::Display) and [`Guid::parse`] use the registry
 /// form (`8be4df61-93ca-11d2-aa0d-00e098032b8c`).

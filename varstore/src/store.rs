@@ -102,6 +102,28 @@ impl<'a> Store<'a> {
         Ok(Store { buf: image, layout: p.layout, end: p.end, free: p.free, dirty: p.dirty })
     }
 
+    /// Opens `image` on the strength of `vouch`, which a full validation of
+    /// these same bytes returned ([`crate::vouch`], [`Store::vouch`]): checks
+    /// the headers and walks the record headers, which must end at
+    /// `vouch.free`; the rest of [`Store::open`]'s checks are taken as done.
+    /// If the image does not fit the vouch it comes back as the error: open
+    /// it with [`Store::open`] then. O(n) for n records, against `open`'s
+    /// O(n log n) and its scan of the free area.
+    pub fn open_vouched(image: &'a mut [u8], vouch: crate::Vouch) -> Result<Self, &'a mut [u8]> {
+        match format::parse_vouched(image, vouch.free) {
+            Some((layout, end)) => {
+                Ok(Store { buf: image, layout, end, free: vouch.free, dirty: vouch.free_area_dirty })
+            }
+            None => Err(image),
+        }
+    }
+
+    /// What a later [`Store::open_vouched`] of this image, as it is now, may
+    /// take on trust.
+    pub fn vouch(&self) -> crate::Vouch {
+        crate::Vouch { free: self.free, free_area_dirty: self.dirty }
+    }
+
     /// Writes a fresh, empty store of `layout` into `image`, which must be
     /// exactly [`Layout::file_size`] bytes: byte for byte what OVMF's build
     /// puts in an empty `OVMF_VARS.fd` / `OVMF_VARS_4M.fd` (FV header, empty

@@ -100,7 +100,14 @@ impl Backend for Builtin {
     }
 
     fn changed_store(&mut self, reply: &Mailbox) -> Option<Vec<u8>> {
-        (reply.store_dirty != 0).then(|| self.sandbox.store())
+        (reply.store_dirty != 0).then(|| {
+            let image = self.sandbox.store();
+            // The caller validates it again before the commit; if it is
+            // invalid, or the commit fails, restore_store loads the last
+            // committed store (and vouches for that).
+            self.sandbox.vouch_for_store(varstore::vouch(&image).ok());
+            image
+        })
     }
 
     /// Also restores the rest of the sandbox (firmware image, buffers, vCPU):

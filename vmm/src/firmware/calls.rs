@@ -43,6 +43,25 @@ impl Request {
         req
     }
 
+    /// GetVariable(name, guid, &attributes, &size, data) with every pointer
+    /// present; `name` is UTF-16LE with its NUL.
+    pub fn get_variable(name: &[u8], guid: &Guid, size: u64) -> Self {
+        let mut req = with_name_and_guid(Request::new(Service::GetVariable, 5), name, guid);
+        req.mailbox.args[3] = size;
+        req
+    }
+
+    /// GetNextVariableName(&size, buffer, guid) with a caller buffer of
+    /// `size` bytes (at most the name buffer's) that begins with `buffer`.
+    pub fn get_next_variable_name(buffer: &[u8], guid: &Guid, size: u64) -> Self {
+        let mut copied = buffer.to_vec();
+        copied.resize(size.min(NAME_SIZE) as usize, 0);
+        let mut req = with_name_and_guid(Request::new(Service::GetNextVariableName, 3), &copied, guid);
+        req.mailbox.args[0] = size;
+        req.mailbox.args[3] = copied.len() as u64;
+        req
+    }
+
     /// Marks pointer argument `n` NULL.
     pub fn null(mut self, n: u32) -> Self {
         self.mailbox.args[FLAGS_ARG] &= !(1u64 << n);
@@ -154,9 +173,7 @@ impl Firmware {
     /// GetVariable(name, guid, &attrs, &size, data) with `*DataSize = size`.
     /// `name` is UTF-16LE with its NUL.
     pub fn get_variable(&mut self, name: &[u8], guid: &Guid, size: u64) -> GetVariable {
-        let mut req = with_name_and_guid(Request::new(Service::GetVariable, 5), name, guid);
-        req.mailbox.args[3] = size;
-        let mut reply = self.request(&req).reply;
+        let mut reply = self.request(&Request::get_variable(name, guid, size)).reply;
         self.check_reply_size(&mut reply, size.min(DATA_SIZE), "GetVariable");
         let ok = reply.status == EFI_SUCCESS;
         let data = if ok { self.read_output(Buffer::DataOut, reply.outs[1]) } else { Vec::new() };
@@ -177,12 +194,7 @@ impl Firmware {
     /// GetNextVariableName with a caller buffer holding `buffer` and
     /// `*VariableNameSize = size`.
     pub fn get_next_variable_name(&mut self, buffer: &[u8], guid: &Guid, size: u64) -> NextName {
-        let mut copied = buffer.to_vec();
-        copied.resize(size.min(NAME_SIZE) as usize, 0);
-        let mut req = with_name_and_guid(Request::new(Service::GetNextVariableName, 3), &copied, guid);
-        req.mailbox.args[0] = size;
-        req.mailbox.args[3] = copied.len() as u64;
-        let mut reply = self.request(&req).reply;
+        let mut reply = self.request(&Request::get_next_variable_name(buffer, guid, size)).reply;
         self.check_reply_size(&mut reply, size.min(NAME_SIZE), "GetNextVariableName");
         let ok = reply.status == EFI_SUCCESS;
         NextName {
