@@ -309,7 +309,7 @@ fn two_vcpus_on(poll_us: u64) {
 }
 
 #[test]
-fn bench_mode_times_both_loops_in_one_guest() {
+fn bench_mode_times_every_loop_in_one_guest() {
     let out =
         Command::new(env!("CARGO_BIN_EXE_efivmm")).args(["demo", "--mode", "bench", "--iters", "50"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -320,10 +320,15 @@ fn bench_mode_times_both_loops_in_one_guest() {
         assert!(line.contains(" iters=50 "), "{line}");
         line.split(' ').find_map(|kv| kv.strip_prefix("tsc=")).unwrap().parse().unwrap()
     };
-    let (bare, get) = (tsc("BENCH bare_out "), tsc("BENCH get_variable "));
+    let (bare, refused, get) = (tsc("BENCH bare_out "), tsc("BENCH refused "), tsc("BENCH get_variable "));
     assert!(bare > 0 && get > bare, "a proxied GetVariable costs more than a bare exit: {all}");
-    assert!(stdout.contains("fails=0 ok") && stdout.contains("BENCH-DONE"), "{all}");
-    assert!(stdout.contains("ratio get_variable/bare_out"), "{all}");
+    assert!(refused > bare, "a refused call still runs the guest's calling sequence and an exit: {all}");
+    for prefix in ["BENCH refused ", "BENCH get_variable ", "BENCH next_name "] {
+        let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap();
+        assert!(line.contains(" fails=0 ") && line.ends_with(" ok"), "{line}");
+    }
+    assert!(stdout.contains("BENCH-DONE"), "{all}");
+    assert!(stdout.contains("ratio get_variable/bare_out") && stdout.contains("get_variable/refused"), "{all}");
 }
 
 #[test]

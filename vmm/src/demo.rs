@@ -308,6 +308,11 @@ pub struct BenchRun {
     pub bare_iters: u64,
     /// Guest TSC ticks for them.
     pub bare_tsc: u64,
+    /// Iterations of the refused GetVariable loop (a non-canonical name:
+    /// efivmm answers `EFI_INVALID_PARAMETER` without the firmware).
+    pub refused_iters: u64,
+    /// Guest TSC ticks for them.
+    pub refused_tsc: u64,
     /// Iterations of the GetVariable loop.
     pub get_iters: u64,
     /// Guest TSC ticks for them.
@@ -328,7 +333,8 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// Parses a bench guest's lines: `BENCH bare_out iters=N tsc=T`, `BENCH
-/// get_variable iters=N tsc=T fails=0 ok`, `BENCH next_name iters=N tsc=T
+/// refused iters=N tsc=T fails=0 ok`, `BENCH get_variable iters=N tsc=T
+/// fails=0 ok`, `BENCH next_name iters=N tsc=T
 /// fails=0 walk=W ok`, the two `BENCH mark=I tsc=T`
 /// lines and `BENCH-DONE`.
 pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
@@ -339,6 +345,11 @@ pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
     for (at, l) in lines {
         if let Some(rest) = l.strip_prefix("BENCH bare_out ") {
             (b.bare_iters, b.bare_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
+        } else if let Some(rest) = l.strip_prefix("BENCH refused ") {
+            if !rest.ends_with(" ok") {
+                return Err(format!("a refused call was not refused in the guest: `{l}`"));
+            }
+            (b.refused_iters, b.refused_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
         } else if let Some(rest) = l.strip_prefix("BENCH get_variable ") {
             if !rest.ends_with(" ok") {
                 return Err(format!("GetVariable failed in the guest: `{l}`"));
@@ -399,7 +410,8 @@ pub fn bench_guest_with(iters: u64, which: &str, poll: Duration) -> Result<Bench
 /// their ratio.
 fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
     eprintln!(
-        "efivmm demo: {iters} bare exits, {iters} GetVariable calls and {iters} GetNextVariableName calls timed in the guest"
+        "efivmm demo: {iters} bare exits, {iters} refused calls, {iters} GetVariable calls and {iters} \
+         GetNextVariableName calls timed in the guest"
     );
     // Asked before the guest runs: once it has, this thread is confined and
     // may no longer create VMs.
@@ -427,13 +439,22 @@ fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
     if let Some(hz) = kvm_hz.or(b.tsc_hz_calibrated) {
         let per = |tsc: u64, n: u64| if n == 0 { f64::NAN } else { tsc as f64 / n as f64 / hz * 1e6 };
         let bare = per(b.bare_tsc, b.bare_iters);
+        let refused = per(b.refused_tsc, b.refused_iters);
+        let get = per(b.get_tsc, b.get_iters);
+        let next = per(b.next_tsc, b.next_iters);
         println!(
-            "bare_out {bare:.2} us/iter, get_variable {:.2} us/iter, ratio get_variable/bare_out {:.2}, \
-             next_name (a walk over 100 variables) {:.2} us/iter, ratio next_name/bare_out {:.2}",
-            per(b.get_tsc, b.get_iters),
-            per(b.get_tsc, b.get_iters) / bare,
-            per(b.next_tsc, b.next_iters),
-            per(b.next_tsc, b.next_iters) / bare,
+            "bare_out {bare:.2} us/iter, get_variable {get:.2} us/iter, ratio get_variable/bare_out {:.2}, \
+             next_name (a walk over 100 variables) {next:.2} us/iter, ratio next_name/bare_out {:.2}",
+            get / bare,
+            next / bare,
+        );
+        println!(
+            "refused (the GetVariable loop with a name efivmm refuses at once: the guest's calling sequence and one \
+             exit) {refused:.2} us/iter, ratio refused/bare_out {:.2}; get_variable/refused {:.2}, \
+             next_name/refused {:.2}",
+            refused / bare,
+            get / refused,
+            next / refused,
         );
     }
     println!(
@@ -457,6 +478,7 @@ mod tests {
             (1, "BENCH bare_out iters=10 tsc=500"),
             (2, "BENCH get_variable iters=10 tsc=5000 fails=0 ok"),
             (3, "BENCH next_name iters=10 tsc=7000 fails=0 walk=10 ok"),
+            (4, "BENCH refused iters=10 tsc=900 fails=0 ok"),
             (100, "BENCH mark=1 tsc=100001000"),
             (101, "BENCH-DONE"),
         ]
@@ -465,12 +487,15 @@ mod tests {
         .collect();
         let b = parse_bench(&lines).unwrap();
         assert_eq!((b.bare_iters, b.bare_tsc, b.get_iters, b.get_tsc), (10, 500, 10, 5000));
-        assert_eq!((b.next_iters, b.next_tsc), (10, 7000));
+        assert_eq!((b.next_iters, b.next_tsc, b.refused_iters, b.refused_tsc), (10, 7000, 10, 900));
         assert!((b.tsc_hz_calibrated.unwrap() - 1e9).abs() < 1.0);
         let mut bad = lines.clone();
         bad[2].1 = "BENCH get_variable iters=10 tsc=5000 fails=3 BAD".into();
         assert!(parse_bench(&bad).is_err());
-        assert!(parse_bench(&lines[..5]).is_err(), "no BENCH-DONE");
+        assert!(parse_bench(&lines[..6]).is_err(), "no BENCH-DONE");
+        let mut bad = lines.clone();
+        bad[4].1 = "BENCH refused iters=10 tsc=900 fails=10 BAD".into();
+        assert!(parse_bench(&bad).is_err(), "calls that were not refused");
         let mut bad = lines.clone();
         bad[3].1 = "BENCH next_name iters=10 tsc=7000 fails=0 walk=3 BAD".into();
         assert!(parse_bench(&bad).is_err(), "a walk that failed");

@@ -1,6 +1,6 @@
 //! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`,
 //! and the extra modes `efivmm.mode=normal|hostile|bench|counter` with
-//! `efivmm.iters=N efivmm.bench=all|bare_out|get_variable|next_name` for the bench
+//! `efivmm.iters=N efivmm.bench=all|bare_out|refused|get_variable|next_name` for the bench
 //! (`efivmm.iters` is also the counter's number of writes).
 
 use crate::line::Line;
@@ -76,6 +76,8 @@ pub enum BenchSel {
     GetVariable,
     /// Only the GetNextVariableName walk (over 100 variables).
     NextName,
+    /// Only the refused GetVariable loop (efivmm answers at once).
+    Refused,
 }
 
 impl BenchSel {
@@ -92,6 +94,11 @@ impl BenchSel {
     /// Whether the GetNextVariableName walk runs.
     pub fn next_name(self) -> bool {
         matches!(self, BenchSel::All | BenchSel::NextName)
+    }
+
+    /// Whether the refused GetVariable loop runs.
+    pub fn refused(self) -> bool {
+        matches!(self, BenchSel::All | BenchSel::Refused)
     }
 }
 
@@ -157,6 +164,7 @@ pub fn parse(cmdline: &[u8]) -> Options {
                 b"bare_out" => BenchSel::BareOut,
                 b"get_variable" => BenchSel::GetVariable,
                 b"next_name" => BenchSel::NextName,
+                b"refused" => BenchSel::Refused,
                 _ => o.bench,
             };
         }
@@ -191,6 +199,9 @@ mod tests {
         let o = parse(b"efivmm.mode=bench efivmm.iters=250 efivmm.bench=bare_out");
         assert_eq!((o.mode, o.iters, o.bench), (Mode::Bench, 250, BenchSel::BareOut));
         assert!(o.bench.bare_out() && !o.bench.get_variable());
+        let o = parse(b"efivmm.mode=bench efivmm.bench=refused");
+        assert!(o.bench.refused() && !o.bench.bare_out() && !o.bench.get_variable() && !o.bench.next_name());
+        assert!(BenchSel::All.refused());
         assert_eq!(parse(b"efivmm.mode=x efivmm.bench=y").mode, Mode::Normal);
         assert_eq!(Mode::Hostile.word(), "hostile");
         let o = parse(b"efivmm.mode=counter efivmm.iters=100000");
