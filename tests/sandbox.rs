@@ -309,9 +309,13 @@ fn calls_from_several_threads_in_turn_on_the_fast_path() {
     assert!(calls > 0);
 }
 
+/// A listed variable: name, GUID halves, and GetVariable's status,
+/// attributes and data.
+type Listed = (Vec<u8>, [u64; 2], u64, u64, Vec<u8>);
+
 /// Every variable as the firmware lists it (GetNextVariableName from the
 /// start to EFI_NOT_FOUND), each with what GetVariable returns for it.
-fn listing(sb: &mut Sandbox) -> Vec<(Vec<u8>, [u64; 2], u64, u64, Vec<u8>)> {
+fn listing(sb: &mut Sandbox) -> Vec<Listed> {
     use efivmm::firmware::calls::Request;
     use sandbox_abi::{DATA_OUT_ADDR, NAME_ADDR};
     let (mut name, mut guid, mut out) = (vec![0u8, 0], varstore::Guid::default(), Vec::new());

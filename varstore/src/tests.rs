@@ -466,7 +466,8 @@ fn a_vouched_open_sees_what_a_full_open_sees() {
         let (mut full, mut vouched) = (img.clone(), img.clone());
         let full = Store::open(&mut full).unwrap();
         assert_eq!(full.vouch(), v);
-        let vouched = Store::open_vouched(&mut vouched, v).ok().expect("the vouch fits the bytes it was made from");
+        let vouched = Store::open_vouched(&mut vouched, v)
+            .unwrap_or_else(|_| panic!("the vouch fits the bytes it was made from"));
         assert_eq!(seen(&vouched), seen(&full));
         assert_eq!(
             (vouched.layout(), vouched.free_space(), vouched.free_area_dirty(), vouched.reclaimable()),
@@ -479,7 +480,7 @@ fn a_vouched_open_sees_what_a_full_open_sees() {
             s.vouch()
         };
         let va = write(&mut Store::open(&mut a).unwrap());
-        let vb = write(&mut Store::open_vouched(&mut b, v).ok().unwrap());
+        let vb = write(&mut Store::open_vouched(&mut b, v).unwrap_or_else(|_| panic!("fits")));
         assert_eq!(a, b);
         assert_eq!((va, vouch(&a).unwrap()), (vb, vb), "a store's own vouch after a write is what validating gives");
     }
