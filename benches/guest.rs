@@ -19,6 +19,9 @@
 //!   variables over and over (a burst, as efivarfs and efibootmgr list
 //!   variables), on the fast path.
 //!
+//! The ratio runs (below) also time the first GetVariable after an idle
+//! second, three times (the fast path's firmware has parked by then).
+//!
 //! Criterion's `iter_custom` boots one guest per sample with `iters`
 //! iterations and gets back the guest-measured loop time only (boot,
 //! set-up and serial output are excluded).
@@ -40,7 +43,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use efivmm::demo::{bench_guest, bench_guest_with, kvm_tsc_hz, BenchRun};
+use efivmm::demo::{bench_guest_with, first_after_idle_us, kvm_tsc_hz, BenchRun, IDLE_SAMPLES};
 
 /// Iterations of each loop in the ratio run.
 const RATIO_ITERS: u64 = 2000;
@@ -52,8 +55,10 @@ fn per_call_us(tsc: u64, iters: u64, hz: f64) -> f64 {
 fn benches(c: &mut Criterion) {
     // One run with both loops in the same guest, on the same vCPU: the ratio,
     // and the host-clock calibration of the guest TSC.
-    let both: BenchRun = bench_guest(RATIO_ITERS, "all").expect("bench guest");
     let kvm_hz = kvm_tsc_hz();
+    let khz = kvm_hz.map(|hz| (hz / 1e3) as u32);
+    let fast = Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US);
+    let both: BenchRun = bench_guest_with(RATIO_ITERS, "all", fast, khz).expect("bench guest");
     let hz =
         kvm_hz.or(both.tsc_hz_calibrated).expect("no guest TSC frequency: neither KVM_GET_TSC_KHZ nor a calibration");
     let mhz = |h: Option<f64>| h.map_or("n/a".to_string(), |h| format!("{:.1} MHz", h / 1e6));
@@ -82,13 +87,15 @@ fn benches(c: &mut Criterion) {
             next / bare,
             next / refused
         );
+        if let Some(us) = first_after_idle_us(r, hz) {
+            println!("{what}: the first GetVariable after an idle second {us:.1} us (median of {IDLE_SAMPLES})");
+        }
     };
     report("fast path", &both);
-    let slow = bench_guest_with(RATIO_ITERS, "all", Duration::ZERO).expect("bench guest");
+    let slow = bench_guest_with(RATIO_ITERS, "all", Duration::ZERO, khz).expect("bench guest");
     report("slow path (--firmware-poll-us 0)", &slow);
 
     let mut g = c.benchmark_group("guest");
-    let fast = Duration::from_micros(efivmm::sandbox::DEFAULT_POLL_US);
     type Loop = fn(&BenchRun) -> (u64, u64);
     let loops: [(&str, &str, Duration, Loop); 5] = [
         ("bare_out", "bare_out", fast, |r| (r.bare_iters, r.bare_tsc)),
@@ -100,7 +107,7 @@ fn benches(c: &mut Criterion) {
     for (name, which, poll, timed) in loops {
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let r = bench_guest_with(iters, which, poll).expect("bench guest");
+                let r = bench_guest_with(iters, which, poll, None).expect("bench guest");
                 let (n, tsc) = timed(&r);
                 assert_eq!(n, iters);
                 Duration::from_secs_f64(tsc as f64 / hz)

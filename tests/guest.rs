@@ -323,12 +323,25 @@ fn bench_mode_times_every_loop_in_one_guest() {
     let (bare, refused, get) = (tsc("BENCH bare_out "), tsc("BENCH refused "), tsc("BENCH get_variable "));
     assert!(bare > 0 && get > bare, "a proxied GetVariable costs more than a bare exit: {all}");
     assert!(refused > bare, "a refused call still runs the guest's calling sequence and an exit: {all}");
-    for prefix in ["BENCH refused ", "BENCH get_variable ", "BENCH next_name "] {
+    for prefix in ["BENCH refused ", "BENCH get_variable ", "BENCH next_name ", "BENCH first_after_idle "] {
         let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap();
         assert!(line.contains(" fails=0 ") && line.ends_with(" ok"), "{line}");
     }
     assert!(stdout.contains("BENCH-DONE"), "{all}");
     assert!(stdout.contains("ratio get_variable/bare_out") && stdout.contains("get_variable/refused"), "{all}");
+    // Three GetVariable calls, each after an idle second: each took longer
+    // than a bare exit, and less than the idle second itself.
+    let idle = stdout.lines().find(|l| l.starts_with("BENCH first_after_idle ")).unwrap();
+    let samples: Vec<u64> = idle
+        .split(' ')
+        .find_map(|kv| kv.strip_prefix("tsc="))
+        .unwrap()
+        .split(',')
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(samples.len(), 3, "{idle}");
+    assert!(samples.iter().all(|&t| t > bare / 50 && t < 1_000_000_000), "{idle} (bare loop: {bare} ticks for 50)");
+    assert!(stdout.contains("first GetVariable after an idle second: "), "{all}");
 }
 
 #[test]

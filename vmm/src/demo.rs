@@ -9,7 +9,8 @@
 //! kernel with `efivmm.mode=hostile|bench` (see
 //! `tests/guest-kernel/README.md`) and print the guest's serial lines on
 //! standard output: hostile runtime calls from inside the real guest, or
-//! timed bare exits against proxied GetVariable calls.
+//! timed bare exits, refused calls, GetVariable and GetNextVariableName
+//! calls, and the first GetVariable after an idle second.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -47,7 +48,10 @@ pub struct DemoArgs {
     /// What the test kernel does: `normal` (the kexec generations above),
     /// `hostile` (runtime calls with hostile arguments, one line per case,
     /// exit 0 only if every case got its expected status) or `bench`
-    /// (`--iters` bare `out` exits and GetVariable calls timed in the guest).
+    /// (timed in the guest, `--iters` of each: bare `out` exits, calls
+    /// efivmm refuses at once, GetVariable calls, a GetNextVariableName walk
+    /// over 100 variables; then the first GetVariable after each of three
+    /// idle seconds; the ratios are printed at the end).
     #[arg(long, default_value = "normal", value_parser = ["normal", "hostile", "bench"])]
     pub mode: String,
     /// Firmware that serves the runtime services in `--mode normal`:
@@ -301,7 +305,7 @@ fn run_hostile(verbose: bool, poll: Duration) -> Result<i32, ExitError> {
     Ok(if passed { 0 } else { 1 })
 }
 
-/// The two timed loops of one `efivmm.mode=bench` guest.
+/// The timed loops of one `efivmm.mode=bench` guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct BenchRun {
     /// Iterations of the bare `out` loop.
@@ -325,7 +329,14 @@ pub struct BenchRun {
     /// between the two `BENCH mark` lines (`None` if they are missing or
     /// too close together to be meaningful).
     pub tsc_hz_calibrated: Option<f64>,
+    /// Guest TSC ticks of each single GetVariable made after an idle
+    /// second (`efivmm.idle_ms`), when the guest was asked to.
+    pub first_after_idle_tsc: Option<[u64; IDLE_SAMPLES]>,
 }
+
+/// How many first-call-after-idle samples a bench guest takes (the test
+/// kernel's `IDLE_SAMPLES`).
+pub const IDLE_SAMPLES: usize = 3;
 
 /// `key=value` from a line of space-separated words.
 fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -360,6 +371,16 @@ pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
                 return Err(format!("the GetNextVariableName walk failed in the guest: `{l}`"));
             }
             (b.next_iters, b.next_tsc) = (num(rest, "iters")?, num(rest, "tsc")?);
+        } else if let Some(rest) = l.strip_prefix("BENCH first_after_idle ") {
+            if !rest.ends_with(" ok") {
+                return Err(format!("a GetVariable after an idle second failed in the guest: `{l}`"));
+            }
+            let ticks: Vec<u64> = field(rest, "tsc")
+                .ok_or(format!("bad line `{l}`"))?
+                .split(',')
+                .map(|t| t.parse().map_err(|_| format!("bad line `{l}`")))
+                .collect::<Result<_, _>>()?;
+            b.first_after_idle_tsc = Some(ticks.try_into().map_err(|_| format!("not {IDLE_SAMPLES} samples: `{l}`"))?);
         } else if let Some(rest) = l.strip_prefix("BENCH mark=") {
             marks.push((*at, num(l, "tsc")?, rest.to_string()));
         } else if l == "BENCH-DONE" {
@@ -390,20 +411,36 @@ pub fn kvm_tsc_hz() -> Option<f64> {
 }
 
 /// Boots a bench guest: `iters` iterations of the loops `which` selects
-/// (`all`, `bare_out` or `get_variable`).
-pub fn bench_guest(iters: u64, which: &str) -> Result<BenchRun, String> {
-    bench_guest_with(iters, which, Duration::from_micros(crate::sandbox::DEFAULT_POLL_US))
-}
-
-/// [`bench_guest`] with the fast path's poll window `poll` (zero: off).
-pub fn bench_guest_with(iters: u64, which: &str, poll: Duration) -> Result<BenchRun, String> {
-    let extra = format!("efivmm.mode=bench efivmm.iters={iters} efivmm.bench={which}");
-    let run =
-        run_test_kernel(&extra, Duration::from_secs(120 + iters / 1000), false, poll).map_err(|e| e.to_string())?;
+/// (`all`, `bare_out`, `refused`, `get_variable` or `next_name`), with the
+/// fast path's poll window `poll` (zero: off). With `idle_tsc_khz` (the guest TSC's frequency, [`kvm_tsc_hz`]) and the
+/// GetVariable loop, the guest also times its first GetVariable after each
+/// of [`IDLE_SAMPLES`] idle seconds.
+pub fn bench_guest_with(
+    iters: u64,
+    which: &str,
+    poll: Duration,
+    idle_tsc_khz: Option<u32>,
+) -> Result<BenchRun, String> {
+    let extra = format!("efivmm.mode=bench efivmm.iters={iters} efivmm.bench={which}{}", idle_args(idle_tsc_khz));
+    let timeout = Duration::from_secs(120 + iters / 1000 + 2 * IDLE_SAMPLES as u64);
+    let run = run_test_kernel(&extra, timeout, false, poll).map_err(|e| e.to_string())?;
     if run.exit != Exit::PowerOff {
         return Err(format!("the bench guest ended with {:?}", run.exit));
     }
     parse_bench(&run.lines)
+}
+
+/// The command-line words that ask a bench guest for the first GetVariable
+/// after an idle second, given the guest TSC's kHz.
+fn idle_args(tsc_khz: Option<u32>) -> String {
+    tsc_khz.map_or(String::new(), |khz| format!(" efivmm.idle_ms=1000 efivmm.tsc_khz={khz}"))
+}
+
+/// The median of the first-after-idle samples, in µs.
+pub fn first_after_idle_us(run: &BenchRun, tsc_hz: f64) -> Option<f64> {
+    let mut ticks = run.first_after_idle_tsc?;
+    ticks.sort_unstable();
+    Some(ticks[IDLE_SAMPLES / 2] as f64 / tsc_hz * 1e6)
 }
 
 /// `efivmm demo --mode bench`: both loops in one guest, per-call times and
@@ -417,8 +454,8 @@ fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
     // may no longer create VMs.
     let kvm_hz = kvm_tsc_hz();
     let run = run_test_kernel(
-        &format!("efivmm.mode=bench efivmm.iters={iters}"),
-        Duration::from_secs(120 + u64::from(iters) / 1000),
+        &format!("efivmm.mode=bench efivmm.iters={iters}{}", idle_args(kvm_hz.map(|hz| (hz / 1e3) as u32))),
+        Duration::from_secs(120 + u64::from(iters) / 1000 + 2 * IDLE_SAMPLES as u64),
         false,
         poll,
     )?;
@@ -456,6 +493,12 @@ fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
             get / refused,
             next / refused,
         );
+        if let Some(us) = first_after_idle_us(&b, hz) {
+            println!(
+                "first GetVariable after an idle second: {us:.1} us (median of {IDLE_SAMPLES}), {:.1}x bare_out",
+                us / bare
+            );
+        }
     }
     println!(
         "guest TSC: KVM_GET_TSC_KHZ {} MHz, calibrated against the host clock {} MHz",
@@ -479,6 +522,7 @@ mod tests {
             (2, "BENCH get_variable iters=10 tsc=5000 fails=0 ok"),
             (3, "BENCH next_name iters=10 tsc=7000 fails=0 walk=10 ok"),
             (4, "BENCH refused iters=10 tsc=900 fails=0 ok"),
+            (5, "BENCH first_after_idle idle_ms=1000 tsc=300,100,200 fails=0 ok"),
             (100, "BENCH mark=1 tsc=100001000"),
             (101, "BENCH-DONE"),
         ]
@@ -492,7 +536,12 @@ mod tests {
         let mut bad = lines.clone();
         bad[2].1 = "BENCH get_variable iters=10 tsc=5000 fails=3 BAD".into();
         assert!(parse_bench(&bad).is_err());
-        assert!(parse_bench(&lines[..6]).is_err(), "no BENCH-DONE");
+        assert_eq!(b.first_after_idle_tsc, Some([300, 100, 200]));
+        assert_eq!(first_after_idle_us(&b, 1e6), Some(200.0), "the median, in µs at 1 MHz");
+        assert!(parse_bench(&lines[..7]).is_err(), "no BENCH-DONE");
+        let mut bad = lines.clone();
+        bad[5].1 = "BENCH first_after_idle idle_ms=1000 tsc=300,100 fails=0 ok".into();
+        assert!(parse_bench(&bad).is_err(), "two samples of three");
         let mut bad = lines.clone();
         bad[4].1 = "BENCH refused iters=10 tsc=900 fails=10 BAD".into();
         assert!(parse_bench(&bad).is_err(), "calls that were not refused");

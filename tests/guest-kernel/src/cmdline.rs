@@ -1,6 +1,7 @@
 //! The kernel command line: `efivmm.gen=N efivmm.generations=M efivmm.shape=X`,
 //! and the extra modes `efivmm.mode=normal|hostile|bench|counter` with
-//! `efivmm.iters=N efivmm.bench=all|bare_out|refused|get_variable|next_name` for the bench
+//! `efivmm.iters=N efivmm.bench=all|bare_out|refused|get_variable|next_name`
+//! `efivmm.idle_ms=MS efivmm.tsc_khz=KHZ` for the bench
 //! (`efivmm.iters` is also the counter's number of writes).
 
 use crate::line::Line;
@@ -117,11 +118,26 @@ pub struct Options {
     pub iters: u32,
     /// Which bench loops run.
     pub bench: BenchSel,
+    /// Bench mode, with the GetVariable loop: also time the first
+    /// GetVariable after this many idle milliseconds (0: not).
+    pub idle_ms: u32,
+    /// The guest TSC's frequency in kHz, as efivmm knows it (0: unknown;
+    /// then there is no idle measure).
+    pub tsc_khz: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { gen: 0, generations: 1, shape: Shape::A, mode: Mode::Normal, iters: 1000, bench: BenchSel::All }
+        Options {
+            gen: 0,
+            generations: 1,
+            shape: Shape::A,
+            mode: Mode::Normal,
+            iters: 1000,
+            bench: BenchSel::All,
+            idle_ms: 0,
+            tsc_khz: 0,
+        }
     }
 }
 
@@ -158,6 +174,10 @@ pub fn parse(cmdline: &[u8]) -> Options {
             };
         } else if let Some(v) = word.strip_prefix(b"efivmm.iters=") {
             o.iters = parse_u32(v).unwrap_or(o.iters);
+        } else if let Some(v) = word.strip_prefix(b"efivmm.idle_ms=") {
+            o.idle_ms = parse_u32(v).unwrap_or(o.idle_ms);
+        } else if let Some(v) = word.strip_prefix(b"efivmm.tsc_khz=") {
+            o.tsc_khz = parse_u32(v).unwrap_or(o.tsc_khz);
         } else if let Some(v) = word.strip_prefix(b"efivmm.bench=") {
             o.bench = match v {
                 b"all" => BenchSel::All,
@@ -199,6 +219,8 @@ mod tests {
         let o = parse(b"efivmm.mode=bench efivmm.iters=250 efivmm.bench=bare_out");
         assert_eq!((o.mode, o.iters, o.bench), (Mode::Bench, 250, BenchSel::BareOut));
         assert!(o.bench.bare_out() && !o.bench.get_variable());
+        let o = parse(b"efivmm.mode=bench efivmm.idle_ms=1000 efivmm.tsc_khz=2596100");
+        assert_eq!((o.idle_ms, o.tsc_khz), (1000, 2_596_100));
         let o = parse(b"efivmm.mode=bench efivmm.bench=refused");
         assert!(o.bench.refused() && !o.bench.bare_out() && !o.bench.get_variable() && !o.bench.next_name());
         assert!(BenchSel::All.refused());

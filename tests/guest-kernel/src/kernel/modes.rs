@@ -488,9 +488,35 @@ pub fn bench(map: &MemMap, rt_addr: u64, opts: &Options) {
     l.s("BENCH next_name iters=").dec(u64::from(n)).s(" tsc=").dec(t1 - t0).s(" fails=").dec(u64::from(fails));
     l.s(" walk=").dec(longest).s(if ok { " ok" } else { " BAD" });
     puts(l.as_bytes());
+
+    // The first GetVariable after an idle spell (the fast path's firmware
+    // has parked long before), IDLE_SAMPLES times.
+    let idle = u64::from(opts.idle_ms) * u64::from(opts.tsc_khz);
+    if opts.bench.get_variable() && idle > 0 {
+        let mut l = Line::new();
+        l.s("BENCH first_after_idle idle_ms=").dec(u64::from(opts.idle_ms)).s(" tsc=");
+        let mut fails = 0;
+        for i in 0..IDLE_SAMPLES {
+            let t = rdtsc();
+            while rdtsc().wrapping_sub(t) < idle {
+                core::hint::spin_loop();
+            }
+            let (ticks, failed) = get_variable_loop(r.get_var, 1, name.as_ptr() as u64, &args, SUCCESS);
+            fails += failed;
+            if i > 0 {
+                l.s(",");
+            }
+            l.dec(ticks);
+        }
+        l.s(" fails=").dec(u64::from(fails)).s(if fails == 0 { " ok" } else { " BAD" });
+        puts(l.as_bytes());
+    }
     mark(1);
     puts(b"BENCH-DONE");
 }
+
+/// How many first-call-after-idle samples bench mode takes.
+const IDLE_SAMPLES: u32 = 3;
 
 /// GetVariable's arguments after the name, as the bench loops pass them.
 struct GetVariableArgs {
