@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use varstore::{check, find_vars_volume, Guid, Layout, NewVar, Store, VAR_ADDED, VAR_IN_DELETED_TRANSITION};
+use varstore::{check, find_vars_volume, vouch, Guid, Layout, NewVar, Store, Vouch, VAR_ADDED, VAR_IN_DELETED_TRANSITION};
 
 const IN_TRANSITION: u8 = VAR_ADDED & VAR_IN_DELETED_TRANSITION;
 
@@ -59,9 +59,28 @@ fn without_offsets(l: &[Live]) -> Vec<(Vec<u8>, Guid, u32, Vec<u8>)> {
 /// clean store) and an append / replace / delete round (store stays valid,
 /// the appended variable is found with its data, then gone). `knob`
 /// varies the sizes used.
+///
+/// And the vouch: a valid image opened by the walk alone with its own
+/// vouch shows what the full open shows; any other vouch word (from
+/// `knob`) opens nothing whose reads panic.
 pub fn exercise(image: &mut [u8], knob: u64) {
     let verdict = check(image);
     let len = image.len();
+    let vouched_view = vouch(image).ok().map(|v| {
+        assert!(verdict.is_ok(), "vouch() vouches for an image check() refuses");
+        let mut copy = image.to_vec();
+        let s = Store::open_vouched(&mut copy, v).unwrap_or_else(|_| panic!("an image's own vouch does not open it"));
+        (live(&s), s.free_space(), s.free_area_dirty(), s.reclaimable())
+    });
+    if let Some(v) = Vouch::from_word(knob) {
+        let mut copy = image.to_vec();
+        if let Ok(s) = Store::open_vouched(&mut copy, v) {
+            for r in s.records() {
+                let _ = s.find(r.name, &r.guid);
+            }
+            let _ = (live(&s), s.reclaimable(), s.free_space());
+        }
+    }
     let opened = Store::open(image);
     match (&verdict, &opened) {
         (Ok(l), Ok(s)) => assert_eq!(*l, s.layout()),
@@ -83,6 +102,9 @@ pub fn exercise(image: &mut [u8], knob: u64) {
         prev = Some(r.offset);
     }
     let live0 = live(&s);
+    if let Some(view) = vouched_view {
+        assert!(view == (live0.clone(), s.free_space(), s.free_area_dirty(), s.reclaimable()), "a vouched open differs");
+    }
     let offsets: Vec<usize> = live0.iter().map(|l| l.0).collect();
     assert_eq!(offsets, live_by_rule(&s), "iter() disagrees with the liveness rule");
     let mut seen = HashMap::new();
