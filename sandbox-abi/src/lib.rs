@@ -5,8 +5,9 @@
 //! firmware runs at CPL3. One call goes like this:
 //!
 //! 1. efivmm fills the [`Mailbox`] header at [`MAILBOX_ADDR`] (service,
-//!    arguments, host clock) and the input buffers ([`NAME_ADDR`],
-//!    [`DATA_IN_ADDR`]); the vars file image sits at [`STORE_ADDR`].
+//!    arguments, host clock, its vouch for the store it validated) and the
+//!    input buffers ([`NAME_ADDR`], [`DATA_IN_ADDR`]); the vars file image
+//!    sits at [`STORE_ADDR`].
 //! 2. efivmm runs the vCPU: the first time (and after a failed call) through
 //!    a CPL0 stub that loads TR and drops to the firmware's ELF entry at CPL3
 //!    with `RSP = STACK_TOP - 8`; after a completed call the firmware waits

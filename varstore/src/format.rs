@@ -675,9 +675,10 @@ pub(crate) fn parse_vouched(b: &[u8], free: usize) -> Option<(Layout, usize)> {
 }
 
 /// Whether `bytes` holds anything but erased flash (0xFF). Eight bytes at a
-/// time: the free area is most of a store, this runs on every store open
-/// (every variable call of the built-in firmware), and the firmware's
-/// target has no SIMD for the compiler to vectorize a byte loop with.
+/// time: the free area is most of a store, this runs on every full store
+/// open (in the built-in firmware: a call without efivmm's vouch), and the
+/// firmware's target has no SIMD for the compiler to vectorize a byte loop
+/// with.
 fn not_erased(bytes: &[u8]) -> bool {
     let words = bytes.chunks_exact(8);
     let tail = words.remainder();

@@ -345,9 +345,9 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 /// Parses a bench guest's lines: `BENCH bare_out iters=N tsc=T`, `BENCH
 /// refused iters=N tsc=T fails=0 ok`, `BENCH get_variable iters=N tsc=T
-/// fails=0 ok`, `BENCH next_name iters=N tsc=T
-/// fails=0 walk=W ok`, the two `BENCH mark=I tsc=T`
-/// lines and `BENCH-DONE`.
+/// fails=0 ok`, `BENCH next_name iters=N tsc=T fails=0 walk=W ok`, `BENCH
+/// first_after_idle idle_ms=MS tsc=A,B,C fails=0 ok` (if asked for), the
+/// two `BENCH mark=I tsc=T` lines and `BENCH-DONE`.
 pub fn parse_bench(lines: &[(Instant, String)]) -> Result<BenchRun, String> {
     let mut b = BenchRun::default();
     let mut marks = Vec::new();
@@ -412,9 +412,10 @@ pub fn kvm_tsc_hz() -> Option<f64> {
 
 /// Boots a bench guest: `iters` iterations of the loops `which` selects
 /// (`all`, `bare_out`, `refused`, `get_variable` or `next_name`), with the
-/// fast path's poll window `poll` (zero: off). With `idle_tsc_khz` (the guest TSC's frequency, [`kvm_tsc_hz`]) and the
-/// GetVariable loop, the guest also times its first GetVariable after each
-/// of [`IDLE_SAMPLES`] idle seconds.
+/// fast path's poll window `poll` (zero: off). With `idle_tsc_khz` (the
+/// guest TSC's frequency, [`kvm_tsc_hz`]) and the GetVariable loop, the
+/// guest also times its first GetVariable after each of [`IDLE_SAMPLES`]
+/// idle seconds.
 pub fn bench_guest_with(
     iters: u64,
     which: &str,
@@ -443,8 +444,8 @@ pub fn first_after_idle_us(run: &BenchRun, tsc_hz: f64) -> Option<f64> {
     Some(ticks[IDLE_SAMPLES / 2] as f64 / tsc_hz * 1e6)
 }
 
-/// `efivmm demo --mode bench`: both loops in one guest, per-call times and
-/// their ratio.
+/// `efivmm demo --mode bench`: every loop in one guest, the per-call times
+/// and their ratios, and the first GetVariable after an idle second.
 fn run_bench(iters: u32, poll: Duration) -> Result<i32, ExitError> {
     eprintln!(
         "efivmm demo: {iters} bare exits, {iters} refused calls, {iters} GetVariable calls and {iters} \
