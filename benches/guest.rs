@@ -36,9 +36,9 @@
 //!
 //! Run: `cargo bench -p efivmm --bench guest`. This machine's KVM is PVM:
 //! guest CPL0 instructions are emulated, so every loop carries the cost of
-//! its own instructions (the call loops 17 per iteration with the trampoline, the bare
-//! loop 3); compare the ratios, and `refused` tells what the guest's own
-//! calling sequence costs.
+//! its own instructions (the call loops 17 per iteration with the
+//! trampoline, the bare loop 3); compare the ratios, and `refused` tells
+//! what the guest's own calling sequence costs.
 
 use std::time::Duration;
 
