@@ -424,7 +424,7 @@ impl Sandbox {
     /// validated: `vouch` is what that validation returned. Each call then
     /// carries it (`Mailbox::store_vouch`), and the built-in firmware opens
     /// the store with a walk over its record headers instead of a full
-    /// validation (O(n log n), and a scan of the free area: ~10 µs a call
+    /// validation (O(n log n), and a scan of the free area: ~12 µs a call
     /// for a 4 MiB build's store). A call that changes the store, or fails,
     /// withdraws the vouch until the next one. `None` withdraws it.
     pub fn vouch_for_store(&mut self, vouch: Option<varstore::Vouch>) {
