@@ -22,8 +22,8 @@ fn empty_store() -> Vec<u8> {
 
 /// This thread's CPU affinity.
 fn affinity() -> libc::cpu_set_t {
-    // SAFETY: cpu_set_t is plain data (all zeros is the empty set), and
-    // sched_getaffinity writes at most the size it is given into it.
+    // cpu_set_t is plain data: all zeros is the empty set.
+    // SAFETY: sched_getaffinity writes at most the size it is given into `set`, a zeroed cpu_set_t.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);

@@ -322,7 +322,7 @@ fn listing(sb: &mut Sandbox) -> Vec<Listed> {
     loop {
         let req = Request::get_next_variable_name(&name, &guid, 1024);
         let reply = sb.call(&req.mailbox, &req.name, &req.data).unwrap();
-        if reply.status == 0x8000_0000_0000_000E {
+        if reply.status == efivmm::efi::EFI_NOT_FOUND {
             return out;
         }
         assert_eq!(reply.status, 0, "GetNextVariableName after {} names", out.len());
@@ -346,7 +346,7 @@ fn listing(sb: &mut Sandbox) -> Vec<Listed> {
 fn the_firmware_answers_the_same_with_and_without_efivmms_vouch() {
     use efivmm::firmware::calls::Request;
     use varstore::{attr, Guid, Layout, NewVar, Store};
-    let utf16 = |s: &str| -> Vec<u8> { s.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect() };
+    let utf16 = efivmm::efi::name_to_utf16;
     let rt = attr::NON_VOLATILE | attr::BOOTSERVICE_ACCESS | attr::RUNTIME_ACCESS;
     let mut image = vec![0u8; Layout::Ovmf4M.file_size()];
     Store::format(&mut image, Layout::Ovmf4M);

@@ -535,8 +535,7 @@ fn get_variable_loop(get_var: Fn5, n: u32, name: u64, args: &GetVariableArgs, ex
     let mut fails = 0u32;
     let t0 = rdtsc();
     for _ in 0..n {
-        // SAFETY: `args.size` points at the caller's u64; efivmm writes it
-        // during the call.
+        // SAFETY: `args.size` points at the caller's u64; efivmm writes it during the call.
         unsafe { (args.size as *mut u64).write_volatile(8) };
         if get_var(name, args.guid, args.attributes, args.size, args.data) != expect {
             fails += 1;
